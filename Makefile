@@ -1,0 +1,43 @@
+# weir: the two commands a new user types are `make demo` and `make test`.
+# Both install what they need first (`make setup`): ONNX Runtime's shared library from PyPI.
+
+PYTHON       ?= python3
+ORT_VERSION  := 1.31.1
+ORT_DIR      := $(CURDIR)/.ort
+ORT_LIB      := $(ORT_DIR)/libonnxruntime.so
+CARGO        ?= cargo
+
+export ORT_DYLIB_PATH := $(ORT_LIB)
+
+.PHONY: setup demo test bench model clean-ort
+
+## setup: fetch libonnxruntime.so $(ORT_VERSION) (the `onnxruntime` wheel, no other packages).
+setup: $(ORT_LIB)
+
+$(ORT_LIB):
+	@mkdir -p $(ORT_DIR)
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-deps \
+	    --target $(ORT_DIR)/py onnxruntime==$(ORT_VERSION)
+	cp $(ORT_DIR)/py/onnxruntime/capi/libonnxruntime.so.$(ORT_VERSION) $(ORT_LIB)
+	rm -rf $(ORT_DIR)/py
+
+## demo: generate ~240k simulated transactions on an embedded broker, score them, summarize.
+demo: setup
+	$(CARGO) run --release --quiet -p weir-topologies --bin weir -- demo
+
+## test: the whole suite (unit, doc and end-to-end tests).
+test: setup
+	$(CARGO) build --release -p weir-topologies --bin weir
+	$(CARGO) test --release --workspace
+
+## bench: raw ONNX Runtime vs raw Kafka I/O vs the pipeline, in one run.
+bench: setup
+	$(CARGO) run --release --quiet -p weir-topologies --bin weir -- bench
+
+## model: retrain models/fraud/model.onnx (needs scikit-learn, skl2onnx: see models/fraud/README.md).
+model:
+	$(CARGO) run --release --quiet -p weir-topologies --bin weir -- generate --days 60 --seed 7 --out target/train.jsonl
+	$(PYTHON) models/fraud/train.py --transactions target/train.jsonl --labels target/train.labels.jsonl --out models/fraud
+
+clean-ort:
+	rm -rf $(ORT_DIR)

@@ -1,0 +1,296 @@
+//! Producing, reading and describing topics: for the generator, the demo's summary and tests.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use super::client_config;
+use crate::ConnectorError;
+
+/// Counts failed deliveries of a [`BulkProducer`].
+#[derive(Default)]
+pub struct CountingContext {
+    failed: AtomicU64,
+    first_error: Mutex<Option<String>>,
+}
+
+impl ClientContext for CountingContext {}
+
+impl ProducerContext for CountingContext {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+            self.first_error.lock().unwrap().get_or_insert_with(|| e.to_string());
+        }
+    }
+}
+
+/// A producer for bulk loads (the transaction generator, load tests): idempotent, batched
+/// (`linger.ms=20`), blocking when its local queue is full instead of failing.
+pub struct BulkProducer {
+    producer: ThreadedProducer<CountingContext>,
+}
+
+impl BulkProducer {
+    /// Connects to `brokers`; `properties` override weir's defaults.
+    ///
+    /// # Errors
+    /// [`ConnectorError::Kafka`] on an invalid configuration.
+    pub fn new(brokers: &str, properties: &BTreeMap<String, String>) -> Result<Self, ConnectorError> {
+        let producer = client_config(
+            brokers,
+            &[
+                ("enable.idempotence", "true"),
+                ("linger.ms", "20"),
+                ("batch.num.messages", "10000"),
+                ("queue.buffering.max.messages", "500000"),
+                ("message.timeout.ms", "0"),
+            ],
+            properties,
+        )
+        .create_with_context(CountingContext::default())
+        .map_err(ConnectorError::kafka("create producer"))?;
+        Ok(Self { producer })
+    }
+
+    /// Enqueues one record; waits while the local queue is full.
+    ///
+    /// # Errors
+    /// [`ConnectorError::Kafka`] for any error other than a full queue.
+    pub fn send(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        timestamp_ms: Option<i64>,
+    ) -> Result<(), ConnectorError> {
+        let mut record = BaseRecord::to(topic).payload(payload);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        if let Some(ts) = timestamp_ms {
+            record = record.timestamp(ts);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((e, _)) => return Err(ConnectorError::Kafka { context: format!("produce to `{topic}`"), source: e }),
+            }
+        }
+    }
+
+    /// Enqueues one record with headers; waits while the local queue is full.
+    ///
+    /// # Errors
+    /// As [`BulkProducer::send`].
+    pub fn send_with_headers(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: &[(&str, &[u8])],
+    ) -> Result<(), ConnectorError> {
+        let mut h = OwnedHeaders::new();
+        for (k, v) in headers {
+            h = h.insert(Header { key: k, value: Some(*v) });
+        }
+        let mut record = BaseRecord::to(topic).payload(payload).headers(h);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((e, _)) => return Err(ConnectorError::Kafka { context: format!("produce to `{topic}`"), source: e }),
+            }
+        }
+    }
+
+    /// Waits until everything is delivered.
+    ///
+    /// # Errors
+    /// [`ConnectorError::Kafka`] if the flush times out or any delivery failed.
+    pub fn flush(&self, timeout: Duration) -> Result<(), ConnectorError> {
+        self.producer.flush(timeout).map_err(ConnectorError::kafka("flush producer"))?;
+        let ctx = self.producer.context();
+        let failed = ctx.failed.load(Ordering::Relaxed);
+        if failed > 0 {
+            return Err(ConnectorError::File {
+                context: "produce".into(),
+                detail: format!(
+                    "{failed} records were not delivered; first error: {}",
+                    ctx.first_error.lock().unwrap().clone().unwrap_or_default()
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A record read back from a topic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConsumedRecord {
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Key bytes.
+    pub key: Option<Vec<u8>>,
+    /// Payload bytes.
+    pub payload: Option<Vec<u8>>,
+    /// Message timestamp, ms since the Unix epoch.
+    pub timestamp_ms: Option<i64>,
+    /// Headers, in order.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl ConsumedRecord {
+    /// The value of header `key`, if present.
+    pub fn header(&self, key: &str) -> Option<&[u8]> {
+        self.headers.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_slice())
+    }
+}
+
+fn plain_consumer(brokers: &str) -> Result<BaseConsumer, ConnectorError> {
+    client_config(
+        brokers,
+        &[
+            ("group.id", "weir-admin-reader"),
+            ("enable.auto.commit", "false"),
+            ("enable.partition.eof", "true"),
+            ("fetch.wait.max.ms", "10"),
+        ],
+        &BTreeMap::new(),
+    )
+    .create()
+    .map_err(ConnectorError::kafka("create consumer"))
+}
+
+/// The partition ids of `topic`.
+///
+/// # Errors
+/// [`ConnectorError::TopicNotFound`] if the topic has no partitions.
+pub fn partitions(brokers: &str, topic: &str, timeout: Duration) -> Result<Vec<i32>, ConnectorError> {
+    let consumer = plain_consumer(brokers)?;
+    topic_partitions(&consumer, topic, timeout)
+}
+
+pub(crate) fn topic_partitions<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<i32>, ConnectorError> {
+    let md = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(ConnectorError::kafka(format!("metadata of `{topic}`")))?;
+    let parts: Vec<i32> = md
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if parts.is_empty() {
+        return Err(ConnectorError::TopicNotFound(topic.to_string()));
+    }
+    Ok(parts)
+}
+
+/// `(partition, low, high)` watermarks of every partition of `topic`.
+///
+/// # Errors
+/// [`ConnectorError`] if the topic is unknown or the broker does not answer within `timeout`.
+pub fn watermarks(brokers: &str, topic: &str, timeout: Duration) -> Result<Vec<(i32, i64, i64)>, ConnectorError> {
+    let consumer = plain_consumer(brokers)?;
+    topic_partitions(&consumer, topic, timeout)?
+        .into_iter()
+        .map(|p| {
+            let (lo, hi) = consumer
+                .fetch_watermarks(topic, p, timeout)
+                .map_err(ConnectorError::kafka(format!("watermarks of `{topic}`/{p}")))?;
+            Ok((p, lo, hi))
+        })
+        .collect()
+}
+
+/// Reads every record of `topic` present when called (up to each partition's high watermark).
+///
+/// # Errors
+/// [`ConnectorError`] if the topic is unknown or reading takes longer than `timeout`.
+pub fn read_topic(brokers: &str, topic: &str, timeout: Duration) -> Result<Vec<ConsumedRecord>, ConnectorError> {
+    let deadline = Instant::now() + timeout;
+    let consumer = plain_consumer(brokers)?;
+    let mut remaining: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut tpl = TopicPartitionList::new();
+    for p in topic_partitions(&consumer, topic, timeout)? {
+        let (lo, hi) = consumer
+            .fetch_watermarks(topic, p, timeout)
+            .map_err(ConnectorError::kafka(format!("watermarks of `{topic}`/{p}")))?;
+        if hi > lo {
+            remaining.insert(p, hi);
+            tpl.add_partition_offset(topic, p, Offset::Offset(lo))
+                .map_err(ConnectorError::kafka("assign"))?;
+        }
+    }
+    let mut out = Vec::new();
+    if remaining.is_empty() {
+        return Ok(out);
+    }
+    consumer.assign(&tpl).map_err(ConnectorError::kafka("assign"))?;
+    while !remaining.is_empty() {
+        if Instant::now() > deadline {
+            return Err(ConnectorError::File {
+                context: format!("read topic `{topic}`"),
+                detail: format!("timed out after {timeout:?} with partitions {remaining:?} unfinished"),
+            });
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                remaining.remove(&p);
+            }
+            Some(Err(e)) => tracing::debug!(error = %e, "read_topic poll"),
+            Some(Ok(m)) => {
+                let p = m.partition();
+                if let Some(&hi) = remaining.get(&p) {
+                    if m.offset() < hi {
+                        out.push(ConsumedRecord {
+                            partition: p,
+                            offset: m.offset(),
+                            key: m.key().map(<[u8]>::to_vec),
+                            payload: m.payload().map(<[u8]>::to_vec),
+                            timestamp_ms: m.timestamp().to_millis(),
+                            headers: m
+                                .headers()
+                                .map(|h| {
+                                    h.iter()
+                                        .map(|x| (x.key.to_string(), x.value.map(<[u8]>::to_vec).unwrap_or_default()))
+                                        .collect()
+                                })
+                                .unwrap_or_default(),
+                        });
+                    }
+                    if m.offset() + 1 >= hi {
+                        remaining.remove(&p);
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}

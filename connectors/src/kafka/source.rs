@@ -1,0 +1,401 @@
+//! The Kafka source: a timely operator that reads one topic.
+//!
+//! **Live** (`bounded = false`): every timely worker runs one consumer in the consumer group
+//! `group_id`, so Kafka's group protocol spreads partitions over workers (and over processes
+//! sharing the group). Offsets are committed only from the [`DeliveryLedger`]: the position after
+//! the contiguous run of events whose scores or dead letters were acknowledged by a sink
+//! (at-least-once, no gaps). Commits happen every `commit_interval`, before partitions are
+//! revoked, and at shutdown after in-flight events drained.
+//!
+//! **Bounded** (`bounded = true`): partitions are assigned directly (worker `i` of `n` takes the
+//! partitions at positions `i, i + n, ...` of the sorted partition list), read from the start
+//! position up to the high watermark seen at start, and nothing is committed (a bounded run never
+//! moves the live group). When every partition reached its stop offset the operator drops its
+//! capability and the dataflow completes.
+//!
+//! **Backpressure**: before reading, the operator checks [`FlowControl::should_pause`]; while it
+//! holds, the consumer's partitions are paused (fetching stops; lag grows instead of memory), and
+//! resumed afterwards. A message returned while pausing is still emitted, never dropped.
+//!
+//! **Time**: timely timestamps are event time (Kafka message timestamp), ms since the Unix epoch.
+//! The operator's capability follows a watermark: the minimum over its partitions that have
+//! delivered data of the largest timestamp seen, minus `allowed_lateness_ms`. Records are emitted
+//! at the capability's time and carry their own event time.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::operators::generic::operator::source;
+use timely::dataflow::{Scope, StreamVec};
+use weir_core::{clock, DeliveryLedger, FlowControl, Lineage, Metrics, SourceEvent};
+
+use super::admin::topic_partitions;
+use super::client_config;
+use crate::ConnectorError;
+
+/// Where a partition starts when this process first reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartPosition {
+    /// The group's committed offset (falling back to `auto.offset.reset`, default earliest).
+    Committed,
+    /// The partition's first offset.
+    Earliest,
+    /// The partition's end (only new messages).
+    Latest,
+    /// The first offset whose timestamp is at or after this time, ms since the Unix epoch
+    /// (Kafka's ListOffsets by timestamp; not supported by the embedded mock broker).
+    Timestamp(i64),
+}
+
+/// Configuration of a Kafka source.
+#[derive(Debug, Clone)]
+pub struct KafkaSourceConfig {
+    /// Bootstrap servers, `host:port[,host:port]`.
+    pub brokers: String,
+    /// Topic to read.
+    pub topic: String,
+    /// Consumer group id.
+    pub group_id: String,
+    /// Start position for partitions this process reads for the first time.
+    pub start: StartPosition,
+    /// Read up to the high watermarks seen at start, then complete (no commits).
+    pub bounded: bool,
+    /// Most messages read per operator activation (keeps a worker responsive).
+    pub max_poll_records: usize,
+    /// Interval between offset commits (live mode).
+    pub commit_interval: Duration,
+    /// Watermark lag behind the largest timestamp seen, ms.
+    pub allowed_lateness_ms: i64,
+    /// Longest wait, at shutdown, for in-flight events to be acknowledged before the final commit.
+    pub drain_timeout: Duration,
+    /// librdkafka consumer properties overriding weir's defaults.
+    pub properties: BTreeMap<String, String>,
+}
+
+/// Shared state the source needs from its topology.
+#[derive(Clone)]
+pub struct SourceShared {
+    /// Offsets read / acknowledged.
+    pub ledger: Arc<DeliveryLedger>,
+    /// Backpressure and shutdown.
+    pub flow: Arc<FlowControl>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Consumer context: applies the start position on first assignment and commits acknowledged
+/// offsets before partitions are revoked.
+pub struct SourceContext {
+    topic: String,
+    start: StartPosition,
+    ledger: Arc<DeliveryLedger>,
+    assigned: Mutex<Vec<i32>>,
+    started: Mutex<HashSet<i32>>,
+    worker: usize,
+}
+
+impl ClientContext for SourceContext {}
+
+impl SourceContext {
+    fn commit_acked(&self, consumer: &BaseConsumer<Self>, partitions: &[i32], mode: CommitMode) {
+        let offsets = self.ledger.take_committable(partitions);
+        if offsets.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in &offsets {
+            let _ = tpl.add_partition_offset(&self.topic, *p, Offset::Offset(*o));
+        }
+        match consumer.commit(&tpl, mode) {
+            Ok(()) => tracing::debug!(worker = self.worker, ?offsets, "committed offsets"),
+            Err(e) => tracing::warn!(worker = self.worker, error = %e, ?offsets, "offset commit failed; will retry"),
+        }
+    }
+}
+
+impl ConsumerContext for SourceContext {
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                {
+                    let mut started = self.started.lock().unwrap();
+                    let fresh: Vec<i32> = parts.iter().copied().filter(|p| started.insert(*p)).collect();
+                    if let Err(e) = apply_start(consumer, &self.topic, self.start, &fresh, tpl) {
+                        tracing::error!(worker = self.worker, error = %e, "cannot apply start position; using committed offsets");
+                    }
+                }
+                if let Err(e) = consumer.assign(tpl) {
+                    tracing::error!(worker = self.worker, error = %e, "assign failed");
+                }
+                tracing::info!(worker = self.worker, topic = %self.topic, partitions = ?parts, "partitions assigned");
+                *self.assigned.lock().unwrap() = parts;
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let parts = std::mem::take(&mut *self.assigned.lock().unwrap());
+                self.commit_acked(consumer, &parts, CommitMode::Sync);
+                // The next owner re-reads from the commit: later acks must not commit.
+                self.ledger.forget(&parts);
+                if let Err(e) = consumer.unassign() {
+                    tracing::error!(worker = self.worker, error = %e, "unassign failed");
+                }
+                tracing::info!(worker = self.worker, partitions = ?parts, "partitions revoked");
+            }
+            other => tracing::error!(worker = self.worker, error = ?other, "rebalance error"),
+        }
+    }
+}
+
+/// Sets the start offsets of `fresh` partitions in `tpl` according to `start`.
+fn apply_start<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    start: StartPosition,
+    fresh: &[i32],
+    tpl: &mut TopicPartitionList,
+) -> Result<(), KafkaError> {
+    let offset = match start {
+        StartPosition::Committed => return Ok(()),
+        StartPosition::Earliest => Offset::Beginning,
+        StartPosition::Latest => Offset::End,
+        StartPosition::Timestamp(ts) => {
+            let mut q = TopicPartitionList::new();
+            for p in fresh {
+                q.add_partition_offset(topic, *p, Offset::Offset(ts))?;
+            }
+            let found = consumer.offsets_for_times(q, Duration::from_secs(10))?;
+            for e in found.elements() {
+                let o = match e.offset() {
+                    Offset::Offset(o) if o >= 0 => Offset::Offset(o),
+                    _ => Offset::End,
+                };
+                tpl.set_partition_offset(topic, e.partition(), o)?;
+            }
+            return Ok(());
+        }
+    };
+    for p in fresh {
+        tpl.set_partition_offset(topic, *p, offset)?;
+    }
+    Ok(())
+}
+
+fn consumer_defaults(group_id: &str) -> Vec<(&str, &str)> {
+    vec![
+        ("group.id", group_id),
+        ("enable.auto.commit", "false"),
+        ("enable.auto.offset.store", "false"),
+        ("auto.offset.reset", "earliest"),
+        ("enable.partition.eof", "true"),
+        ("session.timeout.ms", "10000"),
+        ("heartbeat.interval.ms", "1000"),
+        ("fetch.wait.max.ms", "10"),
+        // Bounds librdkafka's prefetch queue: 16 MiB per consumer.
+        ("queued.max.messages.kbytes", "16384"),
+    ]
+}
+
+struct Bounded {
+    /// partition -> stop offset (exclusive); removed when reached.
+    remaining: HashMap<i32, i64>,
+}
+
+/// Builds the source operator for worker `scope.index()` of `scope.peers()`.
+///
+/// # Errors
+/// [`ConnectorError`] if the consumer cannot be created, the topic is unknown (bounded mode),
+/// or subscribing fails.
+pub fn kafka_source<'s>(
+    scope: Scope<'s, u64>,
+    config: KafkaSourceConfig,
+    shared: SourceShared,
+) -> Result<StreamVec<'s, u64, SourceEvent>, ConnectorError> {
+    let worker = scope.index();
+    let peers = scope.peers();
+    let context = SourceContext {
+        topic: config.topic.clone(),
+        start: config.start,
+        ledger: shared.ledger.clone(),
+        assigned: Mutex::new(Vec::new()),
+        started: Mutex::new(HashSet::new()),
+        worker,
+    };
+    let consumer: BaseConsumer<SourceContext> =
+        client_config(&config.brokers, &consumer_defaults(&config.group_id), &config.properties)
+            .create_with_context(context)
+            .map_err(ConnectorError::kafka("create consumer"))?;
+
+    let mut bounded = None;
+    if config.bounded {
+        let timeout = Duration::from_secs(10);
+        let mut all = topic_partitions(&consumer, &config.topic, timeout)?;
+        all.sort_unstable();
+        let mine: Vec<i32> = all.iter().copied().skip(worker).step_by(peers).collect();
+        let mut tpl = TopicPartitionList::new();
+        let mut remaining = HashMap::new();
+        for p in &mine {
+            let (lo, hi) = consumer
+                .fetch_watermarks(&config.topic, *p, timeout)
+                .map_err(ConnectorError::kafka(format!("watermarks of `{}`/{p}", config.topic)))?;
+            if hi > lo {
+                remaining.insert(*p, hi);
+            }
+            tpl.add_partition_offset(&config.topic, *p, Offset::Invalid)
+                .map_err(ConnectorError::kafka("assign"))?;
+        }
+        apply_start(&consumer, &config.topic, config.start, &mine, &mut tpl)
+            .map_err(ConnectorError::kafka("resolve start offsets"))?;
+        if config.start == StartPosition::Committed {
+            // No committed offset -> earliest, as in live mode.
+            let committed = consumer
+                .committed_offsets(tpl.clone(), timeout)
+                .map_err(ConnectorError::kafka("committed offsets"))?;
+            for e in committed.elements() {
+                let o = match e.offset() {
+                    Offset::Offset(o) => Offset::Offset(o),
+                    _ => Offset::Beginning,
+                };
+                tpl.set_partition_offset(&config.topic, e.partition(), o)
+                    .map_err(ConnectorError::kafka("assign"))?;
+            }
+        }
+        consumer.assign(&tpl).map_err(ConnectorError::kafka("assign"))?;
+        *consumer.context().assigned.lock().unwrap() = mine.clone();
+        tracing::info!(worker, topic = %config.topic, partitions = ?mine, stop = ?remaining, "bounded source assigned");
+        bounded = Some(Bounded { remaining });
+    } else {
+        consumer
+            .subscribe(&[&config.topic])
+            .map_err(ConnectorError::kafka(format!("subscribe to `{}`", config.topic)))?;
+    }
+
+    let stream = source::<_, CapacityContainerBuilder<Vec<SourceEvent>>, _, _>(scope, "KafkaSource", move |cap, info| {
+        let activator = scope.activator_for(info.address.clone());
+        let mut cap = Some(cap);
+        let mut consumer = Some(consumer);
+        let mut paused: Option<(Instant, usize)> = None;
+        let mut last_commit = Instant::now();
+        let mut drain_deadline: Option<Instant> = None;
+        let mut max_ts: HashMap<i32, i64> = HashMap::new();
+        move |output| {
+            let (Some(c), Some(consumer_ref)) = (cap.as_mut(), consumer.as_ref()) else {
+                return;
+            };
+            let ctx = consumer_ref.context();
+            let assigned: Vec<i32> = ctx.assigned.lock().unwrap().clone();
+            let shutting_down = shared.flow.shutdown_requested();
+            let want_pause = shutting_down || shared.flow.should_pause();
+
+            // Backpressure: pause / resume the assignment.
+            if want_pause && paused.is_none_or(|(_, n)| n != assigned.len()) {
+                if let Ok(a) = consumer_ref.assignment() {
+                    let _ = consumer_ref.pause(&a);
+                }
+                paused.get_or_insert((Instant::now(), 0)).1 = assigned.len();
+            } else if !want_pause {
+                if let Some((since, _)) = paused.take() {
+                    if let Ok(a) = consumer_ref.assignment() {
+                        let _ = consumer_ref.resume(&a);
+                    }
+                    shared.flow.add_paused_micros(since.elapsed().as_micros() as u64);
+                }
+            }
+
+            let mut emitted = 0usize;
+            {
+                let mut session = output.session(&*c);
+                let budget = if want_pause { 1 } else { config.max_poll_records };
+                for _ in 0..budget {
+                    match consumer_ref.poll(Duration::ZERO) {
+                        None => break,
+                        Some(Err(KafkaError::PartitionEOF(p))) => {
+                            if let Some(b) = bounded.as_mut() {
+                                b.remaining.remove(&p);
+                            }
+                        }
+                        Some(Err(e)) => {
+                            tracing::warn!(worker, error = %e, "consumer error");
+                            break;
+                        }
+                        Some(Ok(m)) => {
+                            let partition = m.partition();
+                            let offset = m.offset();
+                            if let Some(b) = bounded.as_mut() {
+                                match b.remaining.get(&partition) {
+                                    Some(&stop) if offset < stop => {
+                                        if offset + 1 >= stop {
+                                            b.remaining.remove(&partition);
+                                        }
+                                    }
+                                    _ => continue, // past the range
+                                }
+                            }
+                            let ts = m.timestamp().to_millis().unwrap_or_else(clock::wall_ms);
+                            let e = max_ts.entry(partition).or_insert(ts);
+                            *e = (*e).max(ts);
+                            let lineage = Lineage { partition, offset };
+                            shared.ledger.register(lineage);
+                            session.give(SourceEvent {
+                                lineage,
+                                key: m.key().map(<[u8]>::to_vec),
+                                payload: m.payload().map(<[u8]>::to_vec),
+                                timestamp_ms: ts,
+                                read_at_us: clock::now_micros(),
+                            });
+                            emitted += 1;
+                        }
+                    }
+                }
+            }
+            shared.metrics.events_in.inc_by(emitted as u64);
+
+            // Watermark: min over partitions with data of (max timestamp - allowed lateness).
+            if let Some(min) = assigned.iter().filter_map(|p| max_ts.get(p)).min() {
+                let wm = (min - config.allowed_lateness_ms).max(0) as u64;
+                if wm > *c.time() {
+                    c.downgrade(&wm);
+                }
+            }
+
+            let live = bounded.is_none();
+            if live && last_commit.elapsed() >= config.commit_interval {
+                ctx.commit_acked(consumer_ref, &assigned, CommitMode::Async);
+                last_commit = Instant::now();
+            }
+
+            let finished_range = bounded.as_ref().is_some_and(|b| b.remaining.is_empty());
+            if finished_range || shutting_down {
+                let deadline = *drain_deadline.get_or_insert_with(|| Instant::now() + config.drain_timeout);
+                let unacked = shared.ledger.unacked(&assigned);
+                if !live || unacked == 0 || Instant::now() >= deadline {
+                    if live {
+                        if unacked > 0 {
+                            tracing::warn!(worker, unacked, "drain timeout: in-flight events stay uncommitted and will be re-read");
+                        }
+                        ctx.commit_acked(consumer_ref, &assigned, CommitMode::Sync);
+                    }
+                    if let Some((since, _)) = paused.take() {
+                        shared.flow.add_paused_micros(since.elapsed().as_micros() as u64);
+                    }
+                    tracing::info!(worker, "source finished");
+                    cap = None;
+                    consumer = None;
+                    return;
+                }
+            }
+            if emitted > 0 && !want_pause {
+                activator.activate();
+            } else {
+                activator.activate_after(Duration::from_millis(1));
+            }
+        }
+    });
+    Ok(stream)
+}

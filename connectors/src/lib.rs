@@ -1,0 +1,46 @@
+//! Connectors of a weir topology: they know Kafka and files, and nothing of models.
+//!
+//! - [`kafka::source`]: a timely source operator over a Kafka topic (consumer group, partitions
+//!   spread over timely workers, start position, offsets committed only once acknowledged),
+//!   or a bounded range up to the high watermarks seen at start;
+//! - [`kafka::sink`]: score and dead-letter sinks (idempotent producer), acknowledging through
+//!   the [`DeliveryLedger`](weir_core::DeliveryLedger);
+//! - [`parquet::sink`]: a Parquet file sink through Arrow;
+//! - [`kafka::embedded`]: librdkafka's in-process mock cluster, for the demo and fast tests;
+//! - [`kafka::admin`]: producing, reading and describing topics (generator, demo, tests).
+#![deny(missing_docs)]
+
+pub mod kafka;
+pub mod parquet;
+
+/// Errors of connectors.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectorError {
+    /// A Kafka client call failed.
+    #[error("kafka ({context}): {source}")]
+    Kafka {
+        /// What was being done.
+        context: String,
+        /// The client's error.
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// A topic does not exist or has no partitions.
+    #[error("topic `{0}` not found on the broker")]
+    TopicNotFound(String),
+    /// File I/O or Parquet encoding failed.
+    #[error("{context}: {detail}")]
+    File {
+        /// What was being done.
+        context: String,
+        /// The underlying message.
+        detail: String,
+    },
+}
+
+impl ConnectorError {
+    pub(crate) fn kafka(context: impl Into<String>) -> impl FnOnce(rdkafka::error::KafkaError) -> Self {
+        let context = context.into();
+        move |source| ConnectorError::Kafka { context, source }
+    }
+}

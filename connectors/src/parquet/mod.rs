@@ -1,0 +1,3 @@
+//! Parquet file connectors (Arrow + parquet crates).
+
+pub mod sink;

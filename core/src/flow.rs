@@ -1,0 +1,116 @@
+//! Flow control shared by a topology's source(s) and micro-batcher(s): backpressure and shutdown.
+//!
+//! The micro-batcher publishes how many rows it holds and whether its hand-off to inference is
+//! blocked; the source reads [`FlowControl::should_pause`] before each poll and pauses its Kafka
+//! partitions while it is true. Memory held in the pipeline is therefore bounded by configuration
+//! (see [`FlowControl::new`]), and overload shows up as consumer lag instead.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+/// Shared backpressure and shutdown state of one topology.
+#[derive(Debug)]
+pub struct FlowControl {
+    buffered_rows: AtomicUsize,
+    max_buffered_rows: AtomicUsize,
+    high_water: usize,
+    blocked: AtomicUsize,
+    shutdown: AtomicBool,
+    paused_micros: AtomicU64,
+}
+
+impl FlowControl {
+    /// Flow control that pauses sources once `high_water` rows (summed over all micro-batchers)
+    /// wait to be handed to inference, or while any micro-batcher cannot hand off a full batch.
+    ///
+    /// A topology sets `high_water = workers * max_batch_rows`; with at most one poll of
+    /// `max_batch_rows` events arriving after the signal, buffered rows stay below
+    /// `2 * workers * max_batch_rows`.
+    pub fn new(high_water: usize) -> Self {
+        Self {
+            buffered_rows: AtomicUsize::new(0),
+            max_buffered_rows: AtomicUsize::new(0),
+            high_water: high_water.max(1),
+            blocked: AtomicUsize::new(0),
+            shutdown: AtomicBool::new(false),
+            paused_micros: AtomicU64::new(0),
+        }
+    }
+
+    /// Adds `n` rows to the buffered count (a micro-batcher received them).
+    pub fn add_buffered(&self, n: usize) {
+        let now = self.buffered_rows.fetch_add(n, Ordering::AcqRel) + n;
+        self.max_buffered_rows.fetch_max(now, Ordering::AcqRel);
+    }
+
+    /// Removes `n` rows from the buffered count (a micro-batcher handed them to inference).
+    pub fn remove_buffered(&self, n: usize) {
+        self.buffered_rows.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    /// Rows currently held by micro-batchers.
+    pub fn buffered_rows(&self) -> usize {
+        self.buffered_rows.load(Ordering::Acquire)
+    }
+
+    /// The largest [`buffered_rows`](Self::buffered_rows) seen since start.
+    pub fn max_buffered_rows(&self) -> usize {
+        self.max_buffered_rows.load(Ordering::Acquire)
+    }
+
+    /// A micro-batcher reports that its hand-off is blocked (`true`) or flowing again (`false`).
+    /// Each `true` must be matched by one `false`.
+    pub fn set_blocked(&self, blocked: bool) {
+        if blocked {
+            self.blocked.fetch_add(1, Ordering::AcqRel);
+        } else {
+            self.blocked.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Whether sources should stop reading now.
+    pub fn should_pause(&self) -> bool {
+        self.blocked.load(Ordering::Acquire) > 0 || self.buffered_rows() >= self.high_water
+    }
+
+    /// Adds time a source spent paused, in µs.
+    pub fn add_paused_micros(&self, us: u64) {
+        self.paused_micros.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// Total time sources spent paused by backpressure, in µs (summed over sources).
+    pub fn paused_micros(&self) -> u64 {
+        self.paused_micros.load(Ordering::Relaxed)
+    }
+
+    /// Asks sources to stop reading and the topology to drain (SIGINT/SIGTERM).
+    pub fn request_shutdown(&self) {
+        self.shutdown.store(true, Ordering::Release);
+    }
+
+    /// Whether shutdown was requested.
+    pub fn shutdown_requested(&self) -> bool {
+        self.shutdown.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pauses_on_high_water_or_blocked_handoff() {
+        let flow = FlowControl::new(100);
+        assert!(!flow.should_pause());
+        flow.add_buffered(99);
+        assert!(!flow.should_pause());
+        flow.add_buffered(1);
+        assert!(flow.should_pause());
+        flow.remove_buffered(50);
+        assert!(!flow.should_pause());
+        flow.set_blocked(true);
+        assert!(flow.should_pause());
+        flow.set_blocked(false);
+        assert!(!flow.should_pause());
+        assert_eq!(flow.max_buffered_rows(), 100);
+    }
+}

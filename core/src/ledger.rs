@@ -1,0 +1,177 @@
+//! The delivery ledger: which offsets have been read, which are acknowledged by a sink, and up to
+//! where each partition may be committed.
+//!
+//! Rule (at-least-once, no gaps): per partition, the committable position is one past the end of
+//! the *contiguous* run of acknowledged offsets starting at the oldest unacknowledged read. An
+//! offset acknowledged out of order waits until everything before it is acknowledged too. This is
+//! the rule Kafka Streams and Flink's Kafka source follow for commits (commit the position of
+//! the next record to read, never beyond an unprocessed one).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+use crate::record::Lineage;
+
+#[derive(Default)]
+struct PartitionLedger {
+    /// Offsets read and not yet committed, in read (= offset) order, with their ack flag.
+    pending: VecDeque<(i64, bool)>,
+    /// Offsets acknowledged, not yet popped.
+    acked: usize,
+    /// Next position to commit, if it advanced since the last `take_committable`.
+    committable: Option<i64>,
+}
+
+/// Tracks read and acknowledged offsets per partition. Shared (`Arc`) between the source, which
+/// [`register`](Self::register)s each offset it reads, and the sinks, which
+/// [`ack`](Self::ack) them on delivery.
+///
+/// Memory: one `(i64, bool)` (16 bytes) per event read and not yet committed, so it is bounded by
+/// the number of events in flight, which backpressure bounds.
+#[derive(Default)]
+pub struct DeliveryLedger {
+    parts: Mutex<HashMap<i32, PartitionLedger>>,
+}
+
+impl DeliveryLedger {
+    /// An empty ledger.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records that `lineage` was read. Offsets of one partition must be registered in increasing
+    /// order (as a Kafka consumer reads them); an offset at or below the last registered one of
+    /// its partition is ignored (a re-read after a seek is tracked by its first registration).
+    pub fn register(&self, lineage: Lineage) {
+        let mut parts = self.parts.lock().unwrap();
+        let p = parts.entry(lineage.partition).or_default();
+        if p.pending.back().is_none_or(|&(o, _)| o < lineage.offset) {
+            p.pending.push_back((lineage.offset, false));
+        }
+    }
+
+    /// Records that everything derived from `lineage` was delivered. Unknown lineages (e.g. of a
+    /// partition forgotten after a rebalance) are ignored. Returns whether it was known.
+    pub fn ack(&self, lineage: Lineage) -> bool {
+        let mut parts = self.parts.lock().unwrap();
+        let Some(p) = parts.get_mut(&lineage.partition) else {
+            return false;
+        };
+        let Ok(i) = p.pending.binary_search_by_key(&lineage.offset, |&(o, _)| o) else {
+            return false;
+        };
+        if !p.pending[i].1 {
+            p.pending[i].1 = true;
+            p.acked += 1;
+        }
+        // Pop the acknowledged prefix.
+        while let Some(&(o, true)) = p.pending.front() {
+            p.pending.pop_front();
+            p.acked -= 1;
+            p.committable = Some(o + 1);
+        }
+        true
+    }
+
+    /// Returns, for each of `partitions` whose committable position advanced since the last call,
+    /// `(partition, next offset to read)`, the value to commit to Kafka.
+    pub fn take_committable(&self, partitions: &[i32]) -> Vec<(i32, i64)> {
+        let mut parts = self.parts.lock().unwrap();
+        partitions
+            .iter()
+            .filter_map(|part| {
+                let p = parts.get_mut(part)?;
+                p.committable.take().map(|o| (*part, o))
+            })
+            .collect()
+    }
+
+    /// Events read from `partitions` and not yet acknowledged.
+    pub fn unacked(&self, partitions: &[i32]) -> usize {
+        let parts = self.parts.lock().unwrap();
+        partitions
+            .iter()
+            .filter_map(|part| parts.get(part))
+            .map(|p| p.pending.len() - p.acked)
+            .sum()
+    }
+
+    /// Events read from any partition and not yet acknowledged.
+    pub fn unacked_total(&self) -> usize {
+        let parts = self.parts.lock().unwrap();
+        parts.values().map(|p| p.pending.len() - p.acked).sum()
+    }
+
+    /// Drops all state of `partitions` (after they were revoked in a rebalance: their new owner
+    /// re-reads from the last commit, so late acknowledgements must not commit anything).
+    pub fn forget(&self, partitions: &[i32]) {
+        let mut parts = self.parts.lock().unwrap();
+        for p in partitions {
+            parts.remove(p);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn l(partition: i32, offset: i64) -> Lineage {
+        Lineage { partition, offset }
+    }
+
+    #[test]
+    fn commits_only_contiguous_acknowledged_prefix() {
+        let ledger = DeliveryLedger::new();
+        for o in 10..15 {
+            ledger.register(l(0, o));
+        }
+        ledger.register(l(1, 3));
+        assert!(ledger.ack(l(0, 12)));
+        assert_eq!(ledger.take_committable(&[0, 1]), vec![]);
+        ledger.ack(l(0, 10));
+        assert_eq!(ledger.take_committable(&[0, 1]), vec![(0, 11)]);
+        assert_eq!(ledger.take_committable(&[0, 1]), vec![], "taken once");
+        ledger.ack(l(0, 11));
+        assert_eq!(ledger.take_committable(&[0]), vec![(0, 13)]);
+        assert_eq!(ledger.unacked(&[0]), 2);
+        assert_eq!(ledger.unacked_total(), 3);
+        ledger.ack(l(1, 3));
+        assert_eq!(ledger.take_committable(&[0, 1]), vec![(1, 4)]);
+    }
+
+    #[test]
+    fn gaps_in_offsets_do_not_block_commits() {
+        // Compacted topics and transaction markers leave offset gaps.
+        let ledger = DeliveryLedger::new();
+        ledger.register(l(0, 5));
+        ledger.register(l(0, 9));
+        ledger.ack(l(0, 9));
+        ledger.ack(l(0, 5));
+        assert_eq!(ledger.take_committable(&[0]), vec![(0, 10)]);
+    }
+
+    #[test]
+    fn duplicate_acks_and_unknown_lineages_are_harmless() {
+        let ledger = DeliveryLedger::new();
+        ledger.register(l(0, 1));
+        ledger.register(l(0, 2));
+        ledger.ack(l(0, 2));
+        ledger.ack(l(0, 2));
+        assert_eq!(ledger.unacked(&[0]), 1);
+        assert!(!ledger.ack(l(0, 7)));
+        assert!(!ledger.ack(l(3, 0)));
+        ledger.forget(&[0]);
+        assert!(!ledger.ack(l(0, 1)));
+        assert_eq!(ledger.take_committable(&[0]), vec![]);
+    }
+
+    #[test]
+    fn re_registration_is_ignored() {
+        let ledger = DeliveryLedger::new();
+        ledger.register(l(0, 1));
+        ledger.register(l(0, 1));
+        ledger.register(l(0, 0));
+        assert_eq!(ledger.unacked(&[0]), 1);
+    }
+}

@@ -1,0 +1,178 @@
+//! Decode: JSON bytes to [`Transaction`], or a [`DeadLetter`] naming what is wrong.
+//!
+//! A transaction is rejected (never silently dropped) when:
+//! - the payload is missing (tombstone), not UTF-8 or not JSON (`reason = "json"`), has a
+//!   missing, unknown or wrongly typed field (`"schema"`);
+//! - the amount is not finite or negative (`"invalid_amount"`; JSON has no NaN, but a huge
+//!   number overflows to infinity);
+//! - the transaction time is before 1970 or more than `max_future_ms` after the read time
+//!   (`"invalid_time"`).
+//!
+//! ```
+//! use weir_operators::decode::{decode_transaction, DecodeLimits};
+//! use weir_core::{Lineage, SourceEvent};
+//! let ev = SourceEvent {
+//!     lineage: Lineage { partition: 0, offset: 7 },
+//!     key: None,
+//!     payload: Some(br#"{"tx_id":1,"tx_time_ms":1522540800000,"customer_id":3,"terminal_id":4,"amount":12.5}"#.to_vec()),
+//!     timestamp_ms: 1522540800000,
+//!     read_at_us: 0,
+//! };
+//! let (meta, tx) = decode_transaction(&ev, &DecodeLimits::default(), 1_700_000_000_000).unwrap();
+//! assert_eq!((meta.tx_id, tx.amount), (1, 12.5));
+//! let bad = SourceEvent { payload: Some(b"{\"tx_id\":".to_vec()), ..ev };
+//! assert_eq!(decode_transaction(&bad, &DecodeLimits::default(), 0).unwrap_err().reason, "json");
+//! ```
+
+use timely::dataflow::operators::OkErr;
+use timely::dataflow::StreamVec;
+use timely::progress::Timestamp;
+use weir_core::{DeadLetter, RowMeta, SourceEvent, Transaction};
+
+/// Limits applied while decoding.
+#[derive(Debug, Clone)]
+pub struct DecodeLimits {
+    /// Largest accepted distance of a transaction time into the future of the read time, ms.
+    pub max_future_ms: i64,
+    /// Largest accepted payload, bytes.
+    pub max_payload_bytes: usize,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        Self { max_future_ms: 86_400_000, max_payload_bytes: 64 * 1024 }
+    }
+}
+
+fn dead(ev: &SourceEvent, reason: &str, detail: String) -> DeadLetter {
+    DeadLetter {
+        lineage: ev.lineage,
+        reason: reason.to_string(),
+        detail,
+        key: ev.key.clone(),
+        payload: ev.payload.clone().unwrap_or_default(),
+        read_at_us: ev.read_at_us,
+    }
+}
+
+/// Decodes one event. `now_ms` is the wall-clock time (ms since the Unix epoch) used for the
+/// future-time check.
+///
+/// # Errors
+/// A [`DeadLetter`] with `reason` one of `json`, `schema`, `too_large`, `invalid_amount`,
+/// `invalid_time`, and the parser's message in `detail`.
+pub fn decode_transaction(
+    ev: &SourceEvent,
+    limits: &DecodeLimits,
+    now_ms: i64,
+) -> Result<(RowMeta, Transaction), DeadLetter> {
+    let Some(payload) = ev.payload.as_deref() else {
+        return Err(dead(ev, "json", "empty payload (tombstone)".into()));
+    };
+    if payload.len() > limits.max_payload_bytes {
+        return Err(dead(
+            ev,
+            "too_large",
+            format!("payload of {} bytes exceeds {} bytes", payload.len(), limits.max_payload_bytes),
+        ));
+    }
+    let tx: Transaction = serde_json::from_slice(payload).map_err(|e| {
+        let reason = match e.classify() {
+            serde_json::error::Category::Data => "schema",
+            _ => "json",
+        };
+        dead(ev, reason, e.to_string())
+    })?;
+    if !tx.amount.is_finite() || tx.amount < 0.0 {
+        return Err(dead(ev, "invalid_amount", format!("amount {} is not a finite non-negative number", tx.amount)));
+    }
+    if tx.tx_time_ms < 0 {
+        return Err(dead(ev, "invalid_time", format!("tx_time_ms {} is before 1970", tx.tx_time_ms)));
+    }
+    if tx.tx_time_ms > now_ms.saturating_add(limits.max_future_ms) {
+        return Err(dead(
+            ev,
+            "invalid_time",
+            format!("tx_time_ms {} is more than {} ms in the future", tx.tx_time_ms, limits.max_future_ms),
+        ));
+    }
+    let meta = RowMeta {
+        lineage: ev.lineage,
+        tx_id: tx.tx_id,
+        event_time_ms: tx.tx_time_ms,
+        read_at_us: ev.read_at_us,
+    };
+    Ok((meta, tx))
+}
+
+/// The decode operator: splits a stream of source events into decoded transactions and dead
+/// letters. Stateless and pipelined (no exchange).
+pub fn decode<'s, T: Timestamp>(
+    events: StreamVec<'s, T, SourceEvent>,
+    limits: DecodeLimits,
+) -> (StreamVec<'s, T, (RowMeta, Transaction)>, StreamVec<'s, T, DeadLetter>) {
+    events.ok_err(move |ev: SourceEvent| decode_transaction(&ev, &limits, weir_core::clock::wall_ms()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_core::Lineage;
+
+    fn ev(payload: &[u8]) -> SourceEvent {
+        SourceEvent {
+            lineage: Lineage { partition: 2, offset: 9 },
+            key: Some(b"k".to_vec()),
+            payload: Some(payload.to_vec()),
+            timestamp_ms: 0,
+            read_at_us: 5,
+        }
+    }
+
+    const NOW: i64 = 1_700_000_000_000;
+
+    fn reason(p: &[u8]) -> String {
+        let e = decode_transaction(&ev(p), &DecodeLimits::default(), NOW).unwrap_err();
+        assert_eq!(e.lineage, Lineage { partition: 2, offset: 9 }, "dead letter keeps its lineage");
+        assert_eq!(e.payload, p, "dead letter keeps the original bytes");
+        e.reason
+    }
+
+    #[test]
+    fn accepts_a_good_transaction() {
+        let (meta, tx) = decode_transaction(
+            &ev(br#"{"tx_id":5,"tx_time_ms":1000,"customer_id":1,"terminal_id":2,"amount":0.0}"#),
+            &DecodeLimits::default(),
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(meta.event_time_ms, 1000);
+        assert_eq!(meta.read_at_us, 5);
+        assert_eq!(tx.terminal_id, 2);
+    }
+
+    #[test]
+    fn rejects_each_kind_of_bad_input_with_a_reason() {
+        assert_eq!(reason(br#"{"tx_id":5,"tx_time_ms":1000,"#), "json");
+        assert_eq!(reason(b"\xff\xfe not utf8"), "json");
+        assert_eq!(reason(br#"{"tx_id":5,"tx_time_ms":1000,"customer_id":1,"terminal_id":2}"#), "schema");
+        assert_eq!(reason(br#"{"tx_id":"5","tx_time_ms":1000,"customer_id":1,"terminal_id":2,"amount":1}"#), "schema");
+        assert_eq!(
+            reason(br#"{"tx_id":5,"tx_time_ms":1000,"customer_id":1,"terminal_id":2,"amount":1,"extra":1}"#),
+            "schema"
+        );
+        assert_eq!(reason(br#"{"tx_id":5,"tx_time_ms":1000,"customer_id":1,"terminal_id":2,"amount":NaN}"#), "json");
+        assert_eq!(reason(br#"{"tx_id":5,"tx_time_ms":1000,"customer_id":1,"terminal_id":2,"amount":-3}"#), "invalid_amount");
+        assert_eq!(reason(br#"{"tx_id":5,"tx_time_ms":1000,"customer_id":1,"terminal_id":2,"amount":1e999}"#), "json");
+        assert_eq!(reason(br#"{"tx_id":5,"tx_time_ms":-1,"customer_id":1,"terminal_id":2,"amount":1}"#), "invalid_time");
+        assert_eq!(
+            reason(br#"{"tx_id":5,"tx_time_ms":9999999999999,"customer_id":1,"terminal_id":2,"amount":1}"#),
+            "invalid_time"
+        );
+        let huge = format!(r#"{{"tx_id":5,"note":"{}"}}"#, "x".repeat(100_000));
+        assert_eq!(reason(huge.as_bytes()), "too_large");
+        let mut tomb = ev(b"");
+        tomb.payload = None;
+        assert_eq!(decode_transaction(&tomb, &DecodeLimits::default(), NOW).unwrap_err().reason, "json");
+    }
+}

@@ -1,0 +1,433 @@
+//! Inference: ONNX Runtime sessions through the `ort` crate, on threads of their own.
+//!
+//! CPU-bound work stays off the timely worker threads (the same advice tokio gives for its
+//! runtime): micro-batchers hand [`Batch`]es over a bounded queue to an [`InferencePool`], whose
+//! threads each own one [`Scorer`] (an `ort::Session::run` needs `&mut self`) and write scores to
+//! the sink. An inference error sends the batch's events to the dead-letter sink with the error,
+//! rather than dropping them or stopping the topology.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crossbeam_channel::Receiver;
+use ndarray::ArrayView2;
+use ort::session::Session;
+use ort::value::TensorRef;
+use weir_core::{DeadLetter, DeadLetterSink, Metrics, ScoreSink};
+
+use crate::batch::Batch;
+
+/// Errors of model loading and inference.
+#[derive(Debug, thiserror::Error)]
+pub enum InferenceError {
+    /// The ONNX Runtime shared library could not be loaded.
+    #[error("cannot load ONNX Runtime from `{path}`: {detail} (run `make setup`, or set ORT_DYLIB_PATH to libonnxruntime.so)")]
+    Runtime {
+        /// The library path tried.
+        path: PathBuf,
+        /// Loader message.
+        detail: String,
+    },
+    /// The model file does not exist.
+    #[error("model file not found: `{0}`")]
+    ModelNotFound(PathBuf),
+    /// ONNX Runtime rejected the model file.
+    #[error("cannot load model `{path}`: {detail}")]
+    ModelLoad {
+        /// Model path.
+        path: PathBuf,
+        /// ONNX Runtime's message.
+        detail: String,
+    },
+    /// The model does not fit the topology's configuration.
+    #[error("model `{path}` does not match the topology: {detail}")]
+    Mismatch {
+        /// Model path.
+        path: PathBuf,
+        /// What differs.
+        detail: String,
+    },
+    /// An execution provider name that weir does not know.
+    #[error("unknown execution provider `{0}` (known: cuda, cpu)")]
+    UnknownProvider(String),
+    /// A run failed.
+    #[error("inference failed: {0}")]
+    Run(String),
+}
+
+/// An execution provider, in the order the topology lists them (`["cuda", "cpu"]` by default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecutionProvider {
+    /// NVIDIA CUDA (needs the `onnxruntime-gpu` library and CUDA/cuDNN at run time).
+    Cuda,
+    /// ONNX Runtime's default CPU provider.
+    Cpu,
+}
+
+impl std::str::FromStr for ExecutionProvider {
+    type Err = InferenceError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "cuda" => Ok(Self::Cuda),
+            "cpu" => Ok(Self::Cpu),
+            other => Err(InferenceError::UnknownProvider(other.to_string())),
+        }
+    }
+}
+
+impl ExecutionProvider {
+    /// The provider's name as configured (`"cuda"`, `"cpu"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Cuda => "cuda",
+            Self::Cpu => "cpu",
+        }
+    }
+}
+
+/// What a topology says about its model.
+#[derive(Debug, Clone)]
+pub struct ModelSpec {
+    /// Path of the `.onnx` file.
+    pub path: PathBuf,
+    /// Model version written next to every score (lineage).
+    pub version: String,
+    /// Feature names in the order the model expects them; must equal the model's `features`
+    /// metadata property (comma-separated) written by the training script.
+    pub features: Vec<String>,
+    /// Input name; `None` = the model's only input.
+    pub input: Option<String>,
+    /// Output name; `None` = `probabilities` if present, else the first float output.
+    pub output: Option<String>,
+    /// Execution providers in order of preference; CPU is always the last resort.
+    pub execution_providers: Vec<ExecutionProvider>,
+    /// ONNX Runtime intra-op threads per session.
+    pub intra_threads: usize,
+}
+
+static ENV: OnceLock<ort::environment::Environment> = OnceLock::new();
+
+/// The default location of the ONNX Runtime shared library: `$ORT_DYLIB_PATH`, else
+/// `.ort/libonnxruntime.so` in the current directory or next to the executable's workspace
+/// (where `make setup` puts it).
+pub fn default_runtime_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+        return PathBuf::from(p);
+    }
+    let local = PathBuf::from(".ort/libonnxruntime.so");
+    if local.exists() {
+        return local;
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        // target/<profile>/weir -> workspace root
+        for anc in exe.ancestors().skip(1).take(4) {
+            let p = anc.join(".ort/libonnxruntime.so");
+            if p.exists() {
+                return p;
+            }
+        }
+    }
+    local
+}
+
+/// Loads ONNX Runtime from `path` (once per process; later calls return the same environment).
+///
+/// # Errors
+/// [`InferenceError::Runtime`] if the library is missing or of a version ort rejects.
+pub fn init_runtime(path: &Path) -> Result<&'static ort::environment::Environment, InferenceError> {
+    if let Some(env) = ENV.get() {
+        return Ok(env);
+    }
+    if !path.exists() {
+        return Err(InferenceError::Runtime { path: path.to_path_buf(), detail: "file not found".into() });
+    }
+    let builder = ort::init_from(path)
+        .map_err(|e| InferenceError::Runtime { path: path.to_path_buf(), detail: e.to_string() })?;
+    let env = builder
+        .with_name("weir")
+        .with_telemetry(false)
+        .build()
+        .map_err(|e| InferenceError::Runtime { path: path.to_path_buf(), detail: e.to_string() })?;
+    Ok(ENV.get_or_init(|| env))
+}
+
+/// Something that scores a `[rows, n_features] f32` matrix: one probability per row.
+pub trait Scorer: Send {
+    /// Scores `x`, `[rows, n_features] f32`; returns `[rows] f32`.
+    ///
+    /// # Errors
+    /// [`InferenceError::Run`] with the runtime's message.
+    fn score(&mut self, x: ArrayView2<'_, f32>) -> Result<Vec<f32>, InferenceError>;
+}
+
+/// How to read a score out of the model's output tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OutputShape {
+    /// `[rows]`: the score itself.
+    Vector,
+    /// `[rows, 1]`: the score itself.
+    Column,
+    /// `[rows, 2]`: class probabilities; the score is column 1 (fraud).
+    TwoClass,
+}
+
+/// An ONNX Runtime session for one model, checked against a [`ModelSpec`].
+pub struct OnnxScorer {
+    session: Session,
+    input: String,
+    output: String,
+    shape: OutputShape,
+    n_features: usize,
+    provider: ExecutionProvider,
+}
+
+impl OnnxScorer {
+    /// Opens the model of `spec` with the first execution provider that registers, and checks
+    /// its input (one float tensor `[-1, n_features]`), output and `features` metadata against
+    /// `spec`. If CUDA is requested but unusable, logs a warning once per session and continues
+    /// with the next provider (see [`OnnxScorer::provider`]).
+    ///
+    /// # Errors
+    /// [`InferenceError::ModelNotFound`], [`InferenceError::ModelLoad`],
+    /// [`InferenceError::Mismatch`] naming the difference.
+    pub fn open(env: &ort::environment::Environment, spec: &ModelSpec) -> Result<Self, InferenceError> {
+        if !spec.path.exists() {
+            return Err(InferenceError::ModelNotFound(spec.path.clone()));
+        }
+        let load_err = |e: &dyn std::fmt::Display| InferenceError::ModelLoad {
+            path: spec.path.clone(),
+            detail: e.to_string(),
+        };
+        let mut chosen = ExecutionProvider::Cpu;
+        let mut builder = Session::builder(env).map_err(|e| load_err(&e))?;
+        builder = builder
+            .with_intra_threads(spec.intra_threads.max(1))
+            .map_err(|e| load_err(&e))?;
+        for ep in &spec.execution_providers {
+            match ep {
+                ExecutionProvider::Cpu => {
+                    chosen = ExecutionProvider::Cpu;
+                    break;
+                }
+                ExecutionProvider::Cuda => {
+                    let dispatch = ort::ep::CUDA::default().build().error_on_failure();
+                    match builder.with_execution_providers([dispatch]) {
+                        Ok(b) => {
+                            builder = b;
+                            chosen = ExecutionProvider::Cuda;
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(provider = "cuda", error = %e, "execution provider unavailable; trying the next one");
+                            builder = e.recover();
+                        }
+                    }
+                }
+            }
+        }
+        let session = builder.commit_from_file(&spec.path).map_err(|e| load_err(&e))?;
+        let mismatch = |detail: String| InferenceError::Mismatch { path: spec.path.clone(), detail };
+
+        // Feature order: the model's metadata is its machine-readable card.
+        let meta = session.metadata().map_err(|e| load_err(&e))?;
+        let model_features = meta.custom("features");
+        drop(meta);
+        match model_features {
+            Some(f) => {
+                let model: Vec<&str> = f.split(',').map(str::trim).collect();
+                if model != spec.features.iter().map(String::as_str).collect::<Vec<_>>() {
+                    return Err(mismatch(format!(
+                        "model.features {:?} differ from the model's feature order {:?}",
+                        spec.features, model
+                    )));
+                }
+            }
+            None => {
+                return Err(mismatch(
+                    "the model has no `features` metadata property; the training script must record the feature order".into(),
+                ))
+            }
+        }
+
+        let inputs: Vec<String> = session.inputs().iter().map(|o| o.name().to_string()).collect();
+        let input = match &spec.input {
+            Some(name) => session
+                .inputs()
+                .iter()
+                .find(|o| o.name() == name)
+                .ok_or_else(|| mismatch(format!("model.input `{name}` is not an input of the model (inputs: {inputs:?})")))?,
+            None if session.inputs().len() == 1 => &session.inputs()[0],
+            None => return Err(mismatch(format!("the model has several inputs {inputs:?}; set model.input"))),
+        };
+        let in_shape = input.dtype().tensor_shape().map(|s| s.to_vec()).unwrap_or_default();
+        if input.dtype().tensor_type() != Some(ort::value::TensorElementType::Float32)
+            || in_shape.len() != 2
+            || (in_shape[1] >= 0 && in_shape[1] as usize != spec.features.len())
+        {
+            return Err(mismatch(format!(
+                "input `{}` is {:?}; expected a float tensor [batch, {}] for the {} configured features",
+                input.name(),
+                input.dtype(),
+                spec.features.len(),
+                spec.features.len()
+            )));
+        }
+        let input_name = input.name().to_string();
+
+        let outputs: Vec<String> = session.outputs().iter().map(|o| o.name().to_string()).collect();
+        let output = match &spec.output {
+            Some(name) => session
+                .outputs()
+                .iter()
+                .find(|o| o.name() == name)
+                .ok_or_else(|| mismatch(format!("model.output `{name}` is not an output of the model (outputs: {outputs:?})")))?,
+            None => session
+                .outputs()
+                .iter()
+                .find(|o| o.name() == "probabilities")
+                .or_else(|| {
+                    session
+                        .outputs()
+                        .iter()
+                        .find(|o| o.dtype().tensor_type() == Some(ort::value::TensorElementType::Float32))
+                })
+                .ok_or_else(|| mismatch(format!("no float output among {outputs:?}; set model.output")))?,
+        };
+        let out_shape = output.dtype().tensor_shape().map(|s| s.to_vec()).unwrap_or_default();
+        let shape = match out_shape.as_slice() {
+            [_] => OutputShape::Vector,
+            [_, 1] => OutputShape::Column,
+            [_, 2] => OutputShape::TwoClass,
+            _ => {
+                return Err(mismatch(format!(
+                    "output `{}` has shape {:?}; expected [batch], [batch, 1] or [batch, 2] float",
+                    output.name(),
+                    out_shape
+                )))
+            }
+        };
+        if output.dtype().tensor_type() != Some(ort::value::TensorElementType::Float32) {
+            return Err(mismatch(format!("output `{}` is not a float tensor: {:?}", output.name(), output.dtype())));
+        }
+        let output_name = output.name().to_string();
+        Ok(Self {
+            session,
+            input: input_name,
+            output: output_name,
+            shape,
+            n_features: spec.features.len(),
+            provider: chosen,
+        })
+    }
+
+    /// The execution provider in use.
+    pub fn provider(&self) -> ExecutionProvider {
+        self.provider
+    }
+}
+
+impl Scorer for OnnxScorer {
+    fn score(&mut self, x: ArrayView2<'_, f32>) -> Result<Vec<f32>, InferenceError> {
+        if x.ncols() != self.n_features {
+            return Err(InferenceError::Run(format!("batch has {} features, model {}", x.ncols(), self.n_features)));
+        }
+        let rows = x.nrows();
+        let tensor = TensorRef::from_array_view(x).map_err(|e| InferenceError::Run(e.to_string()))?;
+        let outputs = self
+            .session
+            .run(ort::inputs![self.input.as_str() => tensor])
+            .map_err(|e| InferenceError::Run(e.to_string()))?;
+        let out = outputs
+            .get(&self.output)
+            .ok_or_else(|| InferenceError::Run(format!("output `{}` missing", self.output)))?
+            .try_extract_array::<f32>()
+            .map_err(|e| InferenceError::Run(e.to_string()))?;
+        let scores: Vec<f32> = match self.shape {
+            OutputShape::Vector | OutputShape::Column => out.iter().copied().collect(),
+            OutputShape::TwoClass => out.rows().into_iter().map(|r| r[1]).collect(),
+        };
+        if scores.len() != rows {
+            return Err(InferenceError::Run(format!("model returned {} scores for {rows} rows", scores.len())));
+        }
+        Ok(scores)
+    }
+}
+
+/// Threads that take batches from the micro-batchers' queue, score them and write the scores.
+pub struct InferencePool {
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl InferencePool {
+    /// Starts one thread per scorer. Each takes batches from `queue` until every sender is
+    /// dropped and the queue is empty, then returns.
+    pub fn spawn(
+        scorers: Vec<Box<dyn Scorer>>,
+        queue: Receiver<Batch>,
+        sink: Arc<dyn ScoreSink>,
+        dead_letters: Arc<dyn DeadLetterSink>,
+        metrics: Arc<Metrics>,
+        model_version: String,
+    ) -> Self {
+        let handles = scorers
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut scorer)| {
+                let queue = queue.clone();
+                let sink = sink.clone();
+                let dead_letters = dead_letters.clone();
+                let metrics = metrics.clone();
+                let version = model_version.clone();
+                std::thread::Builder::new()
+                    .name(format!("weir-inference-{i}"))
+                    .spawn(move || {
+                        for batch in queue.iter() {
+                            let t0 = Instant::now();
+                            let result = scorer.score(batch.features.view());
+                            metrics.inference_seconds.observe(t0.elapsed().as_secs_f64());
+                            match result {
+                                Ok(scores) => {
+                                    if let Err(e) = sink.write(&batch.rows, &scores, &version) {
+                                        // Not acknowledged, so not committed: re-read after restart.
+                                        tracing::error!(error = %e, rows = batch.len(), "score sink rejected a batch");
+                                    }
+                                }
+                                Err(e) => {
+                                    tracing::error!(error = %e, rows = batch.len(), "inference failed; sending the batch to the dead-letter queue");
+                                    for (meta, features) in batch.rows.iter().zip(batch.features.rows()) {
+                                        let letter = DeadLetter {
+                                            lineage: meta.lineage,
+                                            reason: "inference".into(),
+                                            detail: e.to_string(),
+                                            key: None,
+                                            payload: serde_json::to_vec(&serde_json::json!({
+                                                "tx_id": meta.tx_id,
+                                                "features": features.to_vec(),
+                                            }))
+                                            .unwrap_or_default(),
+                                            read_at_us: meta.read_at_us,
+                                        };
+                                        if let Err(e) = dead_letters.send(letter) {
+                                            tracing::error!(error = %e, "dead-letter sink rejected a letter");
+                                        }
+                                    }
+                                }
+                            }
+                            metrics.inflight_batches.dec();
+                        }
+                    })
+                    .expect("spawn inference thread")
+            })
+            .collect();
+        Self { handles }
+    }
+
+    /// Waits for every inference thread to finish (after the queue's senders are dropped).
+    pub fn join(self) {
+        for h in self.handles {
+            let _ = h.join();
+        }
+    }
+}

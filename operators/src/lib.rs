@@ -1,0 +1,17 @@
+//! Operators of a weir topology that know batching and inference, and nothing of Kafka:
+//!
+//! - [`decode`]: bytes to [`Transaction`](weir_core::Transaction), malformed events to dead
+//!   letters with a reason;
+//! - [`micro_batch`]: collects feature rows into micro-batches, flushed when `max_batch_rows` is
+//!   reached or the oldest row has waited `max_wait` (a timer), handed to inference over a bounded
+//!   queue of `max_inflight_batches` (backpressure);
+//! - [`inference`]: ONNX Runtime sessions (ort) with execution providers in configured order,
+//!   run on their own threads, writing scores to a sink.
+#![deny(missing_docs)]
+
+pub mod batch;
+pub mod decode;
+pub mod inference;
+pub mod micro_batch;
+
+pub use batch::Batch;

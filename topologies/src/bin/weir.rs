@@ -1,0 +1,284 @@
+//! `weir`: run, replay and benchmark fraud-scoring topologies.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use weir_connectors::kafka::embedded::EmbeddedKafka;
+use weir_core::FlowControl;
+use weir_simulator::SimConfig;
+use weir_topologies::bench::{run_bench, BenchOptions};
+use weir_topologies::config::{parse_start, TopologyConfig};
+use weir_topologies::demo::{run_demo, summary, DemoOptions, LABELS_TOPIC};
+use weir_topologies::generate::{generate, Target};
+use weir_topologies::runner::{open_scorers, run_topology, RunOptions};
+
+#[derive(Parser)]
+#[command(name = "weir", version, about = "Score Kafka event streams with ONNX models in micro-batches")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct SimArgs {
+    /// Simulated days.
+    #[arg(long, default_value_t = 25)]
+    days: u32,
+    /// Customers (cards).
+    #[arg(long, default_value_t = 5000)]
+    customers: usize,
+    /// Terminals.
+    #[arg(long, default_value_t = 10_000)]
+    terminals: usize,
+    /// Random seed.
+    #[arg(long, default_value_t = 2018)]
+    seed: u64,
+    /// First day, RFC 3339 (default: the handbook's 2018-04-01).
+    #[arg(long, default_value = "2018-04-01T00:00:00Z")]
+    start: String,
+}
+
+impl SimArgs {
+    fn config(&self) -> Result<SimConfig, String> {
+        let start_ms = match parse_start(&self.start)? {
+            weir_connectors::kafka::source::StartPosition::Timestamp(ms) => ms,
+            _ => return Err(format!("--start `{}` is not an RFC 3339 time", self.start)),
+        };
+        Ok(SimConfig {
+            n_customers: self.customers,
+            n_terminals: self.terminals,
+            n_days: self.days,
+            start_ms,
+            seed: self.seed,
+            ..SimConfig::default()
+        })
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a topology: consume, score, produce, commit; until SIGINT/SIGTERM (or --until-end).
+    Run {
+        /// Topology file.
+        topology: PathBuf,
+        /// Bootstrap servers, overriding source.brokers.
+        #[arg(long)]
+        brokers: Option<String>,
+        /// Stop at the end of the topic as seen at start (bounded; no offset commits).
+        #[arg(long)]
+        until_end: bool,
+        /// Start position, overriding source.start: committed, earliest, latest or RFC 3339.
+        #[arg(long)]
+        start: Option<String>,
+    },
+    /// Generate simulated card transactions (Fraud Detection Handbook, ch. 3) to Kafka or JSONL.
+    Generate {
+        #[command(flatten)]
+        sim: SimArgs,
+        /// Bootstrap servers (write to Kafka).
+        #[arg(long, conflicts_with = "out")]
+        brokers: Option<String>,
+        /// Transactions topic.
+        #[arg(long, default_value = "transactions")]
+        topic: String,
+        /// Labels topic.
+        #[arg(long, default_value = LABELS_TOPIC)]
+        labels_topic: String,
+        /// Write JSON Lines here instead (labels to <out>.labels.jsonl).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Malformed events to mix in (dead-letter demos and tests).
+        #[arg(long, default_value_t = 0)]
+        malformed: u64,
+    },
+    /// Run the whole path on an embedded broker and print a summary.
+    Demo {
+        /// Topology file.
+        #[arg(long, default_value = "topologies/fraud-scoring.toml")]
+        topology: PathBuf,
+        #[command(flatten)]
+        sim: SimArgs,
+        /// Malformed events mixed into the stream.
+        #[arg(long, default_value_t = 4)]
+        malformed: u64,
+        /// Partitions of the transactions topic.
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+    },
+    /// Measure raw ONNX Runtime, raw Kafka I/O and the pipeline, side by side.
+    Bench {
+        /// Topology file.
+        #[arg(long, default_value = "topologies/fraud-scoring.toml")]
+        topology: PathBuf,
+        #[command(flatten)]
+        sim: SimArgs,
+        /// Partitions of the transactions topic.
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+        /// Seconds of the raw ONNX Runtime loop.
+        #[arg(long, default_value_t = 3.0)]
+        onnx_seconds: f64,
+    },
+    /// Start an embedded (mock) Kafka broker and keep it running until SIGINT/SIGTERM.
+    Broker {
+        /// Topics to create, as name:partitions.
+        #[arg(long, value_delimiter = ',', default_value = "transactions:4,fraud-labels:4,scores:4,transactions-dlq:1")]
+        topics: Vec<String>,
+        /// Write the bootstrap servers to this file once ready.
+        #[arg(long)]
+        bootstrap_file: Option<PathBuf>,
+    },
+    /// Validate a topology file and its model without connecting to Kafka.
+    Check {
+        /// Topology file.
+        topology: PathBuf,
+    },
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// SIGINT/SIGTERM set a flag; a second SIGINT exits at once.
+fn shutdown_flag() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register_conditional_shutdown(sig, 130, flag.clone());
+        let _ = signal_hook::flag::register(sig, flag.clone());
+    }
+    flag
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result: Result<(), String> = match cli.command {
+        Command::Run { topology, brokers, until_end, start } => {
+            init_logging("info");
+            (|| {
+                let cfg = TopologyConfig::load(&topology).map_err(|e| e.to_string())?;
+                let start = start.as_deref().map(parse_start).transpose().map_err(|e| format!("--start: {e}"))?;
+                let flow = Arc::new(FlowControl::new(cfg.topology.workers * cfg.batching.max_batch_rows));
+                let flag = shutdown_flag();
+                let f = flow.clone();
+                std::thread::spawn(move || loop {
+                    if flag.load(Ordering::Acquire) {
+                        tracing::info!("shutdown requested: draining in-flight batches");
+                        f.request_shutdown();
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                });
+                let report = run_topology(
+                    &cfg,
+                    RunOptions { brokers, bounded: until_end, start, flow: Some(flow), ..RunOptions::default() },
+                )
+                .map_err(|e| e.to_string())?;
+                println!(
+                    "events {} scored {} dead letters {} batches {} (mean {:.1} rows) in {:.2} s = {:.0} events/s; latency p50 {:.2} ms p99 {:.2} ms; sink {}",
+                    report.events_in,
+                    report.scored,
+                    report.dead_letters.values().sum::<u64>(),
+                    report.batches,
+                    report.mean_batch_rows,
+                    report.elapsed.as_secs_f64(),
+                    report.events_per_second(),
+                    report.p50_latency_us as f64 / 1000.0,
+                    report.p99_latency_us as f64 / 1000.0,
+                    report.sink,
+                );
+                Ok(())
+            })()
+        }
+        Command::Generate { sim, brokers, topic, labels_topic, out, malformed } => {
+            init_logging("warn");
+            (|| {
+                let config = sim.config()?;
+                let target = match (brokers, out) {
+                    (Some(brokers), None) => Target::Kafka { brokers, topic, labels_topic },
+                    (None, Some(out)) => {
+                        let labels_path = out.with_extension("labels.jsonl");
+                        Target::Jsonl { path: out, labels_path }
+                    }
+                    _ => return Err("give --brokers (Kafka) or --out (JSONL file)".to_string()),
+                };
+                let pb = indicatif::ProgressBar::new(config.n_days as u64);
+                let s = generate(config, &target, malformed, |_| {}, |_| pb.inc(1)).map_err(|e| e.to_string())?;
+                pb.finish_and_clear();
+                println!("generated {} transactions ({} fraudulent), {} malformed events -> {target:?}", s.transactions, s.frauds, s.malformed);
+                Ok(())
+            })()
+        }
+        Command::Demo { topology, sim, malformed, partitions } => {
+            init_logging("warn");
+            (|| {
+                let opts = DemoOptions { topology, sim: sim.config()?, malformed, partitions, progress: true };
+                let report = run_demo(&opts).map_err(|e| e.to_string())?;
+                print!("{}", summary(&report));
+                if report.missing > 0 || report.duplicates > 0 {
+                    return Err(format!("{} transactions missing, {} duplicated", report.missing, report.duplicates));
+                }
+                Ok(())
+            })()
+        }
+        Command::Bench { topology, sim, partitions, onnx_seconds } => {
+            init_logging("warn");
+            (|| {
+                let opts = BenchOptions { topology, sim: sim.config()?, partitions, onnx_seconds };
+                let report = run_bench(&opts).map_err(|e| e.to_string())?;
+                print!("{}", report.render());
+                Ok(())
+            })()
+        }
+        Command::Broker { topics, bootstrap_file } => {
+            init_logging("info");
+            (|| {
+                let kafka = EmbeddedKafka::start().map_err(|e| e.to_string())?;
+                for t in &topics {
+                    let (name, parts) = t.split_once(':').unwrap_or((t.as_str(), "1"));
+                    let parts: i32 = parts.parse().map_err(|_| format!("--topics: `{t}` is not name:partitions"))?;
+                    kafka.create_topic(name, parts).map_err(|e| e.to_string())?;
+                }
+                let servers = kafka.bootstrap_servers();
+                if let Some(f) = &bootstrap_file {
+                    std::fs::write(f, &servers).map_err(|e| format!("cannot write `{}`: {e}", f.display()))?;
+                }
+                println!("{servers}");
+                let flag = shutdown_flag();
+                while !flag.load(Ordering::Acquire) {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                drop(kafka);
+                Ok(())
+            })()
+        }
+        Command::Check { topology } => {
+            init_logging("warn");
+            (|| {
+                let cfg = TopologyConfig::load(&topology).map_err(|e| e.to_string())?;
+                let (_, provider) = open_scorers(&cfg, None).map_err(|e| e.to_string())?;
+                println!(
+                    "ok: topology `{}`, model {} ({}), {} features, execution provider {}",
+                    cfg.topology.name,
+                    cfg.model_path().display(),
+                    cfg.model.version,
+                    cfg.model.features.len(),
+                    provider.name()
+                );
+                Ok(())
+            })()
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,431 @@
+//! Topology configuration: schema, defaults and validation.
+//!
+//! A topology file is TOML. It is laid over weir's defaults (`defaults.toml` in this crate, one
+//! file with every field), then deserialized with unknown fields rejected, then validated. Every
+//! error names the offending field, e.g. `batching.max_batch_rows: must be at least 1`.
+//! The fields are documented in `topologies/fraud-scoring.toml` and in the README.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use weir_connectors::kafka::source::StartPosition;
+use weir_feature_store::FeatureSet;
+use weir_operators::inference::ExecutionProvider;
+
+/// weir's defaults for every field.
+pub const DEFAULTS_TOML: &str = include_str!("defaults.toml");
+
+/// Errors loading a topology file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read topology file `{path}`: {detail}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        detail: String,
+    },
+    /// The file is not valid TOML.
+    #[error("topology file `{path}` is not valid TOML: {detail}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (with line and column).
+        detail: String,
+    },
+    /// A field is unknown, missing or of the wrong type, or its value is invalid.
+    #[error("topology file `{path}`: field `{field}`: {detail}")]
+    Field {
+        /// The file.
+        path: PathBuf,
+        /// Dotted field path, e.g. `batching.max_wait`.
+        field: String,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+/// `[topology]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopologySection {
+    /// Name, used as the `topology` label of every metric.
+    pub name: String,
+    /// Timely worker threads (source, decode, features, micro-batching).
+    pub workers: usize,
+}
+
+/// `[source]`: a Kafka topic.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSection {
+    /// Bootstrap servers, `host:port[,host:port]`.
+    pub brokers: String,
+    /// Topic to read.
+    pub topic: String,
+    /// Consumer group id.
+    pub group_id: String,
+    /// `committed`, `earliest`, `latest`, or an RFC 3339 time such as `2018-05-01T00:00:00Z`.
+    pub start: String,
+    /// Most messages read per source activation.
+    pub max_poll_records: usize,
+    /// Interval between offset commits.
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
+    /// Watermark lag behind the largest event time seen.
+    #[serde(with = "humantime_serde")]
+    pub allowed_lateness: Duration,
+    /// Longest wait at shutdown for in-flight events before the final commit.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// librdkafka consumer properties, overriding weir's.
+    pub properties: BTreeMap<String, String>,
+}
+
+/// `[decode]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecodeSection {
+    /// Largest accepted distance of a transaction time into the future.
+    #[serde(with = "humantime_serde")]
+    pub max_future: Duration,
+    /// Largest accepted payload, bytes.
+    pub max_payload_bytes: usize,
+}
+
+/// `[dead_letter]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterSection {
+    /// Dead-letter topic (on the source's brokers).
+    pub topic: String,
+}
+
+/// `[model]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// Path of the ONNX model, relative to the topology file's directory.
+    pub path: PathBuf,
+    /// Version written next to every score.
+    pub version: String,
+    /// Feature names, in the model's input order.
+    pub features: Vec<String>,
+    /// Input name (default: the model's only input).
+    pub input: Option<String>,
+    /// Output name (default: `probabilities`, else the first float output).
+    pub output: Option<String>,
+    /// Execution providers in order of preference: `cuda`, `cpu`.
+    pub execution_providers: Vec<String>,
+    /// ONNX Runtime intra-op threads per session.
+    pub intra_threads: usize,
+    /// Inference threads, one session each.
+    pub inference_threads: usize,
+}
+
+/// `[batching]`: the micro-batch window.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchingSection {
+    /// Flush at this many rows.
+    pub max_batch_rows: usize,
+    /// Flush when the oldest row waited this long.
+    #[serde(with = "humantime_serde")]
+    pub max_wait: Duration,
+    /// Batches queued for inference before sources pause.
+    pub max_inflight_batches: usize,
+}
+
+/// `[sink]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkSection {
+    /// `kafka` or `parquet`.
+    pub kind: String,
+    /// Kafka topic (kind = kafka).
+    pub topic: String,
+    /// Output directory (kind = parquet), relative to the working directory.
+    pub path: Option<PathBuf>,
+    /// Rows per Parquet file.
+    pub max_rows_per_file: usize,
+    /// Rows per Parquet row group.
+    pub row_group_rows: usize,
+    /// librdkafka producer properties, overriding weir's (kind = kafka).
+    pub properties: BTreeMap<String, String>,
+}
+
+/// A whole topology file, defaults applied.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopologyConfig {
+    /// `[topology]`.
+    pub topology: TopologySection,
+    /// `[source]`.
+    pub source: SourceSection,
+    /// `[decode]`.
+    pub decode: DecodeSection,
+    /// `[dead_letter]`.
+    pub dead_letter: DeadLetterSection,
+    /// `[model]`.
+    pub model: ModelSection,
+    /// `[batching]`.
+    pub batching: BatchingSection,
+    /// `[sink]`.
+    pub sink: SinkSection,
+    /// Directory of the topology file (model paths are relative to it).
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+    /// The file this was loaded from.
+    #[serde(skip)]
+    pub file: PathBuf,
+}
+
+fn merge(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(bv) if bv.is_table() && v.is_table() => merge(bv, v),
+                    _ => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+/// Parses a start position: `committed`, `earliest`, `latest` or an RFC 3339 time.
+///
+/// # Errors
+/// A message naming the accepted forms.
+pub fn parse_start(s: &str) -> Result<StartPosition, String> {
+    match s {
+        "committed" => Ok(StartPosition::Committed),
+        "earliest" => Ok(StartPosition::Earliest),
+        "latest" => Ok(StartPosition::Latest),
+        t => humantime::parse_rfc3339_weak(t)
+            .map(|st| {
+                StartPosition::Timestamp(
+                    st.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0),
+                )
+            })
+            .map_err(|e| format!("`{t}` is not committed, earliest, latest or an RFC 3339 time ({e})")),
+    }
+}
+
+impl TopologyConfig {
+    /// Loads, merges over the defaults, and validates a topology file.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file and, for content errors, the field.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::Read { path: path.to_path_buf(), detail: e.to_string() })?;
+        let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Self::parse(&text, path, &base_dir)
+    }
+
+    /// Parses topology TOML `text` (reported as `file`), resolving model paths against `base_dir`.
+    ///
+    /// # Errors
+    /// As [`TopologyConfig::load`].
+    pub fn parse(text: &str, file: &Path, base_dir: &Path) -> Result<Self, ConfigError> {
+        let user: toml::Value = toml::from_str(text)
+            .map_err(|e| ConfigError::Syntax { path: file.to_path_buf(), detail: e.to_string() })?;
+        let mut merged: toml::Value = toml::from_str(DEFAULTS_TOML).expect("defaults.toml is valid");
+        merge(&mut merged, user);
+        let mut cfg: TopologyConfig = serde_path_to_error::deserialize(merged).map_err(|e| {
+            let field = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            // toml reports an unknown key as the message; name it as a field too.
+            let field = match inner.split('`').nth(1) {
+                Some(name) if inner.starts_with("unknown field") => {
+                    if field == "." || field.is_empty() { name.to_string() } else { format!("{field}.{name}") }
+                }
+                _ => field,
+            };
+            ConfigError::Field { path: file.to_path_buf(), field, detail: inner }
+        })?;
+        cfg.base_dir = base_dir.to_path_buf();
+        cfg.file = file.to_path_buf();
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn field_error(&self, field: &str, detail: impl Into<String>) -> ConfigError {
+        ConfigError::Field { path: self.file.clone(), field: field.to_string(), detail: detail.into() }
+    }
+
+    /// Checks values that the types alone do not constrain.
+    ///
+    /// # Errors
+    /// [`ConfigError::Field`] naming the first invalid field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("topology.workers", self.topology.workers),
+            ("source.max_poll_records", self.source.max_poll_records),
+            ("decode.max_payload_bytes", self.decode.max_payload_bytes),
+            ("model.intra_threads", self.model.intra_threads),
+            ("model.inference_threads", self.model.inference_threads),
+            ("batching.max_batch_rows", self.batching.max_batch_rows),
+            ("batching.max_inflight_batches", self.batching.max_inflight_batches),
+            ("sink.max_rows_per_file", self.sink.max_rows_per_file),
+            ("sink.row_group_rows", self.sink.row_group_rows),
+        ];
+        for (field, v) in positive {
+            if v == 0 {
+                return Err(self.field_error(field, "must be at least 1"));
+            }
+        }
+        if self.topology.workers > 64 {
+            return Err(self.field_error("topology.workers", "must be at most 64"));
+        }
+        for (field, v) in [
+            ("topology.name", &self.topology.name),
+            ("source.brokers", &self.source.brokers),
+            ("source.topic", &self.source.topic),
+            ("source.group_id", &self.source.group_id),
+            ("dead_letter.topic", &self.dead_letter.topic),
+            ("model.version", &self.model.version),
+        ] {
+            if v.trim().is_empty() {
+                return Err(self.field_error(field, "must not be empty"));
+            }
+        }
+        parse_start(&self.source.start).map_err(|e| self.field_error("source.start", e))?;
+        if self.batching.max_wait.is_zero() {
+            return Err(self.field_error("batching.max_wait", "must be greater than 0 (e.g. \"5ms\")"));
+        }
+        if self.batching.max_batch_rows > 1_000_000 {
+            return Err(self.field_error("batching.max_batch_rows", "must be at most 1000000"));
+        }
+        FeatureSet::parse(&self.model.features).map_err(|e| self.field_error("model.features", e.to_string()))?;
+        if self.model.execution_providers.is_empty() {
+            return Err(self.field_error("model.execution_providers", "must list at least one provider (e.g. [\"cpu\"])"));
+        }
+        for ep in &self.model.execution_providers {
+            ep.parse::<ExecutionProvider>().map_err(|e| self.field_error("model.execution_providers", e.to_string()))?;
+        }
+        match self.sink.kind.as_str() {
+            "kafka" => {
+                if self.sink.topic.trim().is_empty() {
+                    return Err(self.field_error("sink.topic", "must not be empty for kind = \"kafka\""));
+                }
+            }
+            "parquet" => {
+                if self.sink.path.is_none() {
+                    return Err(self.field_error("sink.path", "is required for kind = \"parquet\""));
+                }
+            }
+            other => return Err(self.field_error("sink.kind", format!("`{other}` is not kafka or parquet"))),
+        }
+        Ok(())
+    }
+
+    /// The model path, resolved against the topology file's directory.
+    pub fn model_path(&self) -> PathBuf {
+        if self.model.path.is_absolute() {
+            self.model.path.clone()
+        } else {
+            self.base_dir.join(&self.model.path)
+        }
+    }
+
+    /// The source start position (validated).
+    pub fn start_position(&self) -> StartPosition {
+        parse_start(&self.source.start).expect("validated")
+    }
+
+    /// The feature set (validated).
+    pub fn feature_set(&self) -> FeatureSet {
+        FeatureSet::parse(&self.model.features).expect("validated")
+    }
+
+    /// The execution providers (validated).
+    pub fn execution_providers(&self) -> Vec<ExecutionProvider> {
+        self.model.execution_providers.iter().map(|e| e.parse().expect("validated")).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[topology]
+name = "t"
+[model]
+path = "m.onnx"
+version = "v1"
+features = ["amount", "tx_hour"]
+"#;
+
+    fn parse(text: &str) -> Result<TopologyConfig, ConfigError> {
+        TopologyConfig::parse(text, Path::new("t.toml"), Path::new("/base"))
+    }
+
+    fn field_of(text: &str) -> (String, String) {
+        match parse(text) {
+            Err(ConfigError::Field { field, detail, .. }) => (field, detail),
+            other => panic!("expected a field error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_fill_what_the_file_leaves_out() {
+        let cfg = parse(GOOD).unwrap();
+        assert_eq!(cfg.batching.max_batch_rows, 256);
+        assert_eq!(cfg.batching.max_wait, Duration::from_millis(5));
+        assert_eq!(cfg.model_path(), PathBuf::from("/base/m.onnx"));
+        assert_eq!(cfg.execution_providers(), vec![ExecutionProvider::Cuda, ExecutionProvider::Cpu]);
+        assert_eq!(cfg.start_position(), StartPosition::Committed);
+    }
+
+    #[test]
+    fn unknown_fields_are_named() {
+        let (field, detail) = field_of(&format!("{GOOD}\n[batching]\nmax_batch_rowz = 5\n"));
+        assert_eq!(field, "batching.max_batch_rowz", "{detail}");
+        let (field, _) = field_of(&format!("{GOOD}\n[sourse]\ntopic = \"x\"\n"));
+        assert_eq!(field, "sourse");
+    }
+
+    #[test]
+    fn invalid_values_are_named() {
+        let cases = [
+            ("[batching]\nmax_batch_rows = 0", "batching.max_batch_rows"),
+            ("[batching]\nmax_wait = \"5 parsecs\"", "batching.max_wait"),
+            ("[batching]\nmax_wait = \"0ms\"", "batching.max_wait"),
+            ("[batching]\nmax_inflight_batches = -1", "batching.max_inflight_batches"),
+            ("[source]\nstart = \"yesterday\"", "source.start"),
+            ("[sink]\nkind = \"s3\"", "sink.kind"),
+            ("[sink]\nkind = \"parquet\"", "sink.path"),
+        ];
+        for (extra, expected) in cases {
+            let (field, detail) = field_of(&format!("{GOOD}\n{extra}\n"));
+            assert_eq!(field, expected, "{extra}: {detail}");
+        }
+        let (field, detail) = field_of(&GOOD.replace("\"tx_hour\"", "\"tx_hourz\""));
+        assert_eq!(field, "model.features");
+        assert!(detail.contains("tx_hourz"), "{detail}");
+        let (field, _) = field_of(&GOOD.replace("[model]", "[model]\nexecution_providers = [\"tpu\"]"));
+        assert_eq!(field, "model.execution_providers");
+    }
+
+    #[test]
+    fn syntax_errors_say_where() {
+        match parse("[topology\nname = 1") {
+            Err(ConfigError::Syntax { detail, .. }) => assert!(detail.contains("line 1"), "{detail}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn timestamps_parse_as_start_positions() {
+        assert_eq!(parse_start("2018-04-01T00:00:00Z"), Ok(StartPosition::Timestamp(1_522_540_800_000)));
+    }
+}

@@ -1,0 +1,143 @@
+//! `weir generate`: the simulator's transactions to a Kafka topic or a JSONL file, labels apart.
+//!
+//! Kafka: transactions on `topic`, keyed by customer id, message timestamp = transaction time;
+//! labels on `labels_topic`, keyed by transaction id, timestamp = when the label becomes known
+//! (transaction time + label delay), so consumers that respect event time never see a label
+//! before its chargeback would arrive. JSONL: one transaction per line in `path`, labels in a
+//! second file.
+
+use std::collections::BTreeMap;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use weir_connectors::kafka::admin::BulkProducer;
+use weir_connectors::ConnectorError;
+use weir_simulator::{LabeledTransaction, SimConfig, Simulator};
+
+/// Where generated data goes.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// Kafka topics.
+    Kafka {
+        /// Bootstrap servers.
+        brokers: String,
+        /// Transactions topic.
+        topic: String,
+        /// Labels topic.
+        labels_topic: String,
+    },
+    /// JSON Lines files.
+    Jsonl {
+        /// Transactions file.
+        path: PathBuf,
+        /// Labels file.
+        labels_path: PathBuf,
+    },
+}
+
+/// Errors of the generator.
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    /// Kafka failed.
+    #[error(transparent)]
+    Kafka(#[from] ConnectorError),
+    /// A file could not be written.
+    #[error("cannot write `{path}`: {detail}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        detail: String,
+    },
+}
+
+/// What was generated.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GenerateSummary {
+    /// Transactions written.
+    pub transactions: u64,
+    /// Of which fraudulent.
+    pub frauds: u64,
+    /// Malformed events written among the transactions (for dead-letter demos).
+    pub malformed: u64,
+}
+
+/// Malformed events mixed into the stream by `--malformed N`, cycled.
+pub const MALFORMED: [&[u8]; 4] = [
+    br#"{"tx_id": 1, "tx_time_ms": 1522540800000, "customer_id": 1"#,
+    br#"{"tx_id":1,"tx_time_ms":1522540800000,"customer_id":1,"terminal_id":2,"amount":-5.0}"#,
+    b"\xff\xfe\x00 not json",
+    br#"{"tx_id":"one","tx_time_ms":1522540800000,"customer_id":1,"terminal_id":2,"amount":5.0}"#,
+];
+
+/// Generates `sim` into `target`, mixing in `malformed` bad events evenly, calling `each` for every
+/// transaction and `on_day` after each simulated day.
+///
+/// # Errors
+/// [`GenerateError`] if the target cannot be written.
+pub fn generate(
+    sim: SimConfig,
+    target: &Target,
+    malformed: u64,
+    mut each: impl FnMut(&LabeledTransaction),
+    mut on_day: impl FnMut(u32),
+) -> Result<GenerateSummary, GenerateError> {
+    let days = sim.n_days.max(1) as u64;
+    let simulator = Simulator::new(sim);
+    let mut summary = GenerateSummary::default();
+    match target {
+        Target::Kafka { brokers, topic, labels_topic } => {
+            let producer = BulkProducer::new(brokers, &BTreeMap::new())?;
+            for (day, txs) in simulator.enumerate() {
+                for lt in &txs {
+                    let payload = serde_json::to_vec(&lt.tx).expect("serializable");
+                    let key = lt.tx.customer_id.to_string();
+                    producer.send(topic, Some(key.as_bytes()), &payload, Some(lt.tx.tx_time_ms))?;
+                    let label = serde_json::to_vec(&lt.label).expect("serializable");
+                    let lkey = lt.tx.tx_id.to_string();
+                    producer.send(labels_topic, Some(lkey.as_bytes()), &label, Some(lt.label.available_at_ms))?;
+                    summary.transactions += 1;
+                    summary.frauds += lt.label.tx_fraud as u64;
+                    each(lt);
+                }
+                // Spread malformed events over the days.
+                let due = malformed * (day as u64 + 1) / days;
+                while summary.malformed < due {
+                    let bad = MALFORMED[(summary.malformed % MALFORMED.len() as u64) as usize];
+                    producer.send(topic, Some(b"malformed"), bad, txs.last().map(|t| t.tx.tx_time_ms))?;
+                    summary.malformed += 1;
+                }
+                on_day(day as u32);
+            }
+            producer.flush(Duration::from_secs(120))?;
+        }
+        Target::Jsonl { path, labels_path } => {
+            let open = |p: &PathBuf| {
+                std::fs::File::create(p)
+                    .map(BufWriter::new)
+                    .map_err(|e| GenerateError::File { path: p.clone(), detail: e.to_string() })
+            };
+            let (mut tx_out, mut label_out) = (open(path)?, open(labels_path)?);
+            let werr = |p: &PathBuf| {
+                let p = p.clone();
+                move |e: std::io::Error| GenerateError::File { path: p, detail: e.to_string() }
+            };
+            for (day, txs) in simulator.enumerate() {
+                for lt in &txs {
+                    serde_json::to_writer(&mut tx_out, &lt.tx).map_err(|e| werr(path)(e.into()))?;
+                    tx_out.write_all(b"\n").map_err(werr(path))?;
+                    serde_json::to_writer(&mut label_out, &lt.label).map_err(|e| werr(labels_path)(e.into()))?;
+                    label_out.write_all(b"\n").map_err(werr(labels_path))?;
+                    summary.transactions += 1;
+                    summary.frauds += lt.label.tx_fraud as u64;
+                    each(lt);
+                }
+                on_day(day as u32);
+            }
+            tx_out.flush().map_err(werr(path))?;
+            label_out.flush().map_err(werr(labels_path))?;
+        }
+    }
+    Ok(summary)
+}

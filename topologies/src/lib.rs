@@ -1,0 +1,14 @@
+//! Topologies: the configuration schema, the wiring of one timely dataflow from a configuration,
+//! the transaction generator's Kafka/file output, evaluation of scores against labels, and the
+//! `weir` command-line tool (`src/bin/weir.rs`).
+#![deny(missing_docs)]
+
+pub mod bench;
+pub mod config;
+pub mod demo;
+pub mod eval;
+pub mod generate;
+pub mod runner;
+
+pub use config::TopologyConfig;
+pub use runner::{run_topology, RunOptions, RunReport};

@@ -1,0 +1,308 @@
+//! Wires one timely dataflow from a [`TopologyConfig`] and runs it.
+//!
+//! ```text
+//! Kafka ─> source ─> decode ─┬─> features ─> micro-batch ═╗ bounded queue (max_inflight_batches)
+//!                            └─> dead letters ─> DLQ sink  ║
+//!          inference threads (one ort session each) <══════╝ ─> score sink ─> acks ─> ledger ─> commits
+//! ```
+//!
+//! Timely workers run source, decode, features and micro-batching; inference runs on its own
+//! threads. A run ends when the source completes (bounded mode) or when shutdown is requested
+//! (SIGINT/SIGTERM in `weir run`): sources stop reading, micro-batchers flush what they hold,
+//! inference drains the queue, sinks flush, and the final offsets are committed.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use timely::dataflow::operators::{Inspect, Probe};
+use timely::dataflow::ProbeHandle;
+use weir_connectors::kafka::sink::{KafkaDeadLetterSink, KafkaScoreSink};
+use weir_connectors::kafka::source::{kafka_source, KafkaSourceConfig, SourceShared, StartPosition};
+use weir_connectors::parquet::sink::ParquetScoreSink;
+use weir_core::{DeadLetterSink, DeliveryLedger, FlowControl, Metrics, ScoreSink};
+use weir_operators::decode::{decode, DecodeLimits};
+use weir_operators::inference::{
+    default_runtime_path, init_runtime, ExecutionProvider, InferenceError, InferencePool, ModelSpec, OnnxScorer, Scorer,
+};
+use weir_operators::micro_batch::{micro_batch, BatchWindow};
+
+use crate::config::TopologyConfig;
+
+/// Errors starting or running a topology.
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    /// The model or the runtime could not be loaded, or they do not match the configuration.
+    #[error(transparent)]
+    Model(#[from] InferenceError),
+    /// A connector failed to start.
+    #[error(transparent)]
+    Connector(#[from] weir_connectors::ConnectorError),
+    /// A timely worker failed.
+    #[error("dataflow worker failed: {0}")]
+    Worker(String),
+    /// A sink failed while flushing at the end.
+    #[error(transparent)]
+    Sink(#[from] weir_core::SinkError),
+}
+
+/// Builds scorers; lets tests and benchmarks substitute the ONNX session.
+pub type ScorerFactory = Arc<dyn Fn() -> Result<Box<dyn Scorer>, InferenceError> + Send + Sync>;
+
+/// How to run a topology, beyond its file.
+#[derive(Clone, Default)]
+pub struct RunOptions {
+    /// Overrides `source.brokers` (and the sinks' brokers).
+    pub brokers: Option<String>,
+    /// Read up to the high watermarks seen at start, then stop (no offset commits).
+    pub bounded: bool,
+    /// Overrides `source.start`.
+    pub start: Option<StartPosition>,
+    /// Overrides the Parquet sink: write to this directory instead of the configured sink.
+    pub parquet_dir: Option<PathBuf>,
+    /// Substitute scorer (tests: an artificially slow one).
+    pub scorer: Option<ScorerFactory>,
+    /// Flow control to share with the caller (to request shutdown, or observe buffered rows).
+    pub flow: Option<Arc<FlowControl>>,
+    /// Metrics to share with the caller.
+    pub metrics: Option<Arc<Metrics>>,
+    /// ONNX Runtime library (default: [`default_runtime_path`]).
+    pub runtime: Option<PathBuf>,
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    /// Events read by the sources.
+    pub events_in: u64,
+    /// Scores acknowledged by the sink.
+    pub scored: u64,
+    /// Dead letters acknowledged, by reason.
+    pub dead_letters: BTreeMap<String, u64>,
+    /// Micro-batches flushed.
+    pub batches: u64,
+    /// Mean rows per micro-batch.
+    pub mean_batch_rows: f64,
+    /// Wall time from the start of the dataflow to the last acknowledgement.
+    pub elapsed: Duration,
+    /// Median read-to-acknowledgement latency, µs.
+    pub p50_latency_us: u64,
+    /// 99th percentile read-to-acknowledgement latency, µs.
+    pub p99_latency_us: u64,
+    /// Largest number of rows held by micro-batchers at once.
+    pub max_buffered_rows: usize,
+    /// Time sources spent paused by backpressure (summed over sources).
+    pub paused: Duration,
+    /// Execution provider in use (`cuda`, `cpu`, or `custom` for a substituted scorer).
+    pub execution_provider: String,
+    /// The score sink, e.g. `kafka:scores`.
+    pub sink: String,
+}
+
+impl RunReport {
+    /// Events per second over the run.
+    pub fn events_per_second(&self) -> f64 {
+        self.events_in as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Opens one ONNX session per inference thread, checked against the configuration.
+///
+/// # Errors
+/// [`InferenceError`] naming the missing file, the runtime path, or the mismatch.
+pub fn open_scorers(cfg: &TopologyConfig, runtime: Option<PathBuf>) -> Result<(Vec<Box<dyn Scorer>>, ExecutionProvider), InferenceError> {
+    let model_path = cfg.model_path();
+    if !model_path.exists() {
+        return Err(InferenceError::ModelNotFound(model_path));
+    }
+    let env = init_runtime(&runtime.unwrap_or_else(default_runtime_path))?;
+    let spec = ModelSpec {
+        path: model_path,
+        version: cfg.model.version.clone(),
+        features: cfg.model.features.clone(),
+        input: cfg.model.input.clone(),
+        output: cfg.model.output.clone(),
+        execution_providers: cfg.execution_providers(),
+        intra_threads: cfg.model.intra_threads,
+    };
+    let mut provider = ExecutionProvider::Cpu;
+    let mut scorers: Vec<Box<dyn Scorer>> = Vec::new();
+    for _ in 0..cfg.model.inference_threads {
+        let s = OnnxScorer::open(env, &spec)?;
+        provider = s.provider();
+        scorers.push(Box::new(s));
+    }
+    Ok((scorers, provider))
+}
+
+/// Runs `cfg` until its source completes (bounded) or shutdown is requested.
+///
+/// # Errors
+/// [`TopologyError`] if the model, a connector or a worker fails. Start-up errors (model,
+/// runtime, connectors) are reported before any event is read.
+pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport, TopologyError> {
+    let brokers = opts.brokers.clone().unwrap_or_else(|| cfg.source.brokers.clone());
+    let metrics = opts.metrics.clone().unwrap_or_else(|| Arc::new(Metrics::new(&cfg.topology.name)));
+    let workers = cfg.topology.workers;
+    let max_rows = cfg.batching.max_batch_rows;
+    let flow = opts.flow.clone().unwrap_or_else(|| Arc::new(FlowControl::new(workers * max_rows)));
+    let ledger = Arc::new(DeliveryLedger::new());
+    let features = cfg.feature_set();
+
+    // Model first: a missing or mismatched model fails before anything connects.
+    let (scorers, provider) = match &opts.scorer {
+        Some(factory) => {
+            let s: Result<Vec<_>, _> = (0..cfg.model.inference_threads).map(|_| factory()).collect();
+            (s?, None)
+        }
+        None => {
+            let (s, p) = open_scorers(cfg, opts.runtime.clone())?;
+            (s, Some(p))
+        }
+    };
+    let provider_name = provider.map(|p| p.name()).unwrap_or("custom").to_string();
+    if let Some(p) = provider {
+        let requested = cfg.execution_providers()[0];
+        if p != requested {
+            metrics.provider_fallbacks.inc();
+            tracing::warn!(requested = requested.name(), using = p.name(), "execution provider fallback");
+        }
+        tracing::info!(provider = p.name(), model = %cfg.model_path().display(), version = %cfg.model.version, "model loaded");
+    }
+    metrics.execution_provider.with_label_values(&[provider_name.as_str()]).set(1);
+
+    let sink: Arc<dyn ScoreSink> = match (&opts.parquet_dir, cfg.sink.kind.as_str()) {
+        (Some(dir), _) => Arc::new(ParquetScoreSink::new(dir, cfg.sink.max_rows_per_file, cfg.sink.row_group_rows, ledger.clone(), metrics.clone())?),
+        (None, "parquet") => Arc::new(ParquetScoreSink::new(
+            cfg.sink.path.as_ref().expect("validated"),
+            cfg.sink.max_rows_per_file,
+            cfg.sink.row_group_rows,
+            ledger.clone(),
+            metrics.clone(),
+        )?),
+        _ => Arc::new(KafkaScoreSink::new(&brokers, &cfg.sink.topic, &cfg.sink.properties, ledger.clone(), metrics.clone())?),
+    };
+    let dlq: Arc<dyn DeadLetterSink> = Arc::new(KafkaDeadLetterSink::new(
+        &brokers,
+        &cfg.dead_letter.topic,
+        &cfg.source.topic,
+        &cfg.sink.properties,
+        ledger.clone(),
+        metrics.clone(),
+    )?);
+
+    let (tx, rx) = crossbeam_channel::bounded(cfg.batching.max_inflight_batches);
+    let pool = InferencePool::spawn(scorers, rx, sink.clone(), dlq.clone(), metrics.clone(), cfg.model.version.clone());
+
+    // Completes a Parquet file once shutdown drained the pipeline, so that its rows are
+    // acknowledged before the sources' final commit.
+    let flusher = {
+        let (flow, metrics, sink) = (flow.clone(), metrics.clone(), sink.clone());
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let d = done.clone();
+        let h = std::thread::spawn(move || {
+            let mut flushed = false;
+            while !d.load(std::sync::atomic::Ordering::Acquire) {
+                std::thread::sleep(Duration::from_millis(50));
+                let idle = flow.buffered_rows() == 0 && metrics.inflight_batches.get() == 0;
+                if flow.shutdown_requested() && idle && !flushed {
+                    flushed = true;
+                    if let Err(e) = sink.flush(Duration::from_secs(30)) {
+                        tracing::error!(error = %e, "sink flush at shutdown failed");
+                    }
+                }
+            }
+        });
+        (done, h)
+    };
+
+    let source_config = KafkaSourceConfig {
+        brokers: brokers.clone(),
+        topic: cfg.source.topic.clone(),
+        group_id: cfg.source.group_id.clone(),
+        start: opts.start.unwrap_or_else(|| cfg.start_position()),
+        bounded: opts.bounded,
+        max_poll_records: cfg.source.max_poll_records.min(max_rows.max(1)),
+        commit_interval: cfg.source.commit_interval,
+        allowed_lateness_ms: cfg.source.allowed_lateness.as_millis() as i64,
+        drain_timeout: cfg.source.drain_timeout,
+        properties: cfg.source.properties.clone(),
+    };
+    let limits = DecodeLimits {
+        max_future_ms: cfg.decode.max_future.as_millis() as i64,
+        max_payload_bytes: cfg.decode.max_payload_bytes,
+    };
+    let window = BatchWindow { max_batch_rows: max_rows, max_wait: cfg.batching.max_wait };
+    let shared = SourceShared { ledger: ledger.clone(), flow: flow.clone(), metrics: metrics.clone() };
+    let n_features = features.len();
+
+    let started = Instant::now();
+    let worker_result = timely::execute(timely::Config::process(workers), {
+        let (tx, dlq, flow, metrics) = (tx, dlq.clone(), flow.clone(), metrics.clone());
+        move |worker| -> Result<(), String> {
+            let probe = ProbeHandle::new();
+            let built = worker.dataflow::<u64, _, _>(|scope| -> Result<(), String> {
+                let events = kafka_source(scope, source_config.clone(), shared.clone()).map_err(|e| e.to_string())?;
+                let (txs, letters) = decode(events, limits.clone());
+                let dlq = dlq.clone();
+                letters
+                    .inspect(move |letter| {
+                        if let Err(e) = dlq.send(letter.clone()) {
+                            tracing::error!(error = %e, "dead-letter sink rejected a letter");
+                        }
+                    })
+                    .probe_with(&probe);
+                let rows = weir_feature_store::features(txs, features.clone());
+                micro_batch(rows, window, n_features, tx.clone(), flow.clone(), metrics.clone()).probe_with(&probe);
+                Ok(())
+            });
+            if let Err(e) = built {
+                flow.request_shutdown();
+                return Err(e);
+            }
+            while !probe.done() {
+                worker.step_or_park(Some(Duration::from_millis(1)));
+            }
+            Ok(())
+        }
+    })
+    .map_err(TopologyError::Worker)?;
+    let mut first_error = None;
+    for r in worker_result.join() {
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) | Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    // Every micro-batcher (and so every queue sender) is gone: inference drains and stops.
+    pool.join();
+    let flush_result = sink.close().and(dlq.flush(Duration::from_secs(60)));
+    flusher.0.store(true, std::sync::atomic::Ordering::Release);
+    let _ = flusher.1.join();
+    let elapsed = started.elapsed();
+    if let Some(e) = first_error {
+        return Err(TopologyError::Worker(e));
+    }
+    flush_result?;
+    metrics.set_paused_seconds(flow.paused_micros());
+
+    let batches = metrics.batches_total();
+    let dead_letters = metrics.dead_letters_by_reason();
+    Ok(RunReport {
+        events_in: metrics.events_in.get(),
+        scored: metrics.scores_out.get(),
+        dead_letters,
+        batches,
+        mean_batch_rows: metrics.batch_rows.get_sample_sum() / (batches.max(1) as f64),
+        elapsed,
+        p50_latency_us: metrics.latency_quantile_us(0.5),
+        p99_latency_us: metrics.latency_quantile_us(0.99),
+        max_buffered_rows: flow.max_buffered_rows(),
+        paused: Duration::from_micros(flow.paused_micros()),
+        execution_provider: provider_name,
+        sink: sink.describe(),
+    })
+}
