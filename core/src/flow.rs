@@ -16,15 +16,17 @@ pub struct FlowControl {
     blocked: AtomicUsize,
     shutdown: AtomicBool,
     paused_micros: AtomicU64,
+    pauses: AtomicU64,
 }
 
 impl FlowControl {
     /// Flow control that pauses sources once `high_water` rows (summed over all micro-batchers)
     /// wait to be handed to inference, or while any micro-batcher cannot hand off a full batch.
     ///
-    /// A topology sets `high_water = workers * max_batch_rows`; with at most one poll of
-    /// `max_batch_rows` events arriving after the signal, buffered rows stay below
-    /// `2 * workers * max_batch_rows`.
+    /// A topology sets `high_water = 2 * workers * max_batch_rows`: each micro-batcher holds less
+    /// than one partial batch plus one pending batch in normal operation, so only a stuck
+    /// hand-off reaches it; with at most one poll of `max_batch_rows` events arriving after the
+    /// signal, buffered rows stay below `3 * workers * max_batch_rows`.
     pub fn new(high_water: usize) -> Self {
         Self {
             buffered_rows: AtomicUsize::new(0),
@@ -33,6 +35,7 @@ impl FlowControl {
             blocked: AtomicUsize::new(0),
             shutdown: AtomicBool::new(false),
             paused_micros: AtomicU64::new(0),
+            pauses: AtomicU64::new(0),
         }
     }
 
@@ -75,6 +78,16 @@ impl FlowControl {
     /// Adds time a source spent paused, in µs.
     pub fn add_paused_micros(&self, us: u64) {
         self.paused_micros.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// Counts one episode of a source pausing its partitions.
+    pub fn add_pause(&self) {
+        self.pauses.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Pause episodes so far (summed over sources).
+    pub fn pauses(&self) -> u64 {
+        self.pauses.load(Ordering::Relaxed)
     }
 
     /// Total time sources spent paused by backpressure, in µs (summed over sources).

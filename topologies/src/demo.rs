@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use weir_connectors::kafka::admin::read_topic;
+use weir_connectors::kafka::admin::{read_topic, watermarks};
 use weir_connectors::kafka::embedded::EmbeddedKafka;
 use weir_connectors::kafka::source::StartPosition;
 use weir_simulator::{FraudLabel, SimConfig, DAY_MS};
@@ -54,6 +54,16 @@ pub enum DemoError {
     /// The embedded broker failed.
     #[error(transparent)]
     Connector(#[from] weir_connectors::ConnectorError),
+    /// The embedded broker deleted data (its retention is 5 MiB or 100,000 records per partition).
+    #[error("the embedded broker dropped records of topic `{topic}` (partition {partition} starts at offset {low}): it keeps at most 5 MiB or 100,000 records per partition; use more --partitions")]
+    Truncated {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+        /// Its low watermark.
+        low: i64,
+    },
     /// The demo needs a Kafka sink to read scores back.
     #[error("the demo reads scores back from Kafka: set sink.kind = \"kafka\" in `{0}`")]
     NeedsKafkaSink(PathBuf),
@@ -145,6 +155,9 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoReport, DemoError> {
     )?;
 
     let timeout = Duration::from_secs(300);
+    for topic in [&cfg.source.topic, &cfg.sink.topic, &LABELS_TOPIC.to_string()] {
+        check_not_truncated(&brokers, topic)?;
+    }
     let scores = read_topic(&brokers, &cfg.sink.topic, timeout)?;
     let labels = read_topic(&brokers, LABELS_TOPIC, timeout)?;
     let dead = read_topic(&brokers, &cfg.dead_letter.topic, timeout)?;
@@ -189,6 +202,17 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoReport, DemoError> {
     };
     drop(kafka);
     Ok(report)
+}
+
+/// librdkafka's mock cluster deletes a partition's oldest records beyond 5 MiB or 100,000
+/// records; a demo that lost data that way must say so rather than report missing scores.
+fn check_not_truncated(brokers: &str, topic: &str) -> Result<(), DemoError> {
+    for (partition, low, _) in watermarks(brokers, topic, Duration::from_secs(10))? {
+        if low > 0 {
+            return Err(DemoError::Truncated { topic: topic.to_string(), partition, low });
+        }
+    }
+    Ok(())
 }
 
 fn thousands(n: u64) -> String {

@@ -146,7 +146,7 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
     let metrics = opts.metrics.clone().unwrap_or_else(|| Arc::new(Metrics::new(&cfg.topology.name)));
     let workers = cfg.topology.workers;
     let max_rows = cfg.batching.max_batch_rows;
-    let flow = opts.flow.clone().unwrap_or_else(|| Arc::new(FlowControl::new(workers * max_rows)));
+    let flow = opts.flow.clone().unwrap_or_else(|| Arc::new(FlowControl::new(2 * workers * max_rows)));
     let ledger = Arc::new(DeliveryLedger::new());
     let features = cfg.feature_set();
 
@@ -288,6 +288,7 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
     }
     flush_result?;
     metrics.set_paused_seconds(flow.paused_micros());
+    tracing::info!(pauses = flow.pauses(), paused_ms = flow.paused_micros() / 1000, "backpressure");
 
     let batches = metrics.batches_total();
     let dead_letters = metrics.dead_letters_by_reason();

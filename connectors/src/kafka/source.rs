@@ -14,8 +14,9 @@
 //! capability and the dataflow completes.
 //!
 //! **Backpressure**: before reading, the operator checks [`FlowControl::should_pause`]; while it
-//! holds, the consumer's partitions are paused (fetching stops; lag grows instead of memory), and
-//! resumed afterwards. A message returned while pausing is still emitted, never dropped.
+//! holds, the operator stops reading, and if it holds for 50 ms the consumer's partitions are
+//! paused (fetching stops; lag grows instead of memory) until it clears. A message returned while
+//! pausing is still emitted, never dropped.
 //!
 //! **Time**: timely timestamps are event time (Kafka message timestamp), ms since the Unix epoch.
 //! The operator's capability follows a watermark: the minimum over its partitions that have
@@ -202,6 +203,9 @@ fn consumer_defaults(group_id: &str) -> Vec<(&str, &str)> {
     ]
 }
 
+/// How long backpressure must last before the source pauses its partitions.
+const PAUSE_AFTER: Duration = Duration::from_millis(50);
+
 struct Bounded {
     /// partition -> stop offset (exclusive); removed when reached.
     remaining: HashMap<i32, i64>,
@@ -281,6 +285,7 @@ pub fn kafka_source<'s>(
         let mut cap = Some(cap);
         let mut consumer = Some(consumer);
         let mut paused: Option<(Instant, usize)> = None;
+        let mut pressure_since: Option<Instant> = None;
         let mut last_commit = Instant::now();
         let mut drain_deadline: Option<Instant> = None;
         let mut max_ts: HashMap<i32, i64> = HashMap::new();
@@ -293,25 +298,43 @@ pub fn kafka_source<'s>(
             let shutting_down = shared.flow.shutdown_requested();
             let want_pause = shutting_down || shared.flow.should_pause();
 
-            // Backpressure: pause / resume the assignment.
-            if want_pause && paused.is_none_or(|(_, n)| n != assigned.len()) {
-                if let Ok(a) = consumer_ref.assignment() {
-                    let _ = consumer_ref.pause(&a);
+            // Backpressure. Brief pressure: stop polling (librdkafka's local queue, bounded by
+            // queued.max.messages.kbytes, keeps what it fetched). Pressure lasting PAUSE_AFTER:
+            // pause the partitions, so that fetching stops and poll() can keep serving
+            // callbacks. (A pause drops librdkafka's prefetched messages, which are fetched again
+            // on resume; pausing on every short spike would cost a round trip each time.)
+            if want_pause {
+                let since = *pressure_since.get_or_insert_with(Instant::now);
+                let long = shutting_down || since.elapsed() >= PAUSE_AFTER;
+                if long && paused.is_none_or(|(_, n)| n != assigned.len()) {
+                    if let Ok(a) = consumer_ref.assignment() {
+                        let _ = consumer_ref.pause(&a);
+                    }
+                    if paused.is_none() {
+                        shared.flow.add_pause();
+                    }
+                    paused.get_or_insert((Instant::now(), 0)).1 = assigned.len();
                 }
-                paused.get_or_insert((Instant::now(), 0)).1 = assigned.len();
-            } else if !want_pause {
-                if let Some((since, _)) = paused.take() {
+            } else {
+                if let Some(since) = pressure_since.take() {
+                    shared.flow.add_paused_micros(since.elapsed().as_micros() as u64);
+                }
+                if paused.take().is_some() {
                     if let Ok(a) = consumer_ref.assignment() {
                         let _ = consumer_ref.resume(&a);
                     }
-                    shared.flow.add_paused_micros(since.elapsed().as_micros() as u64);
                 }
             }
 
             let mut emitted = 0usize;
             {
                 let mut session = output.session(&*c);
-                let budget = if want_pause { 1 } else { config.max_poll_records };
+                // Paused: one poll serves callbacks (a message it returns is still emitted).
+                let budget = match (want_pause, paused.is_some()) {
+                    (false, _) => config.max_poll_records,
+                    (true, true) => 1,
+                    (true, false) => 0,
+                };
                 for _ in 0..budget {
                     match consumer_ref.poll(Duration::ZERO) {
                         None => break,
@@ -381,7 +404,7 @@ pub fn kafka_source<'s>(
                         }
                         ctx.commit_acked(consumer_ref, &assigned, CommitMode::Sync);
                     }
-                    if let Some((since, _)) = paused.take() {
+                    if let Some(since) = pressure_since.take() {
                         shared.flow.add_paused_micros(since.elapsed().as_micros() as u64);
                     }
                     tracing::info!(worker, "source finished");

@@ -105,8 +105,8 @@ enum Command {
         /// Malformed events mixed into the stream.
         #[arg(long, default_value_t = 4)]
         malformed: u64,
-        /// Partitions of the transactions topic.
-        #[arg(long, default_value_t = 4)]
+        /// Partitions of each topic (the embedded broker keeps at most 5 MiB per partition).
+        #[arg(long, default_value_t = 16)]
         partitions: i32,
     },
     /// Measure raw ONNX Runtime, raw Kafka I/O and the pipeline, side by side.
@@ -116,8 +116,8 @@ enum Command {
         topology: PathBuf,
         #[command(flatten)]
         sim: SimArgs,
-        /// Partitions of the transactions topic.
-        #[arg(long, default_value_t = 4)]
+        /// Partitions of each topic (the embedded broker keeps at most 5 MiB per partition).
+        #[arg(long, default_value_t = 16)]
         partitions: i32,
         /// Seconds of the raw ONNX Runtime loop.
         #[arg(long, default_value_t = 3.0)]
@@ -163,7 +163,7 @@ fn main() -> ExitCode {
             (|| {
                 let cfg = TopologyConfig::load(&topology).map_err(|e| e.to_string())?;
                 let start = start.as_deref().map(parse_start).transpose().map_err(|e| format!("--start: {e}"))?;
-                let flow = Arc::new(FlowControl::new(cfg.topology.workers * cfg.batching.max_batch_rows));
+                let flow = Arc::new(FlowControl::new(2 * cfg.topology.workers * cfg.batching.max_batch_rows));
                 let flag = shutdown_flag();
                 let f = flow.clone();
                 std::thread::spawn(move || loop {
