@@ -17,6 +17,7 @@ pub struct FlowControl {
     shutdown: AtomicBool,
     paused_micros: AtomicU64,
     pauses: AtomicU64,
+    sources_finished: AtomicUsize,
 }
 
 impl FlowControl {
@@ -36,6 +37,7 @@ impl FlowControl {
             shutdown: AtomicBool::new(false),
             paused_micros: AtomicU64::new(0),
             pauses: AtomicU64::new(0),
+            sources_finished: AtomicUsize::new(0),
         }
     }
 
@@ -93,6 +95,18 @@ impl FlowControl {
     /// Total time sources spent paused by backpressure, in µs (summed over sources).
     pub fn paused_micros(&self) -> u64 {
         self.paused_micros.load(Ordering::Relaxed)
+    }
+
+    /// A source reports that it finished (final commit done). A source keeps its Kafka consumer
+    /// (and so its group membership) until every source of the process finished, so that one
+    /// worker leaving the group does not trigger a rebalance that fails the others' final commits.
+    pub fn source_finished(&self) {
+        self.sources_finished.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Sources that finished.
+    pub fn sources_finished(&self) -> usize {
+        self.sources_finished.load(Ordering::Acquire)
     }
 
     /// Asks sources to stop reading and the topology to drain (SIGINT/SIGTERM).

@@ -18,7 +18,7 @@ struct PartitionLedger {
     pending: VecDeque<(i64, bool)>,
     /// Offsets acknowledged, not yet popped.
     acked: usize,
-    /// Next position to commit, if it advanced since the last `take_committable`.
+    /// Next position to commit: one past the last offset of the acknowledged prefix.
     committable: Option<i64>,
 }
 
@@ -73,16 +73,14 @@ impl DeliveryLedger {
         true
     }
 
-    /// Returns, for each of `partitions` whose committable position advanced since the last call,
-    /// `(partition, next offset to read)`, the value to commit to Kafka.
-    pub fn take_committable(&self, partitions: &[i32]) -> Vec<(i32, i64)> {
-        let mut parts = self.parts.lock().unwrap();
+    /// Returns, for each of `partitions` with acknowledged progress, `(partition, next offset to
+    /// read)`: the value to commit to Kafka. Does not change the ledger (a commit can fail; the
+    /// caller commits the current value again later).
+    pub fn committable(&self, partitions: &[i32]) -> Vec<(i32, i64)> {
+        let parts = self.parts.lock().unwrap();
         partitions
             .iter()
-            .filter_map(|part| {
-                let p = parts.get_mut(part)?;
-                p.committable.take().map(|o| (*part, o))
-            })
+            .filter_map(|part| parts.get(part)?.committable.map(|o| (*part, o)))
             .collect()
     }
 
@@ -128,16 +126,16 @@ mod tests {
         }
         ledger.register(l(1, 3));
         assert!(ledger.ack(l(0, 12)));
-        assert_eq!(ledger.take_committable(&[0, 1]), vec![]);
+        assert_eq!(ledger.committable(&[0, 1]), vec![]);
         ledger.ack(l(0, 10));
-        assert_eq!(ledger.take_committable(&[0, 1]), vec![(0, 11)]);
-        assert_eq!(ledger.take_committable(&[0, 1]), vec![], "taken once");
+        assert_eq!(ledger.committable(&[0, 1]), vec![(0, 11)]);
+        assert_eq!(ledger.committable(&[0, 1]), vec![(0, 11)], "reading does not consume");
         ledger.ack(l(0, 11));
-        assert_eq!(ledger.take_committable(&[0]), vec![(0, 13)]);
+        assert_eq!(ledger.committable(&[0]), vec![(0, 13)]);
         assert_eq!(ledger.unacked(&[0]), 2);
         assert_eq!(ledger.unacked_total(), 3);
         ledger.ack(l(1, 3));
-        assert_eq!(ledger.take_committable(&[0, 1]), vec![(1, 4)]);
+        assert_eq!(ledger.committable(&[0, 1]), vec![(0, 13), (1, 4)]);
     }
 
     #[test]
@@ -148,7 +146,7 @@ mod tests {
         ledger.register(l(0, 9));
         ledger.ack(l(0, 9));
         ledger.ack(l(0, 5));
-        assert_eq!(ledger.take_committable(&[0]), vec![(0, 10)]);
+        assert_eq!(ledger.committable(&[0]), vec![(0, 10)]);
     }
 
     #[test]
@@ -163,7 +161,7 @@ mod tests {
         assert!(!ledger.ack(l(3, 0)));
         ledger.forget(&[0]);
         assert!(!ledger.ack(l(0, 1)));
-        assert_eq!(ledger.take_committable(&[0]), vec![]);
+        assert_eq!(ledger.committable(&[0]), vec![]);
     }
 
     #[test]

@@ -47,11 +47,21 @@ struct Buffer {
 }
 
 impl Buffer {
-    fn take(&mut self, cause: FlushCause, metrics: &Metrics) -> Batch {
-        let n = self.rows.len();
-        let rows = std::mem::take(&mut self.rows);
-        let features = std::mem::take(&mut self.features);
-        let waited = self.oldest.take().map(|t| t.elapsed()).unwrap_or_default();
+    /// Takes the oldest `max` rows (at most) as a batch.
+    fn take(&mut self, max: usize, cause: FlushCause, metrics: &Metrics) -> Batch {
+        let n = self.rows.len().min(max);
+        let waited = self.oldest.map(|t| t.elapsed()).unwrap_or_default();
+        let (rows, features) = if n == self.rows.len() {
+            self.oldest = None;
+            (std::mem::take(&mut self.rows), std::mem::take(&mut self.features))
+        } else {
+            // The rest arrived while a batch was pending; they count as waiting from now on
+            // (an underestimate of their wait, never an overestimate of the window).
+            self.oldest = Some(Instant::now());
+            let rest_rows = self.rows.split_off(n);
+            let rest_features = self.features.split_off(n * self.n_features);
+            (std::mem::replace(&mut self.rows, rest_rows), std::mem::replace(&mut self.features, rest_features))
+        };
         metrics.batches.with_label_values(&[cause.as_str()]).inc();
         metrics.batch_rows.observe(n as f64);
         metrics.batch_fill_wait.observe(waited.as_secs_f64());
@@ -103,7 +113,7 @@ pub fn micro_batch<'s, T: Timestamp>(
                     buf.features.extend_from_slice(&row.features);
                     received += 1;
                     if pending.is_none() && buf.rows.len() >= max_rows {
-                        pending = Some(buf.take(FlushCause::Size, &metrics));
+                        pending = Some(buf.take(max_rows, FlushCause::Size, &metrics));
                     }
                 }
             });
@@ -143,13 +153,13 @@ pub fn micro_batch<'s, T: Timestamp>(
                     }
                 }
                 if buf.rows.len() >= max_rows {
-                    pending = Some(buf.take(FlushCause::Size, &metrics));
+                    pending = Some(buf.take(max_rows, FlushCause::Size, &metrics));
                 } else if !buf.rows.is_empty()
                     && buf.oldest.is_some_and(|t| t.elapsed() >= window.max_wait)
                 {
-                    pending = Some(buf.take(FlushCause::Time, &metrics));
+                    pending = Some(buf.take(max_rows, FlushCause::Time, &metrics));
                 } else if !buf.rows.is_empty() && draining {
-                    pending = Some(buf.take(FlushCause::Drain, &metrics));
+                    pending = Some(buf.take(max_rows, FlushCause::Drain, &metrics));
                 } else {
                     break;
                 }
@@ -165,4 +175,150 @@ pub fn micro_batch<'s, T: Timestamp>(
             let _ = &cap;
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use timely::dataflow::operators::vec::Input;
+    use timely::dataflow::operators::Probe;
+    use timely::dataflow::ProbeHandle;
+    use weir_core::Lineage;
+
+    fn row(i: i64) -> FeatureRow {
+        FeatureRow {
+            meta: RowMeta { lineage: Lineage { partition: 0, offset: i }, tx_id: i as u64, event_time_ms: i, read_at_us: 0 },
+            features: vec![i as f32, 1.0],
+        }
+    }
+
+    struct Seen {
+        batches: Vec<(usize, FlushCause, Duration)>,
+        rows: Vec<u64>,
+    }
+
+    /// Feeds `feed(step)` rows per worker step (until it returns `None`), with a consumer that
+    /// sleeps `consume_delay` per batch. Returns what the consumer saw and the flow control.
+    fn harness(
+        window: BatchWindow,
+        queue_cap: usize,
+        high_water: usize,
+        consume_delay: Duration,
+        feed: impl FnMut(usize, &FlowControl) -> Option<Vec<FeatureRow>> + Send + 'static,
+        hold_open: Duration,
+    ) -> (Seen, Arc<FlowControl>) {
+        let (tx, rx) = crossbeam_channel::bounded::<Batch>(queue_cap);
+        let flow = Arc::new(FlowControl::new(high_water));
+        let metrics = Arc::new(Metrics::new("test"));
+        let consumer = std::thread::spawn(move || {
+            let mut seen = Seen { batches: Vec::new(), rows: Vec::new() };
+            let start = Instant::now();
+            for b in rx.iter() {
+                seen.batches.push((b.len(), b.cause, start.elapsed()));
+                seen.rows.extend(b.rows.iter().map(|r| r.tx_id));
+                std::thread::sleep(consume_delay);
+            }
+            seen
+        });
+        let flow2 = flow.clone();
+        let tx = Mutex::new(Some(tx));
+        let feed = Mutex::new(Some(feed));
+        timely::execute(timely::Config::thread(), move |worker| {
+            let tx = tx.lock().unwrap().take().unwrap();
+            let mut feed = feed.lock().unwrap().take().unwrap();
+            let probe = ProbeHandle::new();
+            let mut input = worker.dataflow::<u64, _, _>(|scope| {
+                let (input, rows) = scope.new_input::<FeatureRow>();
+                micro_batch(rows, window, 2, tx, flow2.clone(), metrics.clone()).probe_with(&probe);
+                input
+            });
+            let mut step = 0;
+            while let Some(rows) = feed(step, &flow2) {
+                for r in rows {
+                    input.send(r);
+                }
+                input.flush();
+                step += 1;
+                worker.step_or_park(Some(Duration::from_micros(100)));
+            }
+            let open_until = Instant::now() + hold_open;
+            while Instant::now() < open_until {
+                worker.step_or_park(Some(Duration::from_millis(1)));
+            }
+            drop(input);
+            while !probe.done() {
+                worker.step_or_park(Some(Duration::from_millis(1)));
+            }
+        })
+        .unwrap();
+        (consumer.join().unwrap(), flow)
+    }
+
+    #[test]
+    fn flushes_on_size() {
+        let window = BatchWindow { max_batch_rows: 100, max_wait: Duration::from_secs(3600) };
+        let (seen, _) = harness(window, 64, usize::MAX, Duration::ZERO, |step, _| (step < 10).then(|| (0..100).map(|i| row(step as i64 * 100 + i)).collect()), Duration::ZERO);
+        assert_eq!(seen.batches.len(), 10);
+        assert!(seen.batches.iter().all(|(n, c, _)| *n == 100 && *c == FlushCause::Size), "{:?}", seen.batches);
+        assert_eq!(seen.rows, (0..1000).collect::<Vec<u64>>(), "every row once, in order");
+    }
+
+    #[test]
+    fn flushes_a_lone_row_on_the_timer_without_further_input() {
+        let window = BatchWindow { max_batch_rows: 100, max_wait: Duration::from_millis(30) };
+        // One row, then the input stays open (no arrival, no end) for 500 ms.
+        let fed = Instant::now();
+        let (seen, _) = harness(window, 4, usize::MAX, Duration::ZERO, |step, _| (step == 0).then(|| vec![row(7)]), Duration::from_millis(500));
+        assert_eq!(seen.batches.len(), 1);
+        let (n, cause, at) = seen.batches[0];
+        assert_eq!((n, cause), (1, FlushCause::Time));
+        assert!(at >= Duration::from_millis(30), "not before max_wait: {at:?}");
+        // Flushed by the timer while the input was still open, long before it closed at 500 ms.
+        assert!(at < Duration::from_millis(400), "flushed by the timer, not at input end: {at:?} ({:?} total)", fed.elapsed());
+    }
+
+    #[test]
+    fn drains_a_partial_batch_when_input_ends() {
+        let window = BatchWindow { max_batch_rows: 100, max_wait: Duration::from_secs(3600) };
+        let (seen, _) = harness(window, 4, usize::MAX, Duration::ZERO, |step, _| (step == 0).then(|| (0..250).map(row).collect()), Duration::ZERO);
+        let causes: Vec<_> = seen.batches.iter().map(|(n, c, _)| (*n, *c)).collect();
+        assert_eq!(causes, vec![(100, FlushCause::Size), (100, FlushCause::Size), (50, FlushCause::Drain)]);
+    }
+
+    #[test]
+    fn slow_inference_blocks_the_handoff_and_bounds_buffered_rows() {
+        // Inference takes 20 ms per batch of 50; the feeder (standing in for the source) offers
+        // 50 rows per step but respects should_pause, as the Kafka source does.
+        let window = BatchWindow { max_batch_rows: 50, max_wait: Duration::from_millis(1) };
+        let high_water = 2 * 50;
+        let mut offered = 0i64;
+        let (seen, flow) = harness(
+            window,
+            2,
+            high_water,
+            Duration::from_millis(20),
+            move |_, flow| {
+                if offered >= 2000 {
+                    return None;
+                }
+                if flow.should_pause() {
+                    return Some(Vec::new());
+                }
+                let rows: Vec<_> = (offered..offered + 50).map(row).collect();
+                offered += 50;
+                Some(rows)
+            },
+            Duration::ZERO,
+        );
+        assert_eq!(seen.rows.len(), 2000, "nothing lost");
+        assert!(seen.batches.iter().all(|(n, _, _)| *n <= 50), "no batch exceeds max_batch_rows: {:?}", seen.batches);
+        let mut ids = seen.rows.clone();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 2000, "nothing duplicated");
+        // Bound: high water plus one offer that raced the signal.
+        assert!(flow.max_buffered_rows() <= high_water + 50, "buffered {} rows", flow.max_buffered_rows());
+        assert!(flow.max_buffered_rows() >= 50, "the handoff did block");
+    }
 }

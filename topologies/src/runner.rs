@@ -259,9 +259,11 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
             });
             if let Err(e) = built {
                 flow.request_shutdown();
+                flow.source_finished(); // this worker has no source; do not make others wait
                 return Err(e);
             }
-            while !probe.done() {
+            // Every source finishes before any worker exits (and drops its consumer).
+            while !probe.done() || flow.sources_finished() < workers {
                 worker.step_or_park(Some(Duration::from_millis(1)));
             }
             Ok(())

@@ -13,6 +13,10 @@
 //! moves the live group). When every partition reached its stop offset the operator drops its
 //! capability and the dataflow completes.
 //!
+//! **Completion**: a finished source calls [`FlowControl::source_finished`] and keeps its consumer
+//! until its dataflow is dropped; callers step their workers until every source finished, so no
+//! worker leaves the consumer group while another is still committing.
+//!
 //! **Backpressure**: before reading, the operator checks [`FlowControl::should_pause`]; while it
 //! holds, the operator stops reading, and if it holds for 50 ms the consumer's partitions are
 //! paused (fetching stops; lag grows instead of memory) until it clears. A message returned while
@@ -99,14 +103,28 @@ pub struct SourceContext {
     ledger: Arc<DeliveryLedger>,
     assigned: Mutex<Vec<i32>>,
     started: Mutex<HashSet<i32>>,
+    /// Positions last sent in an asynchronous commit (to skip unchanged ones).
+    last_sent: Mutex<HashMap<i32, i64>>,
     worker: usize,
 }
 
 impl ClientContext for SourceContext {}
 
 impl SourceContext {
+    /// Commits the acknowledged positions of `partitions`. Asynchronous commits skip positions
+    /// already sent; a synchronous commit (revoke, shutdown) sends all of them again, so that a
+    /// failed asynchronous commit is repaired.
     fn commit_acked(&self, consumer: &BaseConsumer<Self>, partitions: &[i32], mode: CommitMode) {
-        let offsets = self.ledger.take_committable(partitions);
+        let mut offsets = self.ledger.committable(partitions);
+        {
+            let mut last = self.last_sent.lock().unwrap();
+            if matches!(mode, CommitMode::Async) {
+                offsets.retain(|(p, o)| last.get(p) != Some(o));
+            }
+            for (p, o) in &offsets {
+                last.insert(*p, *o);
+            }
+        }
         if offsets.is_empty() {
             return;
         }
@@ -116,7 +134,10 @@ impl SourceContext {
         }
         match consumer.commit(&tpl, mode) {
             Ok(()) => tracing::debug!(worker = self.worker, ?offsets, "committed offsets"),
-            Err(e) => tracing::warn!(worker = self.worker, error = %e, ?offsets, "offset commit failed; will retry"),
+            Err(e) => {
+                tracing::warn!(worker = self.worker, error = %e, ?offsets, "offset commit failed; will retry");
+                self.last_sent.lock().unwrap().clear();
+            }
         }
     }
 }
@@ -144,6 +165,7 @@ impl ConsumerContext for SourceContext {
                 self.commit_acked(consumer, &parts, CommitMode::Sync);
                 // The next owner re-reads from the commit: later acks must not commit.
                 self.ledger.forget(&parts);
+                self.last_sent.lock().unwrap().clear();
                 if let Err(e) = consumer.unassign() {
                     tracing::error!(worker = self.worker, error = %e, "unassign failed");
                 }
@@ -229,6 +251,7 @@ pub fn kafka_source<'s>(
         ledger: shared.ledger.clone(),
         assigned: Mutex::new(Vec::new()),
         started: Mutex::new(HashSet::new()),
+        last_sent: Mutex::new(HashMap::new()),
         worker,
     };
     let consumer: BaseConsumer<SourceContext> =
@@ -284,6 +307,7 @@ pub fn kafka_source<'s>(
         let activator = scope.activator_for(info.address.clone());
         let mut cap = Some(cap);
         let mut consumer = Some(consumer);
+        let mut finished_consumer: Option<BaseConsumer<SourceContext>> = None;
         let mut paused: Option<(Instant, usize)> = None;
         let mut pressure_since: Option<Instant> = None;
         let mut last_commit = Instant::now();
@@ -291,6 +315,7 @@ pub fn kafka_source<'s>(
         let mut max_ts: HashMap<i32, i64> = HashMap::new();
         move |output| {
             let (Some(c), Some(consumer_ref)) = (cap.as_mut(), consumer.as_ref()) else {
+                let _ = &finished_consumer;
                 return;
             };
             let ctx = consumer_ref.context();
@@ -408,8 +433,11 @@ pub fn kafka_source<'s>(
                         shared.flow.add_paused_micros(since.elapsed().as_micros() as u64);
                     }
                     tracing::info!(worker, "source finished");
+                    shared.flow.source_finished();
+                    // The consumer stays (in the group) until the dataflow is dropped; the
+                    // topology's workers wait for every source to finish before exiting.
                     cap = None;
-                    consumer = None;
+                    finished_consumer = consumer.take();
                     return;
                 }
             }

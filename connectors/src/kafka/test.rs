@@ -24,7 +24,7 @@ fn config(brokers: &str, bounded: bool, group: &str) -> KafkaSourceConfig {
         max_poll_records: 100,
         commit_interval: Duration::from_millis(50),
         allowed_lateness_ms: 0,
-        drain_timeout: Duration::from_secs(10),
+        drain_timeout: Duration::from_secs(2),
         properties: BTreeMap::from([("session.timeout.ms".into(), "6000".into())]),
     }
 }
@@ -42,6 +42,7 @@ fn produce(brokers: &str, n: usize) {
 /// Returns the events seen. Stops when the source completes (bounded) or after `stop_after`
 /// events (live: requests shutdown).
 fn run(config: KafkaSourceConfig, stop_after: usize, ack: fn(&SourceEvent) -> bool) -> Vec<SourceEvent> {
+    let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("weir_connectors=debug").try_init();
     let ledger = Arc::new(DeliveryLedger::new());
     let flow = Arc::new(FlowControl::new(1_000_000));
     let metrics = Arc::new(Metrics::new("test"));
@@ -67,7 +68,7 @@ fn run(config: KafkaSourceConfig, stop_after: usize, ack: fn(&SourceEvent) -> bo
             probe
         });
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !probe.done() {
+        while !probe.done() || flow.sources_finished() < 2 {
             assert!(Instant::now() < deadline, "source did not finish");
             if seen2.lock().unwrap().len() >= stop_after {
                 flow.request_shutdown();
@@ -156,7 +157,7 @@ fn score_sink_acknowledges_delivered_scores() {
     let scores: Vec<f32> = (0..50).map(|i| i as f32 / 100.0).collect();
     sink.write(&rows, &scores, "v\"1").unwrap();
     sink.flush(Duration::from_secs(10)).unwrap();
-    assert_eq!(ledger.take_committable(&[0]), vec![(0, 50)]);
+    assert_eq!(ledger.committable(&[0]), vec![(0, 50)]);
     assert_eq!(metrics.scores_out.get(), 50);
     let out = read_topic(&brokers, "scores", Duration::from_secs(10)).unwrap();
     assert_eq!(out.len(), 50);

@@ -189,12 +189,12 @@ mod tests {
         rows.iter().for_each(|r| ledger.register(r.lineage));
         let scores: Vec<f32> = (0..600).map(|i| i as f32).collect();
         sink.write(&rows[..300], &scores[..300], "m1").unwrap();
-        assert_eq!(ledger.take_committable(&[1]), vec![(1, 250)], "first file complete at 250 rows");
+        assert_eq!(ledger.committable(&[1]), vec![(1, 250)], "first file complete at 250 rows");
         sink.write(&rows[300..], &scores[300..], "m1").unwrap();
-        assert_eq!(ledger.take_committable(&[1]), vec![(1, 500)]);
+        assert_eq!(ledger.committable(&[1]), vec![(1, 500)]);
         assert_eq!(ledger.unacked(&[1]), 100, "rows of the in-progress file are not acknowledged");
         sink.close().unwrap();
-        assert_eq!(ledger.take_committable(&[1]), vec![(1, 600)]);
+        assert_eq!(ledger.committable(&[1]), vec![(1, 600)]);
         let files = sink.files();
         assert_eq!(files.len(), 3);
         let mut total = 0;
