@@ -75,6 +75,9 @@ pub struct SourceSection {
     /// Interval between offset commits.
     #[serde(with = "humantime_serde")]
     pub commit_interval: Duration,
+    /// Backpressure lasting this long pauses the partitions (shorter: reading just stops).
+    #[serde(with = "humantime_serde")]
+    pub pause_after: Duration,
     /// Watermark lag behind the largest event time seen.
     #[serde(with = "humantime_serde")]
     pub allowed_lateness: Duration,
@@ -244,7 +247,7 @@ impl TopologyConfig {
             let inner = e.into_inner().to_string();
             // toml reports an unknown key as the message; name it as a field too.
             let field = match inner.split('`').nth(1) {
-                Some(name) if inner.starts_with("unknown field") => {
+                Some(name) if inner.starts_with("unknown field") && !field.ends_with(name) => {
                     if field == "." || field.is_empty() { name.to_string() } else { format!("{field}.{name}") }
                 }
                 _ => field,
@@ -296,6 +299,9 @@ impl TopologyConfig {
             if v.trim().is_empty() {
                 return Err(self.field_error(field, "must not be empty"));
             }
+        }
+        if self.source.pause_after.is_zero() {
+            return Err(self.field_error("source.pause_after", "must be greater than 0"));
         }
         parse_start(&self.source.start).map_err(|e| self.field_error("source.start", e))?;
         if self.batching.max_wait.is_zero() {

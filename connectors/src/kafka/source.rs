@@ -18,8 +18,10 @@
 //! worker leaves the consumer group while another is still committing.
 //!
 //! **Backpressure**: before reading, the operator checks [`FlowControl::should_pause`]; while it
-//! holds, the operator stops reading, and if it holds for 50 ms the consumer's partitions are
-//! paused (fetching stops; lag grows instead of memory) until it clears. A message returned while
+//! holds, the operator stops reading (librdkafka stops fetching once its bounded local queue is
+//! full); if the episode lasts `pause_after` (an episode ends after 20 ms without pressure) the
+//! consumer's partitions are paused until it ends, so that polling can go on serving the group
+//! protocol without receiving messages. Either way lag grows instead of memory. A message returned while
 //! pausing is still emitted, never dropped.
 //!
 //! **Time**: timely timestamps are event time (Kafka message timestamp), ms since the Unix epoch.
@@ -76,6 +78,11 @@ pub struct KafkaSourceConfig {
     pub max_poll_records: usize,
     /// Interval between offset commits (live mode).
     pub commit_interval: Duration,
+    /// How long a backpressure episode must last before the partitions are paused. Shorter
+    /// pressure only stops polling: librdkafka then stops fetching once its local queue
+    /// (`queued.max.messages.kbytes`) is full, and keeps what it prefetched. A pause drops the
+    /// prefetched messages, which are fetched again on resume.
+    pub pause_after: Duration,
     /// Watermark lag behind the largest timestamp seen, ms.
     pub allowed_lateness_ms: i64,
     /// Longest wait, at shutdown, for in-flight events to be acknowledged before the final commit.
@@ -225,8 +232,9 @@ fn consumer_defaults(group_id: &str) -> Vec<(&str, &str)> {
     ]
 }
 
-/// How long backpressure must last before the source pauses its partitions.
-const PAUSE_AFTER: Duration = Duration::from_millis(50);
+/// A backpressure episode ends after this long without pressure (hysteresis: a hand-off that
+/// blocks on every batch is one episode, not many short ones).
+const CALM_AFTER: Duration = Duration::from_millis(20);
 
 struct Bounded {
     /// partition -> stop offset (exclusive); removed when reached.
@@ -310,6 +318,7 @@ pub fn kafka_source<'s>(
         let mut finished_consumer: Option<BaseConsumer<SourceContext>> = None;
         let mut paused: Option<(Instant, usize)> = None;
         let mut pressure_since: Option<Instant> = None;
+        let mut last_pressure = Instant::now();
         let mut last_commit = Instant::now();
         let mut drain_deadline: Option<Instant> = None;
         let mut max_ts: HashMap<i32, i64> = HashMap::new();
@@ -328,19 +337,13 @@ pub fn kafka_source<'s>(
             // pause the partitions, so that fetching stops and poll() can keep serving
             // callbacks. (A pause drops librdkafka's prefetched messages, which are fetched again
             // on resume; pausing on every short spike would cost a round trip each time.)
+            let now = Instant::now();
             if want_pause {
-                let since = *pressure_since.get_or_insert_with(Instant::now);
-                let long = shutting_down || since.elapsed() >= PAUSE_AFTER;
-                if long && paused.is_none_or(|(_, n)| n != assigned.len()) {
-                    if let Ok(a) = consumer_ref.assignment() {
-                        let _ = consumer_ref.pause(&a);
-                    }
-                    if paused.is_none() {
-                        shared.flow.add_pause();
-                    }
-                    paused.get_or_insert((Instant::now(), 0)).1 = assigned.len();
-                }
-            } else {
+                last_pressure = now;
+                pressure_since.get_or_insert(now);
+            }
+            let in_episode = pressure_since.is_some() && (want_pause || now - last_pressure < CALM_AFTER);
+            if !in_episode {
                 if let Some(since) = pressure_since.take() {
                     shared.flow.add_paused_micros(since.elapsed().as_micros() as u64);
                 }
@@ -349,16 +352,27 @@ pub fn kafka_source<'s>(
                         let _ = consumer_ref.resume(&a);
                     }
                 }
+            } else if let Some(since) = pressure_since {
+                let long = shutting_down || now - since >= config.pause_after;
+                if long && paused.is_none_or(|(_, n)| n != assigned.len()) {
+                    if let Ok(a) = consumer_ref.assignment() {
+                        let _ = consumer_ref.pause(&a);
+                    }
+                    if paused.is_none() {
+                        shared.flow.add_pause();
+                    }
+                    paused.get_or_insert((now, 0)).1 = assigned.len();
+                }
             }
 
             let mut emitted = 0usize;
             {
                 let mut session = output.session(&*c);
                 // Paused: one poll serves callbacks (a message it returns is still emitted).
-                let budget = match (want_pause, paused.is_some()) {
-                    (false, _) => config.max_poll_records,
-                    (true, true) => 1,
-                    (true, false) => 0,
+                let budget = match (paused.is_some(), want_pause) {
+                    (true, _) => 1,
+                    (false, true) => 0,
+                    (false, false) => config.max_poll_records,
                 };
                 for _ in 0..budget {
                     match consumer_ref.poll(Duration::ZERO) {

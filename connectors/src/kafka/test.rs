@@ -23,6 +23,7 @@ fn config(brokers: &str, bounded: bool, group: &str) -> KafkaSourceConfig {
         bounded,
         max_poll_records: 100,
         commit_interval: Duration::from_millis(50),
+        pause_after: Duration::from_secs(1),
         allowed_lateness_ms: 0,
         drain_timeout: Duration::from_secs(2),
         properties: BTreeMap::from([("session.timeout.ms".into(), "6000".into())]),

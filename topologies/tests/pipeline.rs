@@ -1,0 +1,234 @@
+//! Topology tests on the embedded broker, in process.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use weir_connectors::kafka::admin::{read_topic, BulkProducer};
+use weir_connectors::kafka::embedded::EmbeddedKafka;
+use weir_connectors::kafka::source::StartPosition;
+use weir_core::{FlowControl, Metrics};
+use weir_operators::inference::{InferenceError, Scorer};
+use weir_simulator::SimConfig;
+use weir_topologies::generate::{generate, Target, MALFORMED};
+use weir_topologies::runner::{run_topology, RunOptions, TopologyError};
+use weir_topologies::TopologyConfig;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn config(extra: &str) -> TopologyConfig {
+    let base = std::fs::read_to_string(repo().join("topologies/fraud-scoring.toml")).unwrap();
+    // Later tables of the same name would be a TOML error; tests append only new keys via
+    // dedicated sections below the file's, so rebuild: file + overrides merged by weir itself.
+    let text = format!("{base}\n{extra}");
+    TopologyConfig::parse(&text, Path::new("test.toml"), &repo().join("topologies")).unwrap()
+}
+
+fn small_sim(days: u32) -> SimConfig {
+    SimConfig { n_customers: 500, n_terminals: 1000, n_days: days, seed: 11, ..SimConfig::default() }
+}
+
+struct Env {
+    kafka: EmbeddedKafka,
+    brokers: String,
+    tx_ids: HashSet<u64>,
+}
+
+fn setup(days: u32, malformed: u64) -> Env {
+    let kafka = EmbeddedKafka::start().unwrap();
+    for (t, p) in [("transactions", 4), ("fraud-labels", 4), ("scores", 4), ("transactions-dlq", 1)] {
+        kafka.create_topic(t, p).unwrap();
+    }
+    let brokers = kafka.bootstrap_servers();
+    let mut tx_ids = HashSet::new();
+    generate(
+        small_sim(days),
+        &Target::Kafka { brokers: brokers.clone(), topic: "transactions".into(), labels_topic: "fraud-labels".into() },
+        malformed,
+        |lt| {
+            tx_ids.insert(lt.tx.tx_id);
+        },
+        |_| {},
+    )
+    .unwrap();
+    Env { kafka, brokers, tx_ids }
+}
+
+fn scores_by_tx(brokers: &str) -> HashMap<u64, usize> {
+    let mut out = HashMap::new();
+    for r in read_topic(brokers, "scores", Duration::from_secs(60)).unwrap() {
+        let v: serde_json::Value = serde_json::from_slice(r.payload.as_deref().unwrap()).unwrap();
+        let s = v["score"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&s), "score {s} is a probability");
+        *out.entry(v["tx_id"].as_u64().unwrap()).or_insert(0) += 1;
+    }
+    out
+}
+
+fn bounded() -> RunOptions {
+    RunOptions { bounded: true, start: Some(StartPosition::Earliest), ..RunOptions::default() }
+}
+
+#[test]
+fn poisoned_events_go_to_the_dead_letter_topic_and_the_rest_are_scored() {
+    let env = setup(2, 8);
+    let cfg = config("");
+    let report = run_topology(&cfg, RunOptions { brokers: Some(env.brokers.clone()), ..bounded() }).unwrap();
+    let scores = scores_by_tx(&env.brokers);
+    assert_eq!(scores.len(), env.tx_ids.len(), "every good event scored");
+    assert!(scores.values().all(|&n| n == 1), "exactly once");
+    assert_eq!(report.events_in as usize, env.tx_ids.len() + 8);
+
+    let dead = read_topic(&env.brokers, "transactions-dlq", Duration::from_secs(30)).unwrap();
+    assert_eq!(dead.len(), 8);
+    let mut reasons = BTreeMap::new();
+    for d in &dead {
+        let reason = String::from_utf8(d.header("weir.dlq.reason").unwrap().to_vec()).unwrap();
+        *reasons.entry(reason).or_insert(0) += 1;
+        assert!(!d.header("weir.dlq.detail").unwrap().is_empty(), "a detail explains the reason");
+        assert_eq!(d.header("weir.source.topic"), Some(&b"transactions"[..]));
+        // The source offset in the header points at the original malformed message.
+        let p: i32 = std::str::from_utf8(d.header("weir.source.partition").unwrap()).unwrap().parse().unwrap();
+        let o: i64 = std::str::from_utf8(d.header("weir.source.offset").unwrap()).unwrap().parse().unwrap();
+        let original = read_topic(&env.brokers, "transactions", Duration::from_secs(30))
+            .unwrap()
+            .into_iter()
+            .find(|r| r.partition == p && r.offset == o)
+            .unwrap();
+        assert_eq!(original.payload, d.payload, "dead letter carries the original bytes");
+        assert!(MALFORMED.contains(&d.payload.as_deref().unwrap()));
+    }
+    assert_eq!(reasons, BTreeMap::from([("invalid_amount".into(), 2), ("json".into(), 4), ("schema".into(), 2)]));
+    assert_eq!(report.dead_letters.values().sum::<u64>(), 8);
+    drop(env.kafka);
+}
+
+/// A scorer that takes `delay` per batch: inference artificially slow.
+struct SlowScorer {
+    delay: Duration,
+}
+
+impl Scorer for SlowScorer {
+    fn score(&mut self, x: ndarray::ArrayView2<'_, f32>) -> Result<Vec<f32>, InferenceError> {
+        std::thread::sleep(self.delay);
+        Ok(vec![0.5; x.nrows()])
+    }
+}
+
+#[test]
+fn backpressure_keeps_buffered_rows_under_the_bound_when_inference_is_slow() {
+    let env = setup(8, 0);
+    let cfg = config("");
+    let mut cfg = cfg;
+    cfg.batching.max_batch_rows = 64;
+    cfg.batching.max_inflight_batches = 2;
+    cfg.topology.workers = 2;
+    cfg.source.pause_after = Duration::from_millis(100);
+    let flow = Arc::new(FlowControl::new(2 * 2 * 64));
+    let report = run_topology(
+        &cfg,
+        RunOptions {
+            brokers: Some(env.brokers.clone()),
+            scorer: Some(Arc::new(|| Ok(Box::new(SlowScorer { delay: Duration::from_millis(10) }) as Box<dyn Scorer>))),
+            flow: Some(flow.clone()),
+            ..bounded()
+        },
+    )
+    .unwrap();
+    let scores = scores_by_tx(&env.brokers);
+    assert_eq!(scores.len(), env.tx_ids.len(), "nothing dropped under backpressure");
+    assert!(scores.values().all(|&n| n == 1));
+    // Bound (FlowControl docs): 3 * workers * max_batch_rows held by micro-batchers.
+    let bound = 3 * 2 * 64;
+    assert!(report.max_buffered_rows <= bound, "buffered {} rows > bound {bound}", report.max_buffered_rows);
+    assert!(report.paused > Duration::ZERO, "the source was held back");
+    assert!(flow.pauses() > 0, "sustained pressure paused the Kafka partitions");
+    // Without backpressure the source would read the whole topic into memory at once.
+    assert!(env.tx_ids.len() > 10 * bound, "test has enough events to overflow an unbounded buffer");
+    drop(env.kafka);
+}
+
+#[test]
+fn a_lone_event_is_scored_by_the_timer_within_max_wait_plus_inference() {
+    let env = setup(1, 0);
+    let mut cfg = config("");
+    cfg.batching.max_wait = Duration::from_millis(100);
+    cfg.source.start = "latest".into();
+    cfg.source.properties.insert("session.timeout.ms".into(), "6000".into());
+    let flow = Arc::new(FlowControl::new(1024));
+    let metrics = Arc::new(Metrics::new("lone"));
+    let (f, m, b, c) = (flow.clone(), metrics.clone(), env.brokers.clone(), cfg.clone());
+    let run = std::thread::spawn(move || run_topology(&c, RunOptions { brokers: Some(b), flow: Some(f), metrics: Some(m), ..RunOptions::default() }));
+    // Wait until the group has its partitions (the source reads from `latest`).
+    std::thread::sleep(Duration::from_secs(4));
+    let p = BulkProducer::new(&env.brokers, &BTreeMap::from([("linger.ms".into(), "0".into())])).unwrap();
+    let payload = br#"{"tx_id":999999,"tx_time_ms":1522540800000,"customer_id":1,"terminal_id":2,"amount":250.0}"#;
+    p.send("transactions", Some(b"1"), payload, None).unwrap();
+    p.flush(Duration::from_secs(10)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metrics.scores_out.get() < 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    flow.request_shutdown();
+    let report = run.join().unwrap().unwrap();
+    assert_eq!(report.scored, 1);
+    assert_eq!(metrics.batches.with_label_values(&["time"]).get(), 1, "flushed by the timer, not by size or drain");
+    let latency = Duration::from_micros(report.p50_latency_us);
+    let inference = Duration::from_secs_f64(metrics.inference_seconds.get_sample_sum());
+    assert!(latency >= cfg.batching.max_wait, "waited for the window: {latency:?}");
+    // max_wait + inference + a slack for the sink's delivery report on a busy 2-core machine.
+    let bound = cfg.batching.max_wait + inference + Duration::from_millis(250);
+    assert!(latency <= bound, "lone event latency {latency:?} > {bound:?}");
+    drop(env.kafka);
+}
+
+#[test]
+fn parquet_sink_gets_every_score() {
+    let env = setup(2, 0);
+    let cfg = config("");
+    let dir = tempfile::tempdir().unwrap();
+    let report = run_topology(&cfg, RunOptions { brokers: Some(env.brokers.clone()), parquet_dir: Some(dir.path().to_path_buf()), ..bounded() }).unwrap();
+    assert_eq!(report.scored as usize, env.tx_ids.len());
+    let mut ids = Vec::new();
+    for f in std::fs::read_dir(dir.path()).unwrap() {
+        let f = f.unwrap().path();
+        assert_eq!(f.extension().unwrap(), "parquet", "no in-progress file left behind: {f:?}");
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&f).unwrap())
+            .unwrap()
+            .build()
+            .unwrap();
+        for b in reader {
+            let b = b.unwrap();
+            let col = b.column_by_name("tx_id").unwrap().as_any().downcast_ref::<arrow::array::UInt64Array>().unwrap().clone();
+            ids.extend(col.values().iter().copied());
+        }
+    }
+    ids.sort();
+    let mut expected: Vec<u64> = env.tx_ids.iter().copied().collect();
+    expected.sort();
+    assert_eq!(ids, expected);
+    drop(env.kafka);
+}
+
+#[test]
+fn a_model_with_another_feature_order_is_refused_at_start_up() {
+    let mut cfg = config("");
+    cfg.model.features = vec!["tx_hour".into(), "amount".into(), "tx_during_weekend".into(), "tx_during_night".into()];
+    // Unreachable broker: the model check must fail before anything connects.
+    let err = run_topology(&cfg, RunOptions { brokers: Some("127.0.0.1:1".into()), ..bounded() }).err().unwrap();
+    let msg = err.to_string();
+    assert!(matches!(err, TopologyError::Model(InferenceError::Mismatch { .. })), "{msg}");
+    assert!(msg.contains("feature order") && msg.contains("tx_hour"), "{msg}");
+}
+
+#[test]
+fn a_missing_model_names_its_path() {
+    let mut cfg = config("");
+    cfg.model.path = "../models/fraud/no-such-model.onnx".into();
+    let err = run_topology(&cfg, RunOptions { brokers: Some("127.0.0.1:1".into()), ..bounded() }).err().unwrap();
+    assert!(err.to_string().contains("no-such-model.onnx"), "{err}");
+    assert!(err.to_string().contains("not found"), "{err}");
+}
