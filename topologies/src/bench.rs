@@ -188,6 +188,7 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchReport, DemoError> {
         opts.sim.clone(),
         &Target::Kafka { brokers: brokers.clone(), topic: topic.into(), labels_topic: "bench-labels".into() },
         0,
+        None,
         |_| {},
         |_| {},
     )?;

@@ -137,6 +137,7 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoReport, DemoError> {
         opts.sim.clone(),
         &Target::Kafka { brokers: brokers.clone(), topic: cfg.source.topic.clone(), labels_topic: LABELS_TOPIC.into() },
         opts.malformed,
+        None,
         |lt| {
             txs.insert(lt.tx.tx_id, (lt.tx.customer_id, (lt.tx.tx_time_ms - start_ms).div_euclid(DAY_MS)));
         },

@@ -71,8 +71,9 @@ pub const MALFORMED: [&[u8]; 4] = [
     br#"{"tx_id":"one","tx_time_ms":1522540800000,"customer_id":1,"terminal_id":2,"amount":5.0}"#,
 ];
 
-/// Generates `sim` into `target`, mixing in `malformed` bad events evenly, calling `each` for every
-/// transaction and `on_day` after each simulated day.
+/// Generates `sim` into `target`, mixing in `malformed` bad events evenly, at most `rate`
+/// transactions per second if given (Kafka only), calling `each` for every transaction and
+/// `on_day` after each simulated day.
 ///
 /// # Errors
 /// [`GenerateError`] if the target cannot be written.
@@ -80,6 +81,7 @@ pub fn generate(
     sim: SimConfig,
     target: &Target,
     malformed: u64,
+    rate: Option<f64>,
     mut each: impl FnMut(&LabeledTransaction),
     mut on_day: impl FnMut(u32),
 ) -> Result<GenerateSummary, GenerateError> {
@@ -89,8 +91,16 @@ pub fn generate(
     match target {
         Target::Kafka { brokers, topic, labels_topic } => {
             let producer = BulkProducer::new(brokers, &BTreeMap::new())?;
+            let started = std::time::Instant::now();
             for (day, txs) in simulator.enumerate() {
                 for lt in &txs {
+                    if let Some(rate) = rate {
+                        // Pace: transaction n is sent no earlier than n / rate seconds after start.
+                        let due = Duration::from_secs_f64(summary.transactions as f64 / rate);
+                        if let Some(wait) = due.checked_sub(started.elapsed()) {
+                            std::thread::sleep(wait);
+                        }
+                    }
                     let payload = serde_json::to_vec(&lt.tx).expect("serializable");
                     let key = lt.tx.customer_id.to_string();
                     producer.send(topic, Some(key.as_bytes()), &payload, Some(lt.tx.tx_time_ms))?;

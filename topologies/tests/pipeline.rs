@@ -48,6 +48,7 @@ fn setup(days: u32, malformed: u64) -> Env {
         small_sim(days),
         &Target::Kafka { brokers: brokers.clone(), topic: "transactions".into(), labels_topic: "fraud-labels".into() },
         malformed,
+        None,
         |lt| {
             tx_ids.insert(lt.tx.tx_id);
         },

@@ -94,6 +94,9 @@ enum Command {
         /// Malformed events to mix in (dead-letter demos and tests).
         #[arg(long, default_value_t = 0)]
         malformed: u64,
+        /// Most transactions per second (Kafka only); default: as fast as possible.
+        #[arg(long)]
+        rate: Option<f64>,
     },
     /// Run the whole path on an embedded broker and print a summary.
     Demo {
@@ -195,7 +198,7 @@ fn main() -> ExitCode {
                 Ok(())
             })()
         }
-        Command::Generate { sim, brokers, topic, labels_topic, out, malformed } => {
+        Command::Generate { sim, brokers, topic, labels_topic, out, malformed, rate } => {
             init_logging("warn");
             (|| {
                 let config = sim.config()?;
@@ -208,7 +211,7 @@ fn main() -> ExitCode {
                     _ => return Err("give --brokers (Kafka) or --out (JSONL file)".to_string()),
                 };
                 let pb = indicatif::ProgressBar::new(config.n_days as u64);
-                let s = generate(config, &target, malformed, |_| {}, |_| pb.inc(1)).map_err(|e| e.to_string())?;
+                let s = generate(config, &target, malformed, rate, |_| {}, |_| pb.inc(1)).map_err(|e| e.to_string())?;
                 pb.finish_and_clear();
                 println!("generated {} transactions ({} fraudulent), {} malformed events -> {target:?}", s.transactions, s.frauds, s.malformed);
                 Ok(())
