@@ -25,9 +25,8 @@ $(ORT_LIB):
 demo: setup
 	$(CARGO) run --release --quiet -p weir-topologies --bin weir -- demo
 
-## test: the whole suite (unit, doc and end-to-end tests).
+## test: the whole suite (unit, doc and end-to-end tests; cargo builds the weir binary they run).
 test: setup
-	$(CARGO) build --release -p weir-topologies --bin weir
 	$(CARGO) test --release --workspace
 
 ## bench: raw ONNX Runtime vs raw Kafka I/O vs the pipeline, in one run.

@@ -220,7 +220,11 @@ impl OnnxScorer {
                             break;
                         }
                         Err(e) => {
-                            tracing::warn!(provider = "cuda", error = %e, "execution provider unavailable; trying the next one");
+                            // Once per process, not once per session.
+                            static LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+                            if !LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                                tracing::warn!(provider = "cuda", error = %e, "execution provider unavailable; trying the next one");
+                            }
                             builder = e.recover();
                         }
                     }

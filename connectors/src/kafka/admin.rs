@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
@@ -78,37 +78,6 @@ impl BulkProducer {
         }
         if let Some(ts) = timestamp_ms {
             record = record.timestamp(ts);
-        }
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Err((e, _)) => return Err(ConnectorError::Kafka { context: format!("produce to `{topic}`"), source: e }),
-            }
-        }
-    }
-
-    /// Enqueues one record with headers; waits while the local queue is full.
-    ///
-    /// # Errors
-    /// As [`BulkProducer::send`].
-    pub fn send_with_headers(
-        &self,
-        topic: &str,
-        key: Option<&[u8]>,
-        payload: &[u8],
-        headers: &[(&str, &[u8])],
-    ) -> Result<(), ConnectorError> {
-        let mut h = OwnedHeaders::new();
-        for (k, v) in headers {
-            h = h.insert(Header { key: k, value: Some(*v) });
-        }
-        let mut record = BaseRecord::to(topic).payload(payload).headers(h);
-        if let Some(k) = key {
-            record = record.key(k);
         }
         loop {
             match self.producer.send(record) {

@@ -72,6 +72,18 @@ fn producer_defaults() -> Vec<(&'static str, &'static str)> {
     ]
 }
 
+fn ack_producer(
+    brokers: &str,
+    properties: &BTreeMap<String, String>,
+    ledger: Arc<DeliveryLedger>,
+    metrics: Arc<Metrics>,
+    what: &str,
+) -> Result<ThreadedProducer<AckContext>, ConnectorError> {
+    client_config(brokers, &producer_defaults(), properties)
+        .create_with_context(AckContext { ledger, metrics })
+        .map_err(ConnectorError::kafka(format!("create {what} producer")))
+}
+
 fn send_blocking(
     producer: &ThreadedProducer<AckContext>,
     mut record: BaseRecord<'_, [u8], [u8], Box<Pending>>,
@@ -126,9 +138,7 @@ impl KafkaScoreSink {
         ledger: Arc<DeliveryLedger>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, ConnectorError> {
-        let producer = client_config(brokers, &producer_defaults(), properties)
-            .create_with_context(AckContext { ledger, metrics })
-            .map_err(ConnectorError::kafka("create score producer"))?;
+        let producer = ack_producer(brokers, properties, ledger, metrics, "score")?;
         Ok(Self { producer, topic: topic.to_string(), name: format!("kafka:{topic}") })
     }
 }
@@ -137,17 +147,18 @@ impl ScoreSink for KafkaScoreSink {
     fn write(&self, rows: &[RowMeta], scores: &[f32], model_version: &str) -> Result<(), SinkError> {
         let mut value = Vec::with_capacity(160);
         let mut key = Vec::with_capacity(20);
+        let version = serde_json::to_string(model_version).unwrap_or_default();
         for (row, score) in rows.iter().zip(scores) {
             value.clear();
             key.clear();
             // Hand-written JSON for the hot path: every field is a number except the version,
-            // which is JSON-escaped once by serde_json.
+            // JSON-escaped once per batch by serde_json.
             let _ = write!(
                 value,
                 r#"{{"tx_id":{},"score":{},"model_version":{},"event_time_ms":{},"partition":{},"offset":{}}}"#,
                 row.tx_id,
                 score,
-                serde_json::to_string(model_version).unwrap_or_default(),
+                version,
                 row.event_time_ms,
                 row.lineage.partition,
                 row.lineage.offset
@@ -195,9 +206,7 @@ impl KafkaDeadLetterSink {
         ledger: Arc<DeliveryLedger>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, ConnectorError> {
-        let producer = client_config(brokers, &producer_defaults(), properties)
-            .create_with_context(AckContext { ledger, metrics })
-            .map_err(ConnectorError::kafka("create dead-letter producer"))?;
+        let producer = ack_producer(brokers, properties, ledger, metrics, "dead-letter")?;
         Ok(Self {
             producer,
             topic: topic.to_string(),
