@@ -16,5 +16,5 @@ pub mod sink;
 pub use flow::FlowControl;
 pub use ledger::DeliveryLedger;
 pub use metrics::Metrics;
-pub use record::{DeadLetter, FeatureRow, Lineage, RowMeta, SourceEvent, Transaction};
+pub use record::{DeadLetter, FeatureRow, Label, Lineage, RowMeta, SourceEvent, Transaction};
 pub use sink::{DeadLetterSink, ScoreSink, SinkError};

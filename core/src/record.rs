@@ -86,3 +86,22 @@ pub struct DeadLetter {
     /// When the source read the event ([`crate::clock::now_micros`], µs).
     pub read_at_us: u64,
 }
+
+/// A fraud label (a chargeback) as the feature store consumes it. Unknown JSON fields are ignored:
+/// label feeds carry more than this (e.g. the simulator's `tx_fraud_scenario`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Label {
+    /// The labelled transaction.
+    pub tx_id: u64,
+    /// Its time, ms since the Unix epoch (UTC).
+    pub tx_time_ms: i64,
+    /// Its customer (card).
+    pub customer_id: u64,
+    /// Its terminal.
+    pub terminal_id: u64,
+    /// 1 if fraudulent, else 0.
+    pub tx_fraud: u8,
+    /// When the label became known: its Kafka message timestamp, ms since the Unix epoch.
+    #[serde(default)]
+    pub available_at_ms: i64,
+}

@@ -27,7 +27,7 @@
 use timely::dataflow::operators::OkErr;
 use timely::dataflow::StreamVec;
 use timely::progress::Timestamp;
-use weir_core::{DeadLetter, RowMeta, SourceEvent, Transaction};
+use weir_core::{DeadLetter, Label, RowMeta, SourceEvent, Transaction};
 
 /// Limits applied while decoding.
 #[derive(Debug, Clone)]
@@ -103,6 +103,42 @@ pub fn decode_transaction(
         read_at_us: ev.read_at_us,
     };
     Ok((meta, tx))
+}
+
+/// Decodes one fraud label; its `available_at_ms` is the message timestamp.
+///
+/// # Errors
+/// A [`DeadLetter`] with `reason` `json` or `schema`, or `invalid_label` for a `tx_fraud` other
+/// than 0 or 1.
+pub fn decode_label(ev: &SourceEvent) -> Result<Label, DeadLetter> {
+    let Some(payload) = ev.payload.as_deref() else {
+        return Err(dead(ev, "json", "empty payload (tombstone)".into()));
+    };
+    let mut label: Label = serde_json::from_slice(payload).map_err(|e| {
+        let reason = match e.classify() {
+            serde_json::error::Category::Data => "schema",
+            _ => "json",
+        };
+        dead(ev, reason, e.to_string())
+    })?;
+    if label.tx_fraud > 1 {
+        return Err(dead(ev, "invalid_label", format!("tx_fraud {} is not 0 or 1", label.tx_fraud)));
+    }
+    label.available_at_ms = ev.timestamp_ms;
+    Ok(label)
+}
+
+/// The label decode operator: malformed labels are logged (with their lineage) and dropped;
+/// labels never reach a model, so they have no dead-letter topic of their own.
+pub fn decode_labels<'s, T: Timestamp>(events: StreamVec<'s, T, SourceEvent>) -> StreamVec<'s, T, Label> {
+    use timely::dataflow::operators::vec::Map;
+    events.flat_map(|ev: SourceEvent| match decode_label(&ev) {
+        Ok(l) => Some(l),
+        Err(d) => {
+            tracing::warn!(partition = d.lineage.partition, offset = d.lineage.offset, reason = %d.reason, detail = %d.detail, "malformed label dropped");
+            None
+        }
+    })
 }
 
 /// The decode operator: splits a stream of source events into decoded transactions and dead

@@ -102,6 +102,10 @@ pub struct FraudLabel {
     pub tx_id: u64,
     /// Transaction time, ms since the Unix epoch.
     pub tx_time_ms: i64,
+    /// The transaction's customer (card): a chargeback names the card.
+    pub customer_id: u64,
+    /// The transaction's terminal: a chargeback names the merchant's terminal.
+    pub terminal_id: u64,
     /// 1 if fraudulent, else 0 (the handbook's `TX_FRAUD`).
     pub tx_fraud: u8,
     /// 0 if genuine, else the fraud scenario 1, 2 or 3 (`TX_FRAUD_SCENARIO`).
@@ -253,6 +257,8 @@ impl Simulator {
                     label: FraudLabel {
                         tx_id,
                         tx_time_ms,
+                        customer_id,
+                        terminal_id,
                         tx_fraud: (scenario > 0) as u8,
                         tx_fraud_scenario: scenario,
                         available_at_ms: tx_time_ms + label_delay,
