@@ -33,10 +33,12 @@ test: setup
 bench: setup
 	$(CARGO) run --release --quiet -p weir-topologies --bin weir -- bench
 
-## model: retrain models/fraud/model.onnx (needs scikit-learn, skl2onnx: see models/fraud/README.md).
-model:
-	$(CARGO) run --release --quiet -p weir-topologies --bin weir -- generate --days 60 --seed 7 --out target/train.jsonl
-	$(PYTHON) models/fraud/train.py --transactions target/train.jsonl --labels target/train.labels.jsonl --out models/fraud
+## model: retrain models/fraud/model.onnx on a training set exported by the feature store
+## (needs pyarrow, scikit-learn, skl2onnx, onnx; see models/fraud/MODEL_CARD.md).
+model: setup
+	$(CARGO) run --release --quiet -p weir-topologies --bin weir -- features export topologies/fraud-scoring.toml \
+	    --generate-days 90 --seed 7 --out target/train.parquet
+	$(PYTHON) models/fraud/train.py --training-set target/train.parquet --out models/fraud
 
 clean-ort:
 	rm -rf $(ORT_DIR)

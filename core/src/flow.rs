@@ -18,6 +18,9 @@ pub struct FlowControl {
     paused_micros: AtomicU64,
     pauses: AtomicU64,
     sources_finished: AtomicUsize,
+    in_flight: AtomicUsize,
+    max_in_flight_seen: AtomicUsize,
+    max_in_flight: usize,
 }
 
 impl FlowControl {
@@ -29,6 +32,13 @@ impl FlowControl {
     /// hand-off reaches it; with at most one poll of `max_batch_rows` events arriving after the
     /// signal, buffered rows stay below `3 * workers * max_batch_rows`.
     pub fn new(high_water: usize) -> Self {
+        Self::with_in_flight_limit(high_water, usize::MAX)
+    }
+
+    /// As [`FlowControl::new`], and sources also pause once `max_in_flight` rows they read have
+    /// not yet been handed to inference (or sent to the dead-letter queue): this bounds the rows
+    /// the feature store holds while they wait for the watermark.
+    pub fn with_in_flight_limit(high_water: usize, max_in_flight: usize) -> Self {
         Self {
             buffered_rows: AtomicUsize::new(0),
             max_buffered_rows: AtomicUsize::new(0),
@@ -38,6 +48,9 @@ impl FlowControl {
             paused_micros: AtomicU64::new(0),
             pauses: AtomicU64::new(0),
             sources_finished: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight_seen: AtomicUsize::new(0),
+            max_in_flight: max_in_flight.max(1),
         }
     }
 
@@ -72,9 +85,32 @@ impl FlowControl {
         }
     }
 
+    /// A source read `n` events that will each end as a batch row or a dead letter.
+    pub fn add_in_flight(&self, n: usize) {
+        let now = self.in_flight.fetch_add(n, Ordering::AcqRel) + n;
+        self.max_in_flight_seen.fetch_max(now, Ordering::AcqRel);
+    }
+
+    /// `n` events left the pipeline's memory (handed to inference, or sent as dead letters).
+    pub fn remove_in_flight(&self, n: usize) {
+        let _ = self.in_flight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| Some(v.saturating_sub(n)));
+    }
+
+    /// Events read and not yet handed to inference or sent as dead letters.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// The largest [`in_flight`](Self::in_flight) seen since start.
+    pub fn max_in_flight(&self) -> usize {
+        self.max_in_flight_seen.load(Ordering::Acquire)
+    }
+
     /// Whether sources should stop reading now.
     pub fn should_pause(&self) -> bool {
-        self.blocked.load(Ordering::Acquire) > 0 || self.buffered_rows() >= self.high_water
+        self.blocked.load(Ordering::Acquire) > 0
+            || self.buffered_rows() >= self.high_water
+            || self.in_flight() >= self.max_in_flight
     }
 
     /// Adds time a source spent paused, in µs.
@@ -139,5 +175,11 @@ mod tests {
         flow.set_blocked(false);
         assert!(!flow.should_pause());
         assert_eq!(flow.max_buffered_rows(), 100);
+        let flow = FlowControl::with_in_flight_limit(100, 10);
+        flow.add_in_flight(10);
+        assert!(flow.should_pause());
+        flow.remove_in_flight(4);
+        assert!(!flow.should_pause());
+        assert_eq!(flow.max_in_flight(), 10);
     }
 }

@@ -213,6 +213,7 @@ fn assemble<'s>(
         move |_cap, _info| {
             let mut pending: HashMap<Query, Pending> = HashMap::new();
             let mut by_time: BTreeMap<u64, (Capability<u64>, Vec<Query>)> = BTreeMap::new();
+            let mut last_log = std::time::Instant::now();
             move |(base_in, base_frontier), (answers_in, answers_frontier), output| {
                 base_in.for_each(|cap, data| {
                     for ((meta, tx), t) in data.drain(..) {
@@ -232,6 +233,19 @@ fn assemble<'s>(
                         }
                     }
                 });
+                if let Some((&t, (_, qs))) = by_time.first_key_value() {
+                    if last_log.elapsed() >= std::time::Duration::from_secs(1) {
+                        last_log = std::time::Instant::now();
+                        tracing::debug!(
+                            oldest = t,
+                            waiting = qs.len(),
+                            times = by_time.len(),
+                            base_frontier = ?base_frontier.frontier().to_vec(),
+                            answers_frontier = ?answers_frontier.frontier().to_vec(),
+                            "feature rows waiting for the frontier"
+                        );
+                    }
+                }
                 // Emit every time both frontiers have passed.
                 while let Some((&t, _)) = by_time.first_key_value() {
                     if base_frontier.less_equal(&t) || answers_frontier.less_equal(&t) {

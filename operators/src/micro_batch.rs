@@ -129,6 +129,7 @@ pub fn micro_batch<'s, T: Timestamp>(
                     match queue.try_send(batch) {
                         Ok(()) => {
                             flow.remove_buffered(n);
+                            flow.remove_in_flight(n);
                             if blocked {
                                 blocked = false;
                                 flow.set_blocked(false);

@@ -116,39 +116,50 @@ impl Drop for BrokerProcess {
     }
 }
 
-/// Writes a topology file for `brokers` into `dir` using the repository's model, with `extra`
-/// TOML appended to the `[source]` table; returns its path.
+/// Writes a topology file for `brokers` into `dir`: the repository's
+/// `topologies/fraud-scoring.toml` (its features and model) with the brokers, group, a 100 ms
+/// commit interval, test-friendly consumer timeouts, `extra_source` lines added to `[source]` and
+/// `batching` lines replacing the `[batching]` table's body. Returns its path.
 pub fn topology_file(dir: &Path, brokers: &str, group: &str, extra_source: &str, batching: &str) -> PathBuf {
+    let base = std::fs::read_to_string(repo().join("topologies/fraud-scoring.toml")).expect("fraud-scoring.toml");
     let model = repo().join("models/fraud/model.onnx");
-    let text = format!(
-        r#"
-[topology]
-name = "e2e"
-workers = 2
-
-[source]
-brokers = "{brokers}"
-topic = "transactions"
-group_id = "{group}"
-commit_interval = "100ms"
-{extra_source}
-
-[source.properties]
-"session.timeout.ms" = "6000"
-"heartbeat.interval.ms" = "500"
-
-[model]
-path = "{}"
-version = "fraud-raw-v1"
-features = ["amount", "tx_hour", "tx_during_weekend", "tx_during_night"]
-
-[batching]
-{batching}
-"#,
-        model.display()
-    );
+    let mut out = String::new();
+    let mut section = String::new();
+    for line in base.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') {
+            section = trimmed.to_string();
+            out.push_str(line);
+            out.push('\n');
+            match section.as_str() {
+                "[source]" => {
+                    out.push_str(&format!("brokers = \"{brokers}\"\ngroup_id = \"{group}\"\ncommit_interval = \"100ms\"\n{extra_source}\n"));
+                }
+                "[source.properties]" => out.push_str("\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n"),
+                "[batching]" => out.push_str(&format!("{batching}\n")),
+                _ => {}
+            }
+            continue;
+        }
+        let key = trimmed.split('=').next().unwrap_or("").trim();
+        let replaced = match (section.as_str(), key) {
+            ("[source]", "brokers" | "group_id" | "commit_interval") => true,
+            ("[source]", k) if extra_source.lines().any(|l| l.split('=').next().unwrap_or("").trim() == k) => true,
+            ("[batching]", k) if !k.is_empty() && !k.starts_with('#') => !batching.trim().is_empty(),
+            _ => false,
+        };
+        if replaced {
+            continue;
+        }
+        if section == "[model]" && key == "path" {
+            out.push_str(&format!("path = \"{}\"\n", model.display()));
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
     let path = dir.join("topology.toml");
-    std::fs::write(&path, text).expect("write topology");
+    std::fs::write(&path, out).expect("write topology");
     path
 }
 

@@ -97,14 +97,16 @@ impl BenchReport {
 fn raw_onnx(cfg: &TopologyConfig, sim: &SimConfig, seconds: f64) -> Result<f64, DemoError> {
     let (mut scorers, _) = open_scorers(cfg, None).map_err(crate::runner::TopologyError::from)?;
     let scorer = &mut scorers[0];
-    let set = cfg.feature_set();
+    let set = cfg.feature_spec();
     let rows = cfg.batching.max_batch_rows;
     let mut small = sim.clone();
     small.n_days = 1;
     let txs: Vec<_> = Simulator::new(small).flatten().take(rows).collect();
     let mut x = Array2::<f32>::zeros((rows, set.len()));
     for i in 0..rows {
-        let v = set.compute(&txs[i % txs.len()].tx);
+        // Windowed features as for a customer's first transaction: realistic enough for timing.
+        let tx = &txs[i % txs.len()].tx;
+        let v: Vec<f32> = set.values(tx.tx_time_ms, tx.amount, &vec![1; set.accumulators().len()]).iter().map(|v| *v as f32).collect();
         x.row_mut(i).assign(&ndarray::ArrayView1::from(&v));
     }
     // Warm up, then measure.

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use weir_connectors::kafka::source::StartPosition;
-use weir_feature_store::FeatureSet;
+use weir_feature_store::{FeatureError, FeatureSpec, WindowedFeature};
 use weir_operators::inference::ExecutionProvider;
 
 /// weir's defaults for every field.
@@ -78,6 +78,12 @@ pub struct SourceSection {
     /// Backpressure lasting this long pauses the partitions (shorter: reading just stops).
     #[serde(with = "humantime_serde")]
     pub pause_after: Duration,
+    /// Most events between the source and inference (decoding, waiting in the feature store for
+    /// the watermark, in micro-batches) before the source holds back.
+    pub max_in_flight_rows: usize,
+    /// A partition silent this long stops holding the watermark back.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
     /// Watermark lag behind the largest event time seen.
     #[serde(with = "humantime_serde")]
     pub allowed_lateness: Duration,
@@ -86,6 +92,15 @@ pub struct SourceSection {
     pub drain_timeout: Duration,
     /// librdkafka consumer properties, overriding weir's.
     pub properties: BTreeMap<String, String>,
+}
+
+/// `[labels]`: where fraud labels come from (for `fraud_ratio` features).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelsSection {
+    /// Topic of labels `{tx_id, tx_time_ms, customer_id, terminal_id, tx_fraud}`, timestamped
+    /// when the label became known, on the source's brokers.
+    pub topic: String,
 }
 
 /// `[decode]`.
@@ -178,6 +193,11 @@ pub struct TopologyConfig {
     pub batching: BatchingSection,
     /// `[sink]`.
     pub sink: SinkSection,
+    /// `[labels]`.
+    pub labels: LabelsSection,
+    /// `[[feature]]`: windowed feature definitions.
+    #[serde(default, rename = "feature")]
+    pub features: Vec<WindowedFeature>,
     /// Directory of the topology file (model paths are relative to it).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -272,6 +292,7 @@ impl TopologyConfig {
         let positive = [
             ("topology.workers", self.topology.workers),
             ("source.max_poll_records", self.source.max_poll_records),
+            ("source.max_in_flight_rows", self.source.max_in_flight_rows),
             ("decode.max_payload_bytes", self.decode.max_payload_bytes),
             ("model.intra_threads", self.model.intra_threads),
             ("model.inference_threads", self.model.inference_threads),
@@ -310,7 +331,22 @@ impl TopologyConfig {
         if self.batching.max_batch_rows > 1_000_000 {
             return Err(self.field_error("batching.max_batch_rows", "must be at most 1000000"));
         }
-        FeatureSet::parse(&self.model.features).map_err(|e| self.field_error("model.features", e.to_string()))?;
+        if self.source.idle_timeout.is_zero() {
+            return Err(self.field_error("source.idle_timeout", "must be greater than 0"));
+        }
+        match FeatureSpec::new(&self.model.features, &self.features) {
+            Ok(_) => {}
+            Err(e @ FeatureError::ZeroWindow { index, .. }) => {
+                return Err(self.field_error(&format!("feature[{index}].window"), e.to_string()))
+            }
+            Err(e @ FeatureError::Duplicate(_)) if self.features.iter().any(|f| e.to_string().contains(&format!("`{}`", f.name))) => {
+                return Err(self.field_error("feature", e.to_string()))
+            }
+            Err(e) => return Err(self.field_error("model.features", e.to_string())),
+        }
+        if self.labels.topic.trim().is_empty() {
+            return Err(self.field_error("labels.topic", "must not be empty"));
+        }
         if self.model.execution_providers.is_empty() {
             return Err(self.field_error("model.execution_providers", "must list at least one provider (e.g. [\"cpu\"])"));
         }
@@ -347,9 +383,9 @@ impl TopologyConfig {
         parse_start(&self.source.start).expect("validated")
     }
 
-    /// The feature set (validated).
-    pub fn feature_set(&self) -> FeatureSet {
-        FeatureSet::parse(&self.model.features).expect("validated")
+    /// The feature spec (validated).
+    pub fn feature_spec(&self) -> FeatureSpec {
+        FeatureSpec::new(&self.model.features, &self.features).expect("validated")
     }
 
     /// The execution providers (validated).
@@ -420,6 +456,18 @@ features = ["amount", "tx_hour"]
         assert!(detail.contains("tx_hourz"), "{detail}");
         let (field, _) = field_of(&GOOD.replace("[model]", "[model]\nexecution_providers = [\"tpu\"]"));
         assert_eq!(field, "model.execution_providers");
+        let windowed = |entity: &str, aggregation: &str, window: &str| {
+            format!("{GOOD}\n[[feature]]\nname = \"w\"\nentity = \"{entity}\"\naggregation = \"{aggregation}\"\nwindow = \"{window}\"\n")
+        };
+        let (field, _) = field_of(&windowed("customer_id", "count", "0d"));
+        assert_eq!(field, "feature[0].window");
+        let (field, _) = field_of(&windowed("merchant_id", "count", "1d"));
+        assert_eq!(field, "feature[0].entity");
+        let (field, _) = field_of(&windowed("customer_id", "median", "1d"));
+        assert_eq!(field, "feature[0].aggregation");
+        assert!(parse(&windowed("customer_id", "count", "1d")).is_ok());
+        let (field, detail) = field_of(&windowed("customer_id", "count", "1d").replace("\"tx_hour\"]", "\"tx_hour\", \"v\"]"));
+        assert_eq!(field, "model.features", "{detail}");
     }
 
     #[test]

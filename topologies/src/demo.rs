@@ -64,6 +64,9 @@ pub enum DemoError {
         /// Its low watermark.
         low: i64,
     },
+    /// Wrong combination of options, or a failure reported as text by a worker.
+    #[error("{0}")]
+    Usage(String),
     /// The demo needs a Kafka sink to read scores back.
     #[error("the demo reads scores back from Kafka: set sink.kind = \"kafka\" in `{0}`")]
     NeedsKafkaSink(PathBuf),

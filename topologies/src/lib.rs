@@ -7,6 +7,7 @@ pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod eval;
+pub mod export;
 pub mod generate;
 pub mod runner;
 

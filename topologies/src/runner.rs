@@ -21,12 +21,14 @@ use timely::dataflow::ProbeHandle;
 use weir_connectors::kafka::sink::{KafkaDeadLetterSink, KafkaScoreSink};
 use weir_connectors::kafka::source::{kafka_source, KafkaSourceConfig, SourceShared, StartPosition};
 use weir_connectors::parquet::sink::ParquetScoreSink;
-use weir_core::{DeadLetterSink, DeliveryLedger, FlowControl, Metrics, ScoreSink};
+use timely::dataflow::operators::vec::Map;
+use weir_core::{DeadLetterSink, DeliveryLedger, FeatureRow, FlowControl, Metrics, ScoreSink};
 use weir_operators::decode::{decode, DecodeLimits};
 use weir_operators::inference::{
     default_runtime_path, init_runtime, ExecutionProvider, InferenceError, InferencePool, ModelSpec, OnnxScorer, Scorer,
 };
 use weir_operators::micro_batch::{micro_batch, BatchWindow};
+use weir_feature_store::{windowed_features, FeatureSpec, FeatureValues};
 
 use crate::config::TopologyConfig;
 
@@ -92,6 +94,9 @@ pub struct RunReport {
     pub p99_latency_us: u64,
     /// Largest number of rows held by micro-batchers at once.
     pub max_buffered_rows: usize,
+    /// Largest number of events between the sources and inference at once (decode, feature
+    /// store, micro-batchers).
+    pub max_in_flight_rows: usize,
     /// Time sources spent paused by backpressure (summed over sources).
     pub paused: Duration,
     /// Execution provider in use (`cuda`, `cpu`, or `custom` for a substituted scorer).
@@ -136,6 +141,72 @@ pub fn open_scorers(cfg: &TopologyConfig, runtime: Option<PathBuf>) -> Result<(V
     Ok((scorers, provider))
 }
 
+/// The flow control `cfg` asks for: micro-batchers hold at most `2 * workers * max_batch_rows`
+/// rows before sources pause, and at most `source.max_in_flight_rows` events are between the
+/// sources and inference.
+pub fn flow_control(cfg: &TopologyConfig) -> FlowControl {
+    FlowControl::with_in_flight_limit(2 * cfg.topology.workers * cfg.batching.max_batch_rows, cfg.source.max_in_flight_rows)
+}
+
+/// Source(s) -> decode -> features, for one worker: the part of a topology shared by scoring
+/// (`weir run`) and training-set export (`weir features export`). Returns the feature vectors
+/// and the dead letters.
+///
+/// # Errors
+/// A message if a Kafka source cannot start.
+pub fn feature_dataflow<'s>(
+    scope: timely::dataflow::Scope<'s, u64>,
+    source: &KafkaSourceConfig,
+    labels: Option<&KafkaSourceConfig>,
+    limits: &DecodeLimits,
+    spec: &FeatureSpec,
+    shared: &SourceShared,
+) -> Result<(timely::dataflow::StreamVec<'s, u64, FeatureValues>, timely::dataflow::StreamVec<'s, u64, weir_core::DeadLetter>), String> {
+    let events = kafka_source(scope, source.clone(), shared.clone()).map_err(|e| e.to_string())?;
+    let labels = match labels {
+        Some(lc) => Some(weir_operators::decode::decode_labels(kafka_source(scope, lc.clone(), shared.clone()).map_err(|e| e.to_string())?)),
+        None => None,
+    };
+    let (txs, letters) = decode(events, limits.clone());
+    Ok((windowed_features(txs, labels, spec.clone()), letters))
+}
+
+/// The Kafka source of `cfg` on `brokers` (bounded or live), starting at `start` or the
+/// configured position.
+pub fn source_config(cfg: &TopologyConfig, brokers: &str, bounded: bool, start: Option<StartPosition>) -> KafkaSourceConfig {
+    KafkaSourceConfig {
+        brokers: brokers.to_string(),
+        topic: cfg.source.topic.clone(),
+        group_id: cfg.source.group_id.clone(),
+        start: start.unwrap_or_else(|| cfg.start_position()),
+        bounded,
+        assign: false,
+        follows: None,
+        commit: true,
+        idle_timeout: cfg.source.idle_timeout,
+        max_poll_records: cfg.source.max_poll_records.min(cfg.batching.max_batch_rows.max(1)),
+        commit_interval: cfg.source.commit_interval,
+        pause_after: cfg.source.pause_after,
+        allowed_lateness_ms: cfg.source.allowed_lateness.as_millis() as i64,
+        drain_timeout: cfg.source.drain_timeout,
+        properties: cfg.source.properties.clone(),
+    }
+}
+
+/// The labels side input of `cfg`, if its features need labels: read from the start of the
+/// labels topic (all the history the windows need), never committed (no sink acknowledges labels).
+pub fn labels_source(cfg: &TopologyConfig, source: &KafkaSourceConfig) -> Option<KafkaSourceConfig> {
+    cfg.feature_spec().needs_labels().then(|| KafkaSourceConfig {
+        topic: cfg.labels.topic.clone(),
+        group_id: format!("{}-labels", cfg.source.group_id),
+        start: StartPosition::Earliest,
+        commit: false,
+        assign: true,
+        follows: Some(source.topic.clone()),
+        ..source.clone()
+    })
+}
+
 /// Runs `cfg` until its source completes (bounded) or shutdown is requested.
 ///
 /// # Errors
@@ -146,9 +217,9 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
     let metrics = opts.metrics.clone().unwrap_or_else(|| Arc::new(Metrics::new(&cfg.topology.name)));
     let workers = cfg.topology.workers;
     let max_rows = cfg.batching.max_batch_rows;
-    let flow = opts.flow.clone().unwrap_or_else(|| Arc::new(FlowControl::new(2 * workers * max_rows)));
+    let flow = opts.flow.clone().unwrap_or_else(|| Arc::new(flow_control(cfg)));
     let ledger = Arc::new(DeliveryLedger::new());
-    let features = cfg.feature_set();
+    let spec = cfg.feature_spec();
 
     // Model first: a missing or mismatched model fails before anything connects.
     let (scorers, provider) = match &opts.scorer {
@@ -217,26 +288,16 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
         (done, h)
     };
 
-    let source_config = KafkaSourceConfig {
-        brokers: brokers.clone(),
-        topic: cfg.source.topic.clone(),
-        group_id: cfg.source.group_id.clone(),
-        start: opts.start.unwrap_or_else(|| cfg.start_position()),
-        bounded: opts.bounded,
-        max_poll_records: cfg.source.max_poll_records.min(max_rows.max(1)),
-        commit_interval: cfg.source.commit_interval,
-        pause_after: cfg.source.pause_after,
-        allowed_lateness_ms: cfg.source.allowed_lateness.as_millis() as i64,
-        drain_timeout: cfg.source.drain_timeout,
-        properties: cfg.source.properties.clone(),
-    };
+    let source_config = source_config(cfg, &brokers, opts.bounded, opts.start);
     let limits = DecodeLimits {
         max_future_ms: cfg.decode.max_future.as_millis() as i64,
         max_payload_bytes: cfg.decode.max_payload_bytes,
     };
     let window = BatchWindow { max_batch_rows: max_rows, max_wait: cfg.batching.max_wait };
-    let shared = SourceShared { ledger: ledger.clone(), flow: flow.clone(), metrics: metrics.clone() };
-    let n_features = features.len();
+    let shared = SourceShared { ledger: ledger.clone(), flow: flow.clone(), metrics: metrics.clone(), watermarks: Default::default() };
+    let n_features = spec.len();
+    let labels_config = labels_source(cfg, &source_config);
+    let n_sources = workers * (1 + labels_config.is_some() as usize);
 
     let started = Instant::now();
     let worker_result = timely::execute(timely::Config::process(workers), {
@@ -244,27 +305,30 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
         move |worker| -> Result<(), String> {
             let probe = ProbeHandle::new();
             let built = worker.dataflow::<u64, _, _>(|scope| -> Result<(), String> {
-                let events = kafka_source(scope, source_config.clone(), shared.clone()).map_err(|e| e.to_string())?;
-                let (txs, letters) = decode(events, limits.clone());
+                let (values, letters) = feature_dataflow(scope, &source_config, labels_config.as_ref(), &limits, &spec, &shared)?;
                 let dlq = dlq.clone();
+                let f = flow.clone();
                 letters
                     .inspect(move |letter| {
+                        f.remove_in_flight(1);
                         if let Err(e) = dlq.send(letter.clone()) {
                             tracing::error!(error = %e, "dead-letter sink rejected a letter");
                         }
                     })
                     .probe_with(&probe);
-                let rows = weir_feature_store::features(txs, features.clone());
+                let rows = values.map(|fv| FeatureRow { meta: fv.meta, features: fv.values.iter().map(|v| *v as f32).collect() });
                 micro_batch(rows, window, n_features, tx.clone(), flow.clone(), metrics.clone()).probe_with(&probe);
                 Ok(())
             });
             if let Err(e) = built {
                 flow.request_shutdown();
-                flow.source_finished(); // this worker has no source; do not make others wait
+                for _ in 0..n_sources / workers {
+                    flow.source_finished(); // this worker's sources will not; do not make others wait
+                }
                 return Err(e);
             }
             // Every source finishes before any worker exits (and drops its consumer).
-            while !probe.done() || flow.sources_finished() < workers {
+            while !probe.done() || flow.sources_finished() < n_sources {
                 worker.step_or_park(Some(Duration::from_millis(1)));
             }
             Ok(())
@@ -305,6 +369,7 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
         p50_latency_us: metrics.latency_quantile_us(0.5),
         p99_latency_us: metrics.latency_quantile_us(0.99),
         max_buffered_rows: flow.max_buffered_rows(),
+        max_in_flight_rows: flow.max_in_flight(),
         paused: Duration::from_micros(flow.paused_micros()),
         execution_provider: provider_name,
         sink: sink.describe(),

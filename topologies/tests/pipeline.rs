@@ -9,6 +9,8 @@ use weir_connectors::kafka::admin::{read_topic, BulkProducer};
 use weir_connectors::kafka::embedded::EmbeddedKafka;
 use weir_connectors::kafka::source::StartPosition;
 use weir_core::{FlowControl, Metrics};
+#[allow(unused_imports)]
+use weir_core as _;
 use weir_operators::inference::{InferenceError, Scorer};
 use weir_simulator::SimConfig;
 use weir_topologies::generate::{generate, Target, MALFORMED};
@@ -69,7 +71,15 @@ fn scores_by_tx(brokers: &str) -> HashMap<u64, usize> {
     out
 }
 
+fn logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG").unwrap_or_else(|_| "warn".into()))
+        .try_init();
+}
+
 fn bounded() -> RunOptions {
+    logs();
     RunOptions { bounded: true, start: Some(StartPosition::Earliest), ..RunOptions::default() }
 }
 
@@ -128,7 +138,8 @@ fn backpressure_keeps_buffered_rows_under_the_bound_when_inference_is_slow() {
     cfg.batching.max_inflight_batches = 2;
     cfg.topology.workers = 2;
     cfg.source.pause_after = Duration::from_millis(100);
-    let flow = Arc::new(FlowControl::new(2 * 2 * 64));
+    cfg.source.max_in_flight_rows = 2000;
+    let flow = Arc::new(weir_topologies::runner::flow_control(&cfg));
     let report = run_topology(
         &cfg,
         RunOptions {
@@ -142,13 +153,15 @@ fn backpressure_keeps_buffered_rows_under_the_bound_when_inference_is_slow() {
     let scores = scores_by_tx(&env.brokers);
     assert_eq!(scores.len(), env.tx_ids.len(), "nothing dropped under backpressure");
     assert!(scores.values().all(|&n| n == 1));
-    // Bound (FlowControl docs): 3 * workers * max_batch_rows held by micro-batchers.
-    let bound = 3 * 2 * 64;
-    assert!(report.max_buffered_rows <= bound, "buffered {} rows > bound {bound}", report.max_buffered_rows);
+    // Bound: between source and inference (decode, feature store, micro-batchers) at most the
+    // configured limit plus one poll per worker; the micro-batchers hold a part of those.
+    let bound = cfg.source.max_in_flight_rows + 2 * 64;
+    assert!(report.max_in_flight_rows <= bound, "{} rows in flight > bound {bound}", report.max_in_flight_rows);
+    assert!(report.max_buffered_rows <= report.max_in_flight_rows);
     assert!(report.paused > Duration::ZERO, "the source was held back");
     assert!(flow.pauses() > 0, "sustained pressure paused the Kafka partitions");
     // Without backpressure the source would read the whole topic into memory at once.
-    assert!(env.tx_ids.len() > 10 * bound, "test has enough events to overflow an unbounded buffer");
+    assert!(env.tx_ids.len() > 3 * bound, "test has enough events to overflow an unbounded buffer");
     drop(env.kafka);
 }
 
@@ -157,6 +170,9 @@ fn a_lone_event_is_scored_by_the_timer_within_max_wait_plus_inference() {
     let env = setup(1, 0);
     let mut cfg = config("");
     cfg.batching.max_wait = Duration::from_millis(100);
+    // Windowed features wait for the watermark to pass the event: for a lone event, the idle
+    // timeout (no later event arrives).
+    cfg.source.idle_timeout = Duration::from_millis(50);
     cfg.source.start = "latest".into();
     cfg.source.properties.insert("session.timeout.ms".into(), "6000".into());
     let flow = Arc::new(FlowControl::new(1024));
@@ -180,8 +196,9 @@ fn a_lone_event_is_scored_by_the_timer_within_max_wait_plus_inference() {
     let latency = Duration::from_micros(report.p50_latency_us);
     let inference = Duration::from_secs_f64(metrics.inference_seconds.get_sample_sum());
     assert!(latency >= cfg.batching.max_wait, "waited for the window: {latency:?}");
-    // max_wait + inference + a slack for the sink's delivery report on a busy 2-core machine.
-    let bound = cfg.batching.max_wait + inference + Duration::from_millis(250);
+    // idle_timeout (watermark) + max_wait + inference + a slack for the sink's delivery report
+    // on a busy 2-core machine.
+    let bound = cfg.source.idle_timeout + cfg.batching.max_wait + inference + Duration::from_millis(250);
     assert!(latency <= bound, "lone event latency {latency:?} > {bound:?}");
     drop(env.kafka);
 }

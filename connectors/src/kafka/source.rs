@@ -1,6 +1,6 @@
 //! The Kafka source: a timely operator that reads one topic.
 //!
-//! **Live** (`bounded = false`): every timely worker runs one consumer in the consumer group
+//! **Live** (`bounded = false`, `assign = false`): every timely worker runs one consumer in the consumer group
 //! `group_id`, so Kafka's group protocol spreads partitions over workers (and over processes
 //! sharing the group). Offsets are committed only from the [`DeliveryLedger`]: the position after
 //! the contiguous run of events whose scores or dead letters were acknowledged by a sink
@@ -24,10 +24,16 @@
 //! protocol without receiving messages. Either way lag grows instead of memory. A message returned while
 //! pausing is still emitted, never dropped.
 //!
+//! **Side input** (`assign = true`): partitions assigned directly as in bounded mode, read
+//! without a stop offset and without a group (every process reads the whole topic).
+//!
 //! **Time**: timely timestamps are event time (Kafka message timestamp), ms since the Unix epoch.
-//! The operator's capability follows a watermark: the minimum over its partitions that have
-//! delivered data of the largest timestamp seen, minus `allowed_lateness_ms`. Records are emitted
-//! at the capability's time and carry their own event time.
+//! The operator's capability follows a watermark: per partition, the largest timestamp seen minus
+//! `allowed_lateness_ms`; partitions that finished their range or were silent for `idle_timeout`
+//! do not count (as Flink's `withIdleness`), and the minimum is taken over every worker of the
+//! process through a [`WatermarkBoard`], so an idle worker does not hold the others back. When no
+//! partition counts, everything read is complete (largest seen + 1). Records are emitted at the
+//! capability's time and carry their own event time.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -74,6 +80,18 @@ pub struct KafkaSourceConfig {
     pub start: StartPosition,
     /// Read up to the high watermarks seen at start, then complete (no commits).
     pub bounded: bool,
+    /// For a side input: the main topic whose watermark this source follows while it has read
+    /// nothing and expects nothing (see [`WatermarkBoard`]).
+    pub follows: Option<String>,
+    /// Assign partitions directly (worker `i` of `n` takes every `n`-th) instead of joining the
+    /// consumer group; implied by `bounded`. For side inputs every process reads whole.
+    pub assign: bool,
+    /// Track offsets in the ledger and commit them (live mode). `false` for side inputs such as
+    /// fraud labels, which no sink acknowledges.
+    pub commit: bool,
+    /// A partition without a message for this long stops holding the watermark back (as Flink's
+    /// `withIdleness`); when every partition is idle, everything read so far counts as complete.
+    pub idle_timeout: Duration,
     /// Most messages read per operator activation (keeps a worker responsive).
     pub max_poll_records: usize,
     /// Interval between offset commits (live mode).
@@ -91,6 +109,39 @@ pub struct KafkaSourceConfig {
     pub properties: BTreeMap<String, String>,
 }
 
+/// Watermarks published by every source worker of a process, per topic, so that an idle worker
+/// does not hold the others back.
+///
+/// For each topic: if any worker has a partition still expected to deliver, the topic's
+/// watermark is the minimum of those; otherwise it is one past the largest timestamp any worker
+/// read (everything read is complete). A side input that has read nothing and expects nothing
+/// follows the topic it names (its main input); a main input never follows another topic.
+#[derive(Debug, Default)]
+pub struct WatermarkBoard {
+    /// (topic, worker) -> (holding, largest seen)
+    entries: Mutex<HashMap<(String, usize), (Option<i64>, Option<i64>)>>,
+}
+
+impl WatermarkBoard {
+    /// Publishes worker `worker`'s view of `topic` and returns the topic's watermark (ms), or
+    /// `None` while nothing is known. `follows`: the main topic a side input falls back to.
+    pub fn publish(&self, topic: &str, worker: usize, holding: Option<i64>, seen: Option<i64>, follows: Option<&str>) -> Option<i64> {
+        let mut e = self.entries.lock().unwrap();
+        e.insert((topic.to_string(), worker), (holding, seen));
+        let topic_wm = |t: &str| -> Option<i64> {
+            let mine = e.iter().filter(|((tt, _), _)| tt == t).map(|(_, v)| *v);
+            let holding = mine.clone().filter_map(|(h, _)| h).min();
+            let seen = mine.filter_map(|(_, s)| s).max();
+            match (holding, seen) {
+                (Some(h), _) => Some(h),
+                (None, Some(s)) => Some(s + 1),
+                (None, None) => None,
+            }
+        };
+        topic_wm(topic).or_else(|| follows.and_then(topic_wm))
+    }
+}
+
 /// Shared state the source needs from its topology.
 #[derive(Clone)]
 pub struct SourceShared {
@@ -100,6 +151,8 @@ pub struct SourceShared {
     pub flow: Arc<FlowControl>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Watermarks of every source worker of the process.
+    pub watermarks: Arc<WatermarkBoard>,
 }
 
 /// Consumer context: applies the start position on first assignment and commits acknowledged
@@ -268,7 +321,7 @@ pub fn kafka_source<'s>(
             .map_err(ConnectorError::kafka("create consumer"))?;
 
     let mut bounded = None;
-    if config.bounded {
+    if config.bounded || config.assign {
         let timeout = Duration::from_secs(10);
         let mut all = topic_partitions(&consumer, &config.topic, timeout)?;
         all.sort_unstable();
@@ -279,7 +332,7 @@ pub fn kafka_source<'s>(
             let (lo, hi) = consumer
                 .fetch_watermarks(&config.topic, *p, timeout)
                 .map_err(ConnectorError::kafka(format!("watermarks of `{}`/{p}", config.topic)))?;
-            if hi > lo {
+            if hi > lo && config.bounded {
                 remaining.insert(*p, hi);
             }
             tpl.add_partition_offset(&config.topic, *p, Offset::Invalid)
@@ -303,8 +356,10 @@ pub fn kafka_source<'s>(
         }
         consumer.assign(&tpl).map_err(ConnectorError::kafka("assign"))?;
         *consumer.context().assigned.lock().unwrap() = mine.clone();
-        tracing::info!(worker, topic = %config.topic, partitions = ?mine, stop = ?remaining, "bounded source assigned");
-        bounded = Some(Bounded { remaining });
+        tracing::info!(worker, topic = %config.topic, partitions = ?mine, stop = ?remaining, bounded = config.bounded, "partitions assigned directly");
+        if config.bounded {
+            bounded = Some(Bounded { remaining });
+        }
     } else {
         consumer
             .subscribe(&[&config.topic])
@@ -321,7 +376,12 @@ pub fn kafka_source<'s>(
         let mut last_pressure = Instant::now();
         let mut last_commit = Instant::now();
         let mut drain_deadline: Option<Instant> = None;
-        let mut max_ts: HashMap<i32, i64> = HashMap::new();
+        // partition -> (largest timestamp seen, when the last message arrived)
+        let mut max_ts: HashMap<i32, (i64, Instant)> = HashMap::new();
+        // partition -> when it was first seen assigned
+        let mut assigned_at: HashMap<i32, Instant> = HashMap::new();
+        let mut last_wm_log = Instant::now();
+        let mut max_emitted = i64::MIN;
         move |output| {
             let (Some(c), Some(consumer_ref)) = (cap.as_mut(), consumer.as_ref()) else {
                 let _ = &finished_consumer;
@@ -400,10 +460,13 @@ pub fn kafka_source<'s>(
                                 }
                             }
                             let ts = m.timestamp().to_millis().unwrap_or_else(clock::wall_ms);
-                            let e = max_ts.entry(partition).or_insert(ts);
-                            *e = (*e).max(ts);
+                            let e = max_ts.entry(partition).or_insert((ts, Instant::now()));
+                            e.0 = e.0.max(ts);
+                            e.1 = Instant::now();
                             let lineage = Lineage { partition, offset };
-                            shared.ledger.register(lineage);
+                            if config.commit {
+                                shared.ledger.register(lineage);
+                            }
                             session.give(SourceEvent {
                                 lineage,
                                 key: m.key().map(<[u8]>::to_vec),
@@ -416,17 +479,59 @@ pub fn kafka_source<'s>(
                     }
                 }
             }
-            shared.metrics.events_in.inc_by(emitted as u64);
-
-            // Watermark: min over partitions with data of (max timestamp - allowed lateness).
-            if let Some(min) = assigned.iter().filter_map(|p| max_ts.get(p)).min() {
-                let wm = (min - config.allowed_lateness_ms).max(0) as u64;
-                if wm > *c.time() {
-                    c.downgrade(&wm);
-                }
+            if emitted > 0 {
+                // Records were stamped with the capability's time (late ones included): once
+                // nothing holds, the watermark must pass it too.
+                max_emitted = max_emitted.max(*c.time() as i64);
+            }
+            if config.commit {
+                // The main input: each event ends as a batch row or a dead letter.
+                shared.metrics.events_in.inc_by(emitted as u64);
+                shared.flow.add_in_flight(emitted);
             }
 
-            let live = bounded.is_none();
+            // Watermark: the minimum, over partitions still expected to deliver, of (largest
+            // timestamp seen - allowed lateness). A partition is not expected when it finished
+            // its range, or has been silent for idle_timeout (never seen: since assignment).
+            // When none is expected, everything read so far is complete: largest seen + 1.
+            let now = Instant::now();
+            for p in &assigned {
+                assigned_at.entry(*p).or_insert(now);
+            }
+            let mut holding: Option<i64> = None;
+            let mut seen_max: Option<i64> = None;
+            for p in &assigned {
+                let finished = bounded.as_ref().is_some_and(|b| !b.remaining.contains_key(p));
+                match max_ts.get(p) {
+                    Some(&(ts, last)) => {
+                        seen_max = Some(seen_max.map_or(ts, |m| m.max(ts)));
+                        if !finished && now - last < config.idle_timeout {
+                            let h = ts - config.allowed_lateness_ms;
+                            holding = Some(holding.map_or(h, |m| m.min(h)));
+                        }
+                    }
+                    None if !finished && now - assigned_at[p] < config.idle_timeout => {
+                        holding = Some(holding.map_or(i64::MIN, |m| m.min(i64::MIN)));
+                    }
+                    None => {}
+                }
+            }
+            // "Everything read is complete" must cover what was emitted at a later stamp (late
+            // records, raised to the capability's time) as well as what was read.
+            let seen_max = match (seen_max, max_emitted) {
+                (Some(s), e) if e > i64::MIN => Some(s.max(e)),
+                (s, _) => s,
+            };
+            let wm = shared.watermarks.publish(&config.topic, worker, holding, seen_max, config.follows.as_deref()).unwrap_or(i64::MIN);
+            if wm > 0 && wm as u64 > *c.time() {
+                c.downgrade(&(wm as u64));
+            }
+            if last_wm_log.elapsed() >= Duration::from_secs(1) {
+                last_wm_log = now;
+                tracing::debug!(worker, topic = %config.topic, capability = *c.time(), ?holding, ?seen_max, assigned = assigned.len(), in_flight = shared.flow.in_flight(), buffered = shared.flow.buffered_rows(), want_pause, paused = paused.is_some(), "watermark");
+            }
+
+            let live = bounded.is_none() && config.commit;
             if live && last_commit.elapsed() >= config.commit_interval {
                 ctx.commit_acked(consumer_ref, &assigned, CommitMode::Async);
                 last_commit = Instant::now();
@@ -435,7 +540,7 @@ pub fn kafka_source<'s>(
             let finished_range = bounded.as_ref().is_some_and(|b| b.remaining.is_empty());
             if finished_range || shutting_down {
                 let deadline = *drain_deadline.get_or_insert_with(|| Instant::now() + config.drain_timeout);
-                let unacked = shared.ledger.unacked(&assigned);
+                let unacked = if config.commit { shared.ledger.unacked(&assigned) } else { 0 };
                 if !live || unacked == 0 || Instant::now() >= deadline {
                     if live {
                         if unacked > 0 {
@@ -446,7 +551,8 @@ pub fn kafka_source<'s>(
                     if let Some(since) = pressure_since.take() {
                         shared.flow.add_paused_micros(since.elapsed().as_micros() as u64);
                     }
-                    tracing::info!(worker, "source finished");
+                    tracing::info!(worker, topic = %config.topic, "source finished");
+                    shared.watermarks.publish(&config.topic, worker, None, max_ts.values().map(|v| v.0).max(), None);
                     shared.flow.source_finished();
                     // The consumer stays (in the group) until the dataflow is dropped; the
                     // topology's workers wait for every source to finish before exiting.

@@ -21,6 +21,10 @@ fn config(brokers: &str, bounded: bool, group: &str) -> KafkaSourceConfig {
         group_id: group.into(),
         start: StartPosition::Committed,
         bounded,
+        commit: true,
+        assign: false,
+        follows: None,
+        idle_timeout: Duration::from_millis(500),
         max_poll_records: 100,
         commit_interval: Duration::from_millis(50),
         pause_after: Duration::from_secs(1),
@@ -48,7 +52,7 @@ fn run(config: KafkaSourceConfig, stop_after: usize, ack: fn(&SourceEvent) -> bo
     let flow = Arc::new(FlowControl::new(1_000_000));
     let metrics = Arc::new(Metrics::new("test"));
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let shared = SourceShared { ledger: ledger.clone(), flow: flow.clone(), metrics };
+    let shared = SourceShared { ledger: ledger.clone(), flow: flow.clone(), metrics, watermarks: Default::default() };
     let seen2 = seen.clone();
     let guards = timely::execute(timely::Config::process(2), move |worker| {
         let config = config.clone();
@@ -167,4 +171,21 @@ fn score_sink_acknowledges_delivered_scores() {
     let tx = v["tx_id"].as_u64().unwrap();
     assert_eq!(v["score"].as_f64().unwrap() as f32, (tx - 100) as f32 / 100.0);
     assert_eq!(v["offset"].as_i64().unwrap() as u64, tx - 100);
+}
+
+#[test]
+fn watermark_board_does_not_let_idle_workers_hold_back_the_others() {
+    use super::source::WatermarkBoard;
+    let b = WatermarkBoard::default();
+    // Worker 0 still expects data up to 100, worker 1 is idle having read up to 500.
+    assert_eq!(b.publish("tx", 0, Some(100), Some(100), None), Some(100));
+    assert_eq!(b.publish("tx", 1, None, Some(500), None), Some(100));
+    // Worker 0 goes idle too: everything read (up to 500) is complete.
+    assert_eq!(b.publish("tx", 0, None, Some(120), None), Some(501));
+    // A side input that has read nothing follows its main topic...
+    assert_eq!(b.publish("labels", 0, None, None, Some("tx")), Some(501));
+    // ... unless it holds (a partition not yet past its initial idle timeout).
+    assert_eq!(b.publish("labels", 1, Some(i64::MIN), None, Some("tx")), Some(i64::MIN));
+    // A main topic that knows nothing never follows another.
+    assert_eq!(b.publish("other", 0, None, None, None), None);
 }

@@ -1,3 +1,4 @@
 //! Parquet file connectors (Arrow + parquet crates).
 
+pub mod features;
 pub mod sink;

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use weir_connectors::kafka::embedded::EmbeddedKafka;
-use weir_core::FlowControl;
 use weir_simulator::SimConfig;
 use weir_topologies::bench::{run_bench, BenchOptions};
 use weir_topologies::config::{parse_start, TopologyConfig};
@@ -135,11 +134,50 @@ enum Command {
         #[arg(long)]
         bootstrap_file: Option<PathBuf>,
     },
+    /// Feature store: export point-in-time-correct training sets.
+    Features {
+        #[command(subcommand)]
+        command: FeaturesCommand,
+    },
     /// Validate a topology file and its model without connecting to Kafka.
     Check {
         /// Topology file.
         topology: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum FeaturesCommand {
+    /// Write features (as of each transaction's time) and labels to a Parquet file.
+    Export {
+        /// Topology file (feature definitions, topics).
+        topology: PathBuf,
+        /// Output Parquet file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Bootstrap servers.
+        #[arg(long, conflicts_with = "generate_days")]
+        brokers: Option<String>,
+        /// First event time included, RFC 3339.
+        #[arg(long)]
+        from: Option<String>,
+        /// First event time excluded, RFC 3339.
+        #[arg(long)]
+        to: Option<String>,
+        /// Generate this many simulated days onto an embedded broker first.
+        #[arg(long)]
+        generate_days: Option<u32>,
+        /// Seed of the generated data.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
+}
+
+fn rfc3339_ms(s: &str, flag: &str) -> Result<i64, String> {
+    match parse_start(s) {
+        Ok(weir_connectors::kafka::source::StartPosition::Timestamp(ms)) => Ok(ms),
+        _ => Err(format!("{flag}: `{s}` is not an RFC 3339 time such as 2018-05-01T00:00:00Z")),
+    }
 }
 
 fn init_logging(default: &str) {
@@ -166,7 +204,7 @@ fn main() -> ExitCode {
             (|| {
                 let cfg = TopologyConfig::load(&topology).map_err(|e| e.to_string())?;
                 let start = start.as_deref().map(parse_start).transpose().map_err(|e| format!("--start: {e}"))?;
-                let flow = Arc::new(FlowControl::new(2 * cfg.topology.workers * cfg.batching.max_batch_rows));
+                let flow = Arc::new(weir_topologies::runner::flow_control(&cfg));
                 let flag = shutdown_flag();
                 let f = flow.clone();
                 std::thread::spawn(move || loop {
@@ -257,6 +295,30 @@ fn main() -> ExitCode {
                     std::thread::sleep(Duration::from_millis(50));
                 }
                 drop(kafka);
+                Ok(())
+            })()
+        }
+        Command::Features { command: FeaturesCommand::Export { topology, out, brokers, from, to, generate_days, seed } } => {
+            init_logging("warn");
+            (|| {
+                let opts = weir_topologies::export::ExportOptions {
+                    topology,
+                    brokers,
+                    from_ms: from.as_deref().map(|s| rfc3339_ms(s, "--from")).transpose()?,
+                    to_ms: to.as_deref().map(|s| rfc3339_ms(s, "--to")).transpose()?,
+                    out: out.clone(),
+                    generate: generate_days.map(|n_days| SimConfig { n_days, seed, ..SimConfig::default() }),
+                };
+                let r = weir_topologies::export::export_training_set(&opts).map_err(|e| e.to_string())?;
+                println!(
+                    "wrote {} rows ({} fraudulent, {} unlabelled) x {} features to {} in {:.1} s",
+                    r.rows,
+                    r.frauds,
+                    r.unlabelled,
+                    r.features.len(),
+                    out.display(),
+                    r.elapsed.as_secs_f64()
+                );
                 Ok(())
             })()
         }
