@@ -214,3 +214,117 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchReport, DemoError> {
         workers: cfg.topology.workers,
     })
 }
+
+/// What `weir bench-features` measured.
+#[derive(Debug, Clone)]
+pub struct FeatureBenchReport {
+    /// Timely workers.
+    pub workers: usize,
+    /// Transactions fed.
+    pub events: u64,
+    /// Labels fed.
+    pub labels: u64,
+    /// Seconds from the first event to the last feature vector.
+    pub seconds: f64,
+    /// Resident memory after the run, bytes (`VmRSS`).
+    pub rss_end: u64,
+    /// Peak resident memory, bytes (`VmHWM`).
+    pub rss_peak: u64,
+}
+
+fn proc_status_kb(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// Feeds `events` simulated transactions (and their labels, in arrival order) through the
+/// topology's feature store alone, with `workers` workers, and measures throughput and memory.
+/// Worker 0 generates day by day, so the dataset itself never sits in memory.
+///
+/// # Errors
+/// [`DemoError`] if the topology file is invalid.
+pub fn run_feature_bench(topology: &std::path::Path, sim: SimConfig, events: u64, workers: usize) -> Result<FeatureBenchReport, DemoError> {
+    use std::collections::VecDeque;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use timely::dataflow::operators::vec::Input;
+    use timely::dataflow::operators::{Inspect, Probe};
+    use weir_core::{Label, Lineage, RowMeta};
+
+    let cfg = TopologyConfig::load(topology)?;
+    let spec = cfg.feature_spec();
+    let out = Arc::new(AtomicU64::new(0));
+    let fed = Arc::new(AtomicU64::new(0));
+    let labels_fed = Arc::new(AtomicU64::new(0));
+    let (o2, f2, l2) = (out.clone(), fed.clone(), labels_fed.clone());
+    let started = Instant::now();
+    timely::execute(timely::Config::process(workers), move |worker| {
+        let out = o2.clone();
+        let spec = spec.clone();
+        let (mut tx_in, mut label_in, probe) = worker.dataflow::<u64, _, _>(|scope| {
+            let (tx_in, txs) = scope.new_input::<(RowMeta, weir_core::Transaction)>();
+            let (label_in, labels) = scope.new_input::<Label>();
+            let (probe, _) = weir_feature_store::windowed_features(txs, Some(labels), spec)
+                .inspect(move |_| {
+                    out.fetch_add(1, Ordering::Relaxed);
+                })
+                .probe();
+            (tx_in, label_in, probe)
+        });
+        if worker.index() == 0 {
+            let mut pending: VecDeque<Label> = VecDeque::new();
+            let mut n = 0u64;
+            'days: for day in Simulator::new(sim.clone()) {
+                for lt in day {
+                    let t = lt.tx.tx_time_ms;
+                    while pending.front().is_some_and(|l| l.available_at_ms <= t) {
+                        label_in.send(pending.pop_front().expect("non-empty"));
+                        l2.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if t as u64 > *tx_in.time() {
+                        tx_in.advance_to(t as u64);
+                        label_in.advance_to(t as u64);
+                    }
+                    let meta = RowMeta { lineage: Lineage { partition: 0, offset: lt.tx.tx_id as i64 }, tx_id: lt.tx.tx_id, event_time_ms: t, read_at_us: 0 };
+                    let l = &lt.label;
+                    pending.push_back(Label {
+                        tx_id: l.tx_id,
+                        tx_time_ms: l.tx_time_ms,
+                        customer_id: l.customer_id,
+                        terminal_id: l.terminal_id,
+                        tx_fraud: l.tx_fraud,
+                        available_at_ms: l.available_at_ms,
+                    });
+                    tx_in.send((meta, lt.tx));
+                    n += 1;
+                    if n % 1024 == 0 {
+                        worker.step();
+                    }
+                    if n >= events {
+                        break 'days;
+                    }
+                }
+            }
+            f2.store(n, Ordering::Relaxed);
+        }
+        drop(tx_in);
+        drop(label_in);
+        while !probe.done() {
+            worker.step_or_park(Some(Duration::from_millis(1)));
+        }
+    })
+    .map_err(DemoError::Usage)?;
+    let seconds = started.elapsed().as_secs_f64();
+    let events = fed.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(out.load(std::sync::atomic::Ordering::Relaxed), events, "one feature vector per transaction");
+    Ok(FeatureBenchReport {
+        workers,
+        events,
+        labels: labels_fed.load(std::sync::atomic::Ordering::Relaxed),
+        seconds,
+        rss_end: proc_status_kb("VmRSS:") * 1024,
+        rss_peak: proc_status_kb("VmHWM:") * 1024,
+    })
+}

@@ -125,6 +125,24 @@ enum Command {
         #[arg(long, default_value_t = 3.0)]
         onnx_seconds: f64,
     },
+    /// Measure the feature store alone: events/s and resident memory over N simulated events.
+    BenchFeatures {
+        /// Topology file (feature definitions).
+        #[arg(long, default_value = "topologies/fraud-scoring.toml")]
+        topology: PathBuf,
+        /// Transactions to feed.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        /// Timely workers.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// Customers.
+        #[arg(long, default_value_t = 5000)]
+        customers: usize,
+        /// Terminals.
+        #[arg(long, default_value_t = 10_000)]
+        terminals: usize,
+    },
     /// Start an embedded (mock) Kafka broker and keep it running until SIGINT/SIGTERM.
     Broker {
         /// Topics to create, as name:partitions.
@@ -273,6 +291,24 @@ fn main() -> ExitCode {
                 let opts = BenchOptions { topology, sim: sim.config()?, partitions, onnx_seconds };
                 let report = run_bench(&opts).map_err(|e| e.to_string())?;
                 print!("{}", report.render());
+                Ok(())
+            })()
+        }
+        Command::BenchFeatures { topology, events, workers, customers, terminals } => {
+            init_logging("warn");
+            (|| {
+                let sim = SimConfig { n_customers: customers, n_terminals: terminals, n_days: 100_000, ..SimConfig::default() };
+                let r = weir_topologies::bench::run_feature_bench(&topology, sim, events, workers).map_err(|e| e.to_string())?;
+                println!(
+                    "feature store: {} transactions + {} labels, {customers} customers / {terminals} terminals, {} workers: {:.1} s = {:.0} events/s; resident memory after {:.0} MiB, peak {:.0} MiB",
+                    r.events,
+                    r.labels,
+                    r.workers,
+                    r.seconds,
+                    r.events as f64 / r.seconds,
+                    r.rss_end as f64 / (1 << 20) as f64,
+                    r.rss_peak as f64 / (1 << 20) as f64,
+                );
                 Ok(())
             })()
         }
