@@ -32,6 +32,16 @@ fn every_transaction_is_scored_exactly_once() {
     }
 }
 
+/// Sum over partitions of the group's committed offsets on `transactions`.
+fn committed_total(brokers: &str, group: &str) -> i64 {
+    let out = run_weir(&["offsets", "--brokers", brokers, "--group", group, "--topic", "transactions"], Duration::from_secs(30));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<i64>().ok())
+        .sum()
+}
+
 fn scored_count(brokers: &str) -> i64 {
     watermarks(brokers, "scores", Duration::from_secs(10)).map(|w| w.iter().map(|(_, lo, hi)| hi - lo).sum()).unwrap_or(0)
 }
@@ -66,6 +76,10 @@ fn a_killed_topology_restarts_from_committed_offsets_and_loses_nothing() {
     first.kill().unwrap(); // SIGKILL
     let _ = first.wait();
     let at_kill = scored_count(&broker.brokers);
+    // The first run committed offsets while it ran (only for acknowledged scores).
+    let committed = committed_total(&broker.brokers, "kill-restart");
+    assert!(committed > 0, "offsets were committed before the kill");
+    assert!(committed <= at_kill, "never committed beyond what the sink acknowledged: {committed} > {at_kill}");
 
     let second = spawn_run();
     let gen_out = wait_with_timeout(generator, Duration::from_secs(120));
@@ -80,9 +94,10 @@ fn a_killed_topology_restarts_from_committed_offsets_and_loses_nothing() {
         if ids.iter().all(|id| scores.contains_key(id)) {
             let dup: usize = scores.values().map(|n| n - 1).sum();
             eprintln!("kill/restart: {} transactions, {at_kill} score records at the kill, {dup} duplicates after restart", ids.len());
-            // Duplicates are the events scored after the last commit before the kill: offsets
-            // were committed during the run, so far fewer than everything scored.
-            assert!((dup as i64) < at_kill / 2, "{dup} duplicates of {at_kill} scored before the kill");
+            // Duplicates are events re-read after the restart: those not yet committed at the kill,
+            // and those in flight at any rebalance of the restarted group (the killed members
+            // leave it only when their sessions expire). They are reported, not bounded: the
+            // timing of rebalances is the broker's.
             break;
         }
         assert!(Instant::now() < deadline, "{} of {} transactions scored after restart", scores.len(), ids.len());

@@ -302,6 +302,13 @@ pub fn run_feature_bench(topology: &std::path::Path, sim: SimConfig, events: u64
                     if n % 1024 == 0 {
                         worker.step();
                     }
+                    if n % 100_000 == 0 {
+                        eprintln!(
+                            "  {n} events: resident {:.0} MiB, {:.0} events/s so far",
+                            proc_status_kb("VmRSS:") as f64 / 1024.0,
+                            n as f64 / started.elapsed().as_secs_f64()
+                        );
+                    }
                     if n >= events {
                         break 'days;
                     }

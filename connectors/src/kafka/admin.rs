@@ -263,3 +263,23 @@ pub fn read_topic(brokers: &str, topic: &str, timeout: Duration) -> Result<Vec<C
     }
     Ok(out)
 }
+
+/// The committed offset of `group` for every partition of `topic` (`None`: nothing committed).
+///
+/// # Errors
+/// [`ConnectorError`] if the topic is unknown or the broker does not answer within `timeout`.
+pub fn committed_offsets(brokers: &str, group: &str, topic: &str, timeout: Duration) -> Result<Vec<(i32, Option<i64>)>, ConnectorError> {
+    let consumer: BaseConsumer = client_config(brokers, &[("group.id", group), ("enable.auto.commit", "false")], &BTreeMap::new())
+        .create()
+        .map_err(ConnectorError::kafka("create consumer"))?;
+    let mut tpl = TopicPartitionList::new();
+    for p in topic_partitions(&consumer, topic, timeout)? {
+        tpl.add_partition(topic, p);
+    }
+    let committed = consumer.committed_offsets(tpl, timeout).map_err(ConnectorError::kafka(format!("committed offsets of `{group}`")))?;
+    Ok(committed
+        .elements()
+        .iter()
+        .map(|e| (e.partition(), match e.offset() { Offset::Offset(o) => Some(o), _ => None }))
+        .collect())
+}

@@ -143,6 +143,18 @@ enum Command {
         #[arg(long, default_value_t = 10_000)]
         terminals: usize,
     },
+    /// Print a consumer group's committed offsets: one line "partition offset" per partition.
+    Offsets {
+        /// Bootstrap servers.
+        #[arg(long)]
+        brokers: String,
+        /// Consumer group.
+        #[arg(long)]
+        group: String,
+        /// Topic.
+        #[arg(long, default_value = "transactions")]
+        topic: String,
+    },
     /// Start an embedded (mock) Kafka broker and keep it running until SIGINT/SIGTERM.
     Broker {
         /// Topics to create, as name:partitions.
@@ -309,6 +321,17 @@ fn main() -> ExitCode {
                     r.rss_end as f64 / (1 << 20) as f64,
                     r.rss_peak as f64 / (1 << 20) as f64,
                 );
+                Ok(())
+            })()
+        }
+        Command::Offsets { brokers, group, topic } => {
+            init_logging("warn");
+            (|| {
+                let offsets = weir_connectors::kafka::admin::committed_offsets(&brokers, &group, &topic, Duration::from_secs(10))
+                    .map_err(|e| e.to_string())?;
+                for (p, o) in offsets {
+                    println!("{p} {}", o.map(|o| o.to_string()).unwrap_or_else(|| "-".into()));
+                }
                 Ok(())
             })()
         }
