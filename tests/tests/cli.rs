@@ -55,3 +55,13 @@ fn the_demo_prints_its_summary_and_scores_every_transaction_once() {
         .unwrap();
     assert!(generated >= 200_000, "{generated}");
 }
+
+#[test]
+fn the_benchmark_reports_the_three_throughputs_and_their_ratio() {
+    let out = run_weir(&["bench", "--days", "1", "--onnx-seconds", "0.2"], Duration::from_secs(300));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    for needle in ["raw ONNX Runtime", "raw Kafka I/O", "pipeline end to end", "pipeline / slower raw limit"] {
+        assert!(text.contains(needle), "bench output lacks `{needle}`:\n{text}");
+    }
+}

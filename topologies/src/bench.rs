@@ -181,14 +181,14 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchReport, DemoError> {
     let kafka = EmbeddedKafka::start()?;
     let topic = "bench-transactions";
     kafka.create_topic(topic, opts.partitions)?;
-    kafka.create_topic("bench-labels", opts.partitions)?;
+    kafka.create_topic(&cfg.labels.topic, opts.partitions)?;
     kafka.create_topic("bench-raw-out", opts.partitions)?;
     kafka.create_topic("bench-scores", opts.partitions)?;
     kafka.create_topic(&cfg.dead_letter.topic, 1)?;
     let brokers = kafka.bootstrap_servers();
     let generated = generate(
         opts.sim.clone(),
-        &Target::Kafka { brokers: brokers.clone(), topic: topic.into(), labels_topic: "bench-labels".into() },
+        &Target::Kafka { brokers: brokers.clone(), topic: topic.into(), labels_topic: cfg.labels.topic.clone() },
         0,
         None,
         |_| {},
