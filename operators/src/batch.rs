@@ -1,7 +1,6 @@
 //! The micro-batch handed from the micro-batcher to inference.
 
 use ndarray::Array2;
-use std::time::Instant;
 use weir_core::metrics::FlushCause;
 use weir_core::RowMeta;
 
@@ -15,8 +14,6 @@ pub struct Batch {
     pub features: Array2<f32>,
     /// Why the batch was flushed.
     pub cause: FlushCause,
-    /// When the batch was flushed.
-    pub flushed_at: Instant,
 }
 
 impl Batch {

@@ -55,6 +55,21 @@ fn dead(ev: &SourceEvent, reason: &str, detail: String) -> DeadLetter {
     }
 }
 
+/// Parses the payload of `ev` as JSON into `T`: a missing payload (tombstone), bytes that are not
+/// UTF-8 JSON (`reason = "json"`), or JSON of the wrong shape (`"schema"`) make a dead letter.
+fn parse_json<T: serde::de::DeserializeOwned>(ev: &SourceEvent) -> Result<T, DeadLetter> {
+    let Some(payload) = ev.payload.as_deref() else {
+        return Err(dead(ev, "json", "empty payload (tombstone)".into()));
+    };
+    serde_json::from_slice(payload).map_err(|e| {
+        let reason = match e.classify() {
+            serde_json::error::Category::Data => "schema",
+            _ => "json",
+        };
+        dead(ev, reason, e.to_string())
+    })
+}
+
 /// Decodes one event. `now_ms` is the wall-clock time (ms since the Unix epoch) used for the
 /// future-time check.
 ///
@@ -66,9 +81,7 @@ pub fn decode_transaction(
     limits: &DecodeLimits,
     now_ms: i64,
 ) -> Result<(RowMeta, Transaction), DeadLetter> {
-    let Some(payload) = ev.payload.as_deref() else {
-        return Err(dead(ev, "json", "empty payload (tombstone)".into()));
-    };
+    let payload = ev.payload.as_deref().unwrap_or_default();
     if payload.len() > limits.max_payload_bytes {
         return Err(dead(
             ev,
@@ -76,13 +89,7 @@ pub fn decode_transaction(
             format!("payload of {} bytes exceeds {} bytes", payload.len(), limits.max_payload_bytes),
         ));
     }
-    let tx: Transaction = serde_json::from_slice(payload).map_err(|e| {
-        let reason = match e.classify() {
-            serde_json::error::Category::Data => "schema",
-            _ => "json",
-        };
-        dead(ev, reason, e.to_string())
-    })?;
+    let tx: Transaction = parse_json(ev)?;
     if !tx.amount.is_finite() || tx.amount < 0.0 {
         return Err(dead(ev, "invalid_amount", format!("amount {} is not a finite non-negative number", tx.amount)));
     }
@@ -111,16 +118,7 @@ pub fn decode_transaction(
 /// A [`DeadLetter`] with `reason` `json` or `schema`, or `invalid_label` for a `tx_fraud` other
 /// than 0 or 1.
 pub fn decode_label(ev: &SourceEvent) -> Result<Label, DeadLetter> {
-    let Some(payload) = ev.payload.as_deref() else {
-        return Err(dead(ev, "json", "empty payload (tombstone)".into()));
-    };
-    let mut label: Label = serde_json::from_slice(payload).map_err(|e| {
-        let reason = match e.classify() {
-            serde_json::error::Category::Data => "schema",
-            _ => "json",
-        };
-        dead(ev, reason, e.to_string())
-    })?;
+    let mut label: Label = parse_json(ev)?;
     if label.tx_fraud > 1 {
         return Err(dead(ev, "invalid_label", format!("tx_fraud {} is not 0 or 1", label.tx_fraud)));
     }

@@ -70,7 +70,6 @@ impl Buffer {
             features: Array2::from_shape_vec((n, self.n_features), features)
                 .expect("every row has n_features values"),
             cause,
-            flushed_at: Instant::now(),
         }
     }
 }

@@ -339,7 +339,7 @@ impl TopologyConfig {
             Err(e @ FeatureError::ZeroWindow { index, .. }) => {
                 return Err(self.field_error(&format!("feature[{index}].window"), e.to_string()))
             }
-            Err(e @ FeatureError::Duplicate(_)) if self.features.iter().any(|f| e.to_string().contains(&format!("`{}`", f.name))) => {
+            Err(e @ FeatureError::Duplicate(_)) if matches!(&e, FeatureError::Duplicate(n) if self.features.iter().any(|f| &f.name == n)) => {
                 return Err(self.field_error("feature", e.to_string()))
             }
             Err(e) => return Err(self.field_error("model.features", e.to_string())),

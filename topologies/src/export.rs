@@ -23,9 +23,9 @@ use weir_operators::decode::DecodeLimits;
 use weir_simulator::SimConfig;
 
 use crate::config::TopologyConfig;
-use crate::demo::{DemoError, LABELS_TOPIC};
+use crate::demo::DemoError;
 use crate::generate::{generate, Target};
-use crate::runner::{feature_dataflow, labels_source, source_config};
+use crate::runner::{drive_worker, feature_dataflow, labels_source, source_config};
 
 /// Options of an export.
 #[derive(Debug, Clone)]
@@ -94,7 +94,6 @@ pub fn export_training_set(opts: &ExportOptions) -> Result<ExportReport, DemoErr
         .filter_map(|r| serde_json::from_slice::<Label>(r.payload.as_deref()?).ok())
         .map(|l| (l.tx_id, l))
         .collect();
-    let _ = LABELS_TOPIC;
 
     let spec = cfg.feature_spec();
     let names = spec.names();
@@ -146,16 +145,7 @@ pub fn export_training_set(opts: &ExportOptions) -> Result<ExportReport, DemoErr
                 .probe_with(&probe);
             Ok(())
         });
-        if let Err(e) = built {
-            for _ in 0..n_sources / workers {
-                shared.flow.source_finished();
-            }
-            return Err(e);
-        }
-        while !probe.done() || shared.flow.sources_finished() < n_sources {
-            worker.step_or_park(Some(Duration::from_millis(1)));
-        }
-        Ok(())
+        drive_worker(worker, built, &probe, &shared.flow, n_sources)
     })
     .map_err(DemoError::Usage)?;
     for r in guards.join() {

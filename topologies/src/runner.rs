@@ -171,6 +171,33 @@ pub fn feature_dataflow<'s>(
     Ok((windowed_features(txs, labels, spec.clone()), letters))
 }
 
+/// Runs one worker's dataflow to completion: steps until `probe` is done and every one of the
+/// process's `n_sources` sources has finished (no worker leaves a consumer group while another
+/// still commits). If building the dataflow failed (`built`), requests shutdown, counts this
+/// worker's sources as finished so the other workers do not wait for them, and returns the error.
+///
+/// # Errors
+/// The build error.
+pub fn drive_worker(
+    worker: &mut timely::worker::Worker,
+    built: Result<(), String>,
+    probe: &ProbeHandle<u64>,
+    flow: &FlowControl,
+    n_sources: usize,
+) -> Result<(), String> {
+    if let Err(e) = built {
+        flow.request_shutdown();
+        for _ in 0..n_sources / worker.peers() {
+            flow.source_finished();
+        }
+        return Err(e);
+    }
+    while !probe.done() || flow.sources_finished() < n_sources {
+        worker.step_or_park(Some(Duration::from_millis(1)));
+    }
+    Ok(())
+}
+
 /// The Kafka source of `cfg` on `brokers` (bounded or live), starting at `start` or the
 /// configured position.
 pub fn source_config(cfg: &TopologyConfig, brokers: &str, bounded: bool, start: Option<StartPosition>) -> KafkaSourceConfig {
@@ -320,18 +347,7 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
                 micro_batch(rows, window, n_features, tx.clone(), flow.clone(), metrics.clone()).probe_with(&probe);
                 Ok(())
             });
-            if let Err(e) = built {
-                flow.request_shutdown();
-                for _ in 0..n_sources / workers {
-                    flow.source_finished(); // this worker's sources will not; do not make others wait
-                }
-                return Err(e);
-            }
-            // Every source finishes before any worker exits (and drops its consumer).
-            while !probe.done() || flow.sources_finished() < n_sources {
-                worker.step_or_park(Some(Duration::from_millis(1)));
-            }
-            Ok(())
+            drive_worker(worker, built, &probe, &flow, n_sources)
         }
     })
     .map_err(TopologyError::Worker)?;

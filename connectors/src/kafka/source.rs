@@ -369,8 +369,9 @@ pub fn kafka_source<'s>(
     let stream = source::<_, CapacityContainerBuilder<Vec<SourceEvent>>, _, _>(scope, "KafkaSource", move |cap, info| {
         let activator = scope.activator_for(info.address.clone());
         let mut cap = Some(cap);
-        let mut consumer = Some(consumer);
-        let mut finished_consumer: Option<BaseConsumer<SourceContext>> = None;
+        // The consumer stays (in the group) after the source finished, until the dataflow is
+        // dropped: the topology's workers wait for every source to finish before exiting.
+        let consumer = consumer;
         let mut paused: Option<(Instant, usize)> = None;
         let mut pressure_since: Option<Instant> = None;
         let mut last_pressure = Instant::now();
@@ -383,10 +384,10 @@ pub fn kafka_source<'s>(
         let mut last_wm_log = Instant::now();
         let mut max_emitted = i64::MIN;
         move |output| {
-            let (Some(c), Some(consumer_ref)) = (cap.as_mut(), consumer.as_ref()) else {
-                let _ = &finished_consumer;
+            let Some(c) = cap.as_mut() else {
                 return;
             };
+            let consumer_ref = &consumer;
             let ctx = consumer_ref.context();
             let assigned: Vec<i32> = ctx.assigned.lock().unwrap().clone();
             let shutting_down = shared.flow.shutdown_requested();
@@ -428,6 +429,7 @@ pub fn kafka_source<'s>(
             let mut emitted = 0usize;
             {
                 let mut session = output.session(&*c);
+                let polled_at = Instant::now();
                 // Paused: one poll serves callbacks (a message it returns is still emitted).
                 let budget = match (paused.is_some(), want_pause) {
                     (true, _) => 1,
@@ -460,9 +462,9 @@ pub fn kafka_source<'s>(
                                 }
                             }
                             let ts = m.timestamp().to_millis().unwrap_or_else(clock::wall_ms);
-                            let e = max_ts.entry(partition).or_insert((ts, Instant::now()));
+                            let e = max_ts.entry(partition).or_insert((ts, polled_at));
                             e.0 = e.0.max(ts);
-                            e.1 = Instant::now();
+                            e.1 = polled_at;
                             let lineage = Lineage { partition, offset };
                             if config.commit {
                                 shared.ledger.register(lineage);
@@ -554,10 +556,7 @@ pub fn kafka_source<'s>(
                     tracing::info!(worker, topic = %config.topic, "source finished");
                     shared.watermarks.publish(&config.topic, worker, None, max_ts.values().map(|v| v.0).max(), None);
                     shared.flow.source_finished();
-                    // The consumer stays (in the group) until the dataflow is dropped; the
-                    // topology's workers wait for every source to finish before exiting.
                     cap = None;
-                    finished_consumer = consumer.take();
                     return;
                 }
             }

@@ -120,8 +120,8 @@ impl ParquetScoreSink {
         std::fs::rename(&f.tmp, &f.path).map_err(|e| io(&f.path, e))?;
         for row in &f.pending {
             self.ledger.ack(row.lineage);
-            self.metrics.record_latency_us(clock::micros_since(row.read_at_us));
         }
+        self.metrics.record_latencies_us(f.pending.iter().map(|row| clock::micros_since(row.read_at_us)));
         self.metrics.scores_out.inc_by(f.pending.len() as u64);
         tracing::info!(path = %f.path.display(), rows = f.rows, "parquet file complete");
         state.written.push(f.path);
