@@ -93,7 +93,9 @@ impl FlowControl {
 
     /// `n` events left the pipeline's memory (handed to inference, or sent as dead letters).
     pub fn remove_in_flight(&self, n: usize) {
-        let _ = self.in_flight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| Some(v.saturating_sub(n)));
+        let _ = self
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| Some(v.saturating_sub(n)));
     }
 
     /// Events read and not yet handed to inference or sent as dead letters.

@@ -7,9 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 /// Why a micro-batch was flushed (label `cause` of `weir_batches_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,16 +89,12 @@ impl Metrics {
             c
         };
         let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
-            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
-                .expect("valid metric");
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid metric");
             registry.register(Box::new(h.clone())).expect("unique metric");
             h
         };
         let events_in = counter("weir_source_events_total", "Events read by sources.");
-        let scores_out = counter(
-            "weir_sink_scores_total",
-            "Scores acknowledged by the score sink.",
-        );
+        let scores_out = counter("weir_sink_scores_total", "Scores acknowledged by the score sink.");
         let dead_letters = counter_vec(
             "weir_dead_letters_total",
             "Dead letters acknowledged by the dead-letter sink, by reason.",
@@ -114,7 +108,9 @@ impl Metrics {
         let batch_rows = histogram(
             "weir_batch_rows",
             "Rows per flushed micro-batch.",
-            vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0],
+            vec![
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0,
+            ],
         );
         let batch_fill_wait = histogram(
             "weir_batch_fill_wait_seconds",
@@ -131,16 +127,19 @@ impl Metrics {
             "Per event, from source read to sink acknowledgement.",
             seconds_buckets(),
         );
-        let inflight_batches =
-            IntGauge::new("weir_inflight_batches", "Batches handed to inference, not yet written.")
-                .expect("valid metric");
-        registry.register(Box::new(inflight_batches.clone())).expect("unique metric");
+        let inflight_batches = IntGauge::new("weir_inflight_batches", "Batches handed to inference, not yet written.")
+            .expect("valid metric");
+        registry
+            .register(Box::new(inflight_batches.clone()))
+            .expect("unique metric");
         let execution_provider = IntGaugeVec::new(
             Opts::new("weir_execution_provider", "1 for the execution provider in use."),
             &["provider"],
         )
         .expect("valid metric");
-        registry.register(Box::new(execution_provider.clone())).expect("unique metric");
+        registry
+            .register(Box::new(execution_provider.clone()))
+            .expect("unique metric");
         let provider_fallbacks = counter(
             "weir_execution_provider_fallbacks_total",
             "Requested execution providers that could not be used.",
@@ -150,7 +149,9 @@ impl Metrics {
             "Time sources spent paused by backpressure, summed over sources.",
         )
         .expect("valid metric");
-        registry.register(Box::new(paused_seconds.clone())).expect("unique metric");
+        registry
+            .register(Box::new(paused_seconds.clone()))
+            .expect("unique metric");
         Self {
             registry,
             events_in,
@@ -262,6 +263,8 @@ mod tests {
         }
         let p50 = m.latency_quantile_us(0.5);
         assert!((495..=505).contains(&p50), "{p50}");
-        assert!(m.render().contains("weir_batches_total{cause=\"size\",topology=\"t\"} 3"));
+        assert!(m
+            .render()
+            .contains("weir_batches_total{cause=\"size\",topology=\"t\"} 3"));
     }
 }

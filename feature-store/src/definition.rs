@@ -41,7 +41,11 @@ pub(crate) const BUILTIN: [(Feature, &str); 4] = [
 impl Feature {
     /// The feature's configuration name.
     pub fn name(self) -> &'static str {
-        BUILTIN.iter().find(|(f, _)| *f == self).map(|(_, n)| *n).expect("every feature is named")
+        BUILTIN
+            .iter()
+            .find(|(f, _)| *f == self)
+            .map(|(_, n)| *n)
+            .expect("every feature is named")
     }
 
     /// Computes the feature for a transaction at `tx_time_ms` (ms since the Unix epoch) of
@@ -167,13 +171,19 @@ impl FeatureSpec {
         }
         for (i, w) in windowed.iter().enumerate() {
             if w.window.is_zero() {
-                return Err(FeatureError::ZeroWindow { index: i, name: w.name.clone() });
+                return Err(FeatureError::ZeroWindow {
+                    index: i,
+                    name: w.name.clone(),
+                });
             }
             if BUILTIN.iter().any(|(_, n)| *n == w.name) || windowed[..i].iter().any(|o| o.name == w.name) {
                 return Err(FeatureError::Duplicate(w.name.clone()));
             }
         }
-        let mut spec = FeatureSpec { columns: Vec::new(), accumulators: Vec::new() };
+        let mut spec = FeatureSpec {
+            columns: Vec::new(),
+            accumulators: Vec::new(),
+        };
         let mut seen: Vec<&str> = Vec::new();
         for n in names {
             let n = n.as_ref();
@@ -188,7 +198,10 @@ impl FeatureSpec {
             let Some(w) = windowed.iter().find(|w| w.name == n) else {
                 let mut known: Vec<&str> = BUILTIN.iter().map(|(_, n)| *n).collect();
                 known.extend(windowed.iter().map(|w| w.name.as_str()));
-                return Err(FeatureError::Unknown { name: n.to_string(), known: known.join(", ") });
+                return Err(FeatureError::Unknown {
+                    name: n.to_string(),
+                    known: known.join(", "),
+                });
             };
             let acc = |kind| Accumulator {
                 entity: w.entity,
@@ -204,7 +217,12 @@ impl FeatureSpec {
             };
             let numerator = spec.slot(num);
             let denominator = den.map(|d| spec.slot(d));
-            spec.columns.push(Column::Windowed { name: n.to_string(), aggregation: w.aggregation, numerator, denominator });
+            spec.columns.push(Column::Windowed {
+                name: n.to_string(),
+                aggregation: w.aggregation,
+                numerator,
+                denominator,
+            });
         }
         Ok(spec)
     }
@@ -267,14 +285,31 @@ impl FeatureSpec {
             .iter()
             .map(|c| match c {
                 Column::Builtin(f) => f.compute(tx_time_ms, amount),
-                Column::Windowed { aggregation, numerator, denominator, .. } => {
+                Column::Windowed {
+                    aggregation,
+                    numerator,
+                    denominator,
+                    ..
+                } => {
                     let num = acc[*numerator] as f64;
                     let den = denominator.map(|d| acc[d] as f64).unwrap_or(1.0);
                     match aggregation {
                         Aggregation::Count => num,
                         Aggregation::Sum => num / 1e6,
-                        Aggregation::Mean => if den == 0.0 { 0.0 } else { num / den / 1e6 },
-                        Aggregation::FraudRatio => if den == 0.0 { 0.0 } else { num / den },
+                        Aggregation::Mean => {
+                            if den == 0.0 {
+                                0.0
+                            } else {
+                                num / den / 1e6
+                            }
+                        }
+                        Aggregation::FraudRatio => {
+                            if den == 0.0 {
+                                0.0
+                            } else {
+                                num / den
+                            }
+                        }
                     }
                 }
             })

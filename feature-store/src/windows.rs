@@ -105,9 +105,15 @@ pub fn windowed_features<'s>(
     spec: FeatureSpec,
 ) -> StreamVec<'s, u64, FeatureValues> {
     if !spec.is_windowed() {
-        return txs.map(move |(meta, tx)| FeatureValues { values: spec.values(tx.tx_time_ms, tx.amount, &[]), meta });
+        return txs.map(move |(meta, tx)| FeatureValues {
+            values: spec.values(tx.tx_time_ms, tx.amount, &[]),
+            meta,
+        });
     }
-    assert!(!spec.needs_labels() || labels.is_some(), "feature spec needs a labels stream");
+    assert!(
+        !spec.needs_labels() || labels.is_some(),
+        "feature spec needs a labels stream"
+    );
     let accs = spec.accumulators().to_vec();
     let entities: Vec<Entity> = {
         let mut e: Vec<Entity> = accs.iter().map(|a| a.entity).collect();
@@ -130,7 +136,10 @@ pub fn windowed_features<'s>(
             if v == 0 {
                 continue;
             }
-            let key = (entity_code(a.entity), entity_id(a.entity, tx.customer_id, tx.terminal_id));
+            let key = (
+                entity_code(a.entity),
+                entity_id(a.entity, tx.customer_id, tx.terminal_id),
+            );
             out.push(((key, slot as u16), t + a.delay_ms, v));
             out.push(((key, slot as u16), t + a.delay_ms + a.window_ms, -v));
         }
@@ -220,7 +229,13 @@ fn assemble<'s>(
                         let q: Query = (meta.tx_id, meta.lineage.partition, meta.lineage.offset, t);
                         let entry = by_time.entry(t).or_insert_with(|| (cap.delayed(&t, 0), Vec::new()));
                         entry.1.push(q);
-                        pending.entry(q).or_insert_with(|| Pending { base: None, parts: HashMap::new() }).base = Some((meta, tx));
+                        pending
+                            .entry(q)
+                            .or_insert_with(|| Pending {
+                                base: None,
+                                parts: HashMap::new(),
+                            })
+                            .base = Some((meta, tx));
                     }
                 });
                 answers_in.for_each(|_cap, data| {
@@ -228,7 +243,10 @@ fn assemble<'s>(
                         // Only the totals as of the query's own time; later updates are the
                         // query's retraction.
                         if time == q.3 {
-                            let p = pending.entry(q).or_insert_with(|| Pending { base: None, parts: HashMap::new() });
+                            let p = pending.entry(q).or_insert_with(|| Pending {
+                                base: None,
+                                parts: HashMap::new(),
+                            });
                             *p.parts.entry((slot, total)).or_insert(0) += diff;
                         }
                     }
@@ -262,7 +280,10 @@ fn assemble<'s>(
                                 acc[slot as usize] = total;
                             }
                         }
-                        session.give(FeatureValues { values: spec.values(tx.tx_time_ms, tx.amount, &acc), meta });
+                        session.give(FeatureValues {
+                            values: spec.values(tx.tx_time_ms, tx.amount, &acc),
+                            meta,
+                        });
                     }
                 }
             }

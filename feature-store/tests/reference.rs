@@ -24,14 +24,24 @@ struct Data {
 }
 
 fn dataset() -> Data {
-    let sim = Simulator::new(SimConfig { n_customers: 600, n_terminals: 1200, n_days: 61, seed: 3, ..SimConfig::default() });
+    let sim = Simulator::new(SimConfig {
+        n_customers: 600,
+        n_terminals: 1200,
+        n_days: 61,
+        seed: 3,
+        ..SimConfig::default()
+    });
     let mut rng = ChaCha8Rng::seed_from_u64(99);
     let mut txs = Vec::new();
     let mut labels = Vec::new();
     for lt in sim.flatten() {
         // Chargebacks arrive 7 days after the transaction, some up to 3 days later still: those
         // must not count before they arrive.
-        let extra = if rng.random_bool(0.5) { rng.random_range(0..3 * DAY_MS) } else { 0 };
+        let extra = if rng.random_bool(0.5) {
+            rng.random_range(0..3 * DAY_MS)
+        } else {
+            0
+        };
         labels.push(Label {
             tx_id: lt.label.tx_id,
             tx_time_ms: lt.label.tx_time_ms,
@@ -46,7 +56,11 @@ fn dataset() -> Data {
 }
 
 fn names() -> Vec<String> {
-    let mut n = vec!["amount".to_string(), "tx_during_weekend".into(), "tx_during_night".into()];
+    let mut n = vec![
+        "amount".to_string(),
+        "tx_during_weekend".into(),
+        "tx_during_night".into(),
+    ];
     n.extend(handbook_features().into_iter().map(|f| f.name));
     n
 }
@@ -58,7 +72,10 @@ fn reference(data: &Data) -> HashMap<u64, Vec<f64>> {
     let label_of: HashMap<u64, &Label> = data.labels.iter().map(|l| (l.tx_id, l)).collect();
     for tx in &data.txs {
         by_customer.entry(tx.customer_id).or_default().push(tx);
-        by_terminal.entry(tx.terminal_id).or_default().push((tx, label_of.get(&tx.tx_id).copied()));
+        by_terminal
+            .entry(tx.terminal_id)
+            .or_default()
+            .push((tx, label_of.get(&tx.tx_id).copied()));
     }
     let day = DAY_MS;
     let mut out = HashMap::new();
@@ -68,8 +85,10 @@ fn reference(data: &Data) -> HashMap<u64, Vec<f64>> {
         let weekday = (t.div_euclid(day) + 3).rem_euclid(7);
         let mut v = vec![tx.amount, (weekday >= 5) as u8 as f64, (hour <= 6.0) as u8 as f64];
         for w in [1, 7, 30] {
-            let in_window: Vec<&&Transaction> =
-                by_customer[&tx.customer_id].iter().filter(|o| o.tx_time_ms > t - w * day && o.tx_time_ms <= t).collect();
+            let in_window: Vec<&&Transaction> = by_customer[&tx.customer_id]
+                .iter()
+                .filter(|o| o.tx_time_ms > t - w * day && o.tx_time_ms <= t)
+                .collect();
             let n = in_window.len() as f64;
             let sum: f64 = in_window.iter().map(|o| o.amount).sum();
             v.push(n);
@@ -82,7 +101,10 @@ fn reference(data: &Data) -> HashMap<u64, Vec<f64>> {
                 .filter(|(o, _)| o.tx_time_ms > t - d - w * day && o.tx_time_ms <= t - d)
                 .collect();
             let n = in_window.len() as f64;
-            let frauds = in_window.iter().filter(|(_, l)| l.is_some_and(|l| l.tx_fraud == 1 && l.available_at_ms <= t)).count() as f64;
+            let frauds = in_window
+                .iter()
+                .filter(|(_, l)| l.is_some_and(|l| l.tx_fraud == 1 && l.available_at_ms <= t))
+                .count() as f64;
             v.push(n);
             v.push(if n == 0.0 { 0.0 } else { frauds / n });
         }
@@ -136,7 +158,15 @@ fn weir(data: &Data, workers: usize, shuffle: bool) -> HashMap<u64, Vec<f64>> {
             if i % peers == index {
                 match a {
                     Arrival::Tx(tx) => {
-                        let meta = RowMeta { lineage: Lineage { partition: 0, offset: tx.tx_id as i64 }, tx_id: tx.tx_id, event_time_ms: tx.tx_time_ms, read_at_us: 0 };
+                        let meta = RowMeta {
+                            lineage: Lineage {
+                                partition: 0,
+                                offset: tx.tx_id as i64,
+                            },
+                            tx_id: tx.tx_id,
+                            event_time_ms: tx.tx_time_ms,
+                            read_at_us: 0,
+                        };
                         tx_in.send((meta, tx.clone()));
                     }
                     Arrival::Label(l) => label_in.send(*l),
@@ -177,14 +207,23 @@ fn features_equal_the_reference_for_any_worker_count_and_arrival_order() {
         let want = &expected[&tx.tx_id];
         for (i, name) in names.iter().enumerate() {
             if name.contains("avg_amount") || name.contains("risk") || name == "amount" {
-                assert!((got[i] - want[i]).abs() <= 1e-9, "tx {} {name}: weir {} reference {}", tx.tx_id, got[i], want[i]);
+                assert!(
+                    (got[i] - want[i]).abs() <= 1e-9,
+                    "tx {} {name}: weir {} reference {}",
+                    tx.tx_id,
+                    got[i],
+                    want[i]
+                );
             } else {
                 assert_eq!(got[i], want[i], "tx {} {name}", tx.tx_id);
             }
         }
         nonzero_risk += (want[names.len() - 1] > 0.0) as usize;
     }
-    assert!(nonzero_risk > 1000, "the terminal risk features are exercised ({nonzero_risk} non-zero)");
+    assert!(
+        nonzero_risk > 1000,
+        "the terminal risk features are exercised ({nonzero_risk} non-zero)"
+    );
 
     for (workers, shuffle) in [(4, false), (1, true), (4, true)] {
         let other = weir(&data, workers, shuffle);

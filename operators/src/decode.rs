@@ -40,7 +40,10 @@ pub struct DecodeLimits {
 
 impl Default for DecodeLimits {
     fn default() -> Self {
-        Self { max_future_ms: 86_400_000, max_payload_bytes: 64 * 1024 }
+        Self {
+            max_future_ms: 86_400_000,
+            max_payload_bytes: 64 * 1024,
+        }
     }
 }
 
@@ -86,21 +89,36 @@ pub fn decode_transaction(
         return Err(dead(
             ev,
             "too_large",
-            format!("payload of {} bytes exceeds {} bytes", payload.len(), limits.max_payload_bytes),
+            format!(
+                "payload of {} bytes exceeds {} bytes",
+                payload.len(),
+                limits.max_payload_bytes
+            ),
         ));
     }
     let tx: Transaction = parse_json(ev)?;
     if !tx.amount.is_finite() || tx.amount < 0.0 {
-        return Err(dead(ev, "invalid_amount", format!("amount {} is not a finite non-negative number", tx.amount)));
+        return Err(dead(
+            ev,
+            "invalid_amount",
+            format!("amount {} is not a finite non-negative number", tx.amount),
+        ));
     }
     if tx.tx_time_ms < 0 {
-        return Err(dead(ev, "invalid_time", format!("tx_time_ms {} is before 1970", tx.tx_time_ms)));
+        return Err(dead(
+            ev,
+            "invalid_time",
+            format!("tx_time_ms {} is before 1970", tx.tx_time_ms),
+        ));
     }
     if tx.tx_time_ms > now_ms.saturating_add(limits.max_future_ms) {
         return Err(dead(
             ev,
             "invalid_time",
-            format!("tx_time_ms {} is more than {} ms in the future", tx.tx_time_ms, limits.max_future_ms),
+            format!(
+                "tx_time_ms {} is more than {} ms in the future",
+                tx.tx_time_ms, limits.max_future_ms
+            ),
         ));
     }
     let meta = RowMeta {
@@ -120,7 +138,11 @@ pub fn decode_transaction(
 pub fn decode_label(ev: &SourceEvent) -> Result<Label, DeadLetter> {
     let mut label: Label = parse_json(ev)?;
     if label.tx_fraud > 1 {
-        return Err(dead(ev, "invalid_label", format!("tx_fraud {} is not 0 or 1", label.tx_fraud)));
+        return Err(dead(
+            ev,
+            "invalid_label",
+            format!("tx_fraud {} is not 0 or 1", label.tx_fraud),
+        ));
     }
     label.available_at_ms = ev.timestamp_ms;
     Ok(label)
@@ -155,7 +177,10 @@ mod tests {
 
     fn ev(payload: &[u8]) -> SourceEvent {
         SourceEvent {
-            lineage: Lineage { partition: 2, offset: 9 },
+            lineage: Lineage {
+                partition: 2,
+                offset: 9,
+            },
             key: Some(b"k".to_vec()),
             payload: Some(payload.to_vec()),
             timestamp_ms: 0,
@@ -167,7 +192,14 @@ mod tests {
 
     fn reason(p: &[u8]) -> String {
         let e = decode_transaction(&ev(p), &DecodeLimits::default(), NOW).unwrap_err();
-        assert_eq!(e.lineage, Lineage { partition: 2, offset: 9 }, "dead letter keeps its lineage");
+        assert_eq!(
+            e.lineage,
+            Lineage {
+                partition: 2,
+                offset: 9
+            },
+            "dead letter keeps its lineage"
+        );
         assert_eq!(e.payload, p, "dead letter keeps the original bytes");
         e.reason
     }
@@ -189,16 +221,34 @@ mod tests {
     fn rejects_each_kind_of_bad_input_with_a_reason() {
         assert_eq!(reason(br#"{"tx_id":5,"tx_time_ms":1000,"#), "json");
         assert_eq!(reason(b"\xff\xfe not utf8"), "json");
-        assert_eq!(reason(br#"{"tx_id":5,"tx_time_ms":1000,"customer_id":1,"terminal_id":2}"#), "schema");
-        assert_eq!(reason(br#"{"tx_id":"5","tx_time_ms":1000,"customer_id":1,"terminal_id":2,"amount":1}"#), "schema");
+        assert_eq!(
+            reason(br#"{"tx_id":5,"tx_time_ms":1000,"customer_id":1,"terminal_id":2}"#),
+            "schema"
+        );
+        assert_eq!(
+            reason(br#"{"tx_id":"5","tx_time_ms":1000,"customer_id":1,"terminal_id":2,"amount":1}"#),
+            "schema"
+        );
         assert_eq!(
             reason(br#"{"tx_id":5,"tx_time_ms":1000,"customer_id":1,"terminal_id":2,"amount":1,"extra":1}"#),
             "schema"
         );
-        assert_eq!(reason(br#"{"tx_id":5,"tx_time_ms":1000,"customer_id":1,"terminal_id":2,"amount":NaN}"#), "json");
-        assert_eq!(reason(br#"{"tx_id":5,"tx_time_ms":1000,"customer_id":1,"terminal_id":2,"amount":-3}"#), "invalid_amount");
-        assert_eq!(reason(br#"{"tx_id":5,"tx_time_ms":1000,"customer_id":1,"terminal_id":2,"amount":1e999}"#), "json");
-        assert_eq!(reason(br#"{"tx_id":5,"tx_time_ms":-1,"customer_id":1,"terminal_id":2,"amount":1}"#), "invalid_time");
+        assert_eq!(
+            reason(br#"{"tx_id":5,"tx_time_ms":1000,"customer_id":1,"terminal_id":2,"amount":NaN}"#),
+            "json"
+        );
+        assert_eq!(
+            reason(br#"{"tx_id":5,"tx_time_ms":1000,"customer_id":1,"terminal_id":2,"amount":-3}"#),
+            "invalid_amount"
+        );
+        assert_eq!(
+            reason(br#"{"tx_id":5,"tx_time_ms":1000,"customer_id":1,"terminal_id":2,"amount":1e999}"#),
+            "json"
+        );
+        assert_eq!(
+            reason(br#"{"tx_id":5,"tx_time_ms":-1,"customer_id":1,"terminal_id":2,"amount":1}"#),
+            "invalid_time"
+        );
         assert_eq!(
             reason(br#"{"tx_id":5,"tx_time_ms":9999999999999,"customer_id":1,"terminal_id":2,"amount":1}"#),
             "invalid_time"
@@ -207,6 +257,11 @@ mod tests {
         assert_eq!(reason(huge.as_bytes()), "too_large");
         let mut tomb = ev(b"");
         tomb.payload = None;
-        assert_eq!(decode_transaction(&tomb, &DecodeLimits::default(), NOW).unwrap_err().reason, "json");
+        assert_eq!(
+            decode_transaction(&tomb, &DecodeLimits::default(), NOW)
+                .unwrap_err()
+                .reason,
+            "json"
+        );
     }
 }

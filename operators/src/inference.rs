@@ -141,15 +141,23 @@ pub fn init_runtime(path: &Path) -> Result<&'static ort::environment::Environmen
         return Ok(env);
     }
     if !path.exists() {
-        return Err(InferenceError::Runtime { path: path.to_path_buf(), detail: "file not found".into() });
+        return Err(InferenceError::Runtime {
+            path: path.to_path_buf(),
+            detail: "file not found".into(),
+        });
     }
-    let builder = ort::init_from(path)
-        .map_err(|e| InferenceError::Runtime { path: path.to_path_buf(), detail: e.to_string() })?;
+    let builder = ort::init_from(path).map_err(|e| InferenceError::Runtime {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })?;
     let env = builder
         .with_name("weir")
         .with_telemetry(false)
         .build()
-        .map_err(|e| InferenceError::Runtime { path: path.to_path_buf(), detail: e.to_string() })?;
+        .map_err(|e| InferenceError::Runtime {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })?;
     Ok(ENV.get_or_init(|| env))
 }
 
@@ -232,7 +240,10 @@ impl OnnxScorer {
             }
         }
         let session = builder.commit_from_file(&spec.path).map_err(|e| load_err(&e))?;
-        let mismatch = |detail: String| InferenceError::Mismatch { path: spec.path.clone(), detail };
+        let mismatch = |detail: String| InferenceError::Mismatch {
+            path: spec.path.clone(),
+            detail,
+        };
 
         // Feature order: the model's metadata is its machine-readable card.
         let meta = session.metadata().map_err(|e| load_err(&e))?;
@@ -250,20 +261,25 @@ impl OnnxScorer {
             }
             None => {
                 return Err(mismatch(
-                    "the model has no `features` metadata property; the training script must record the feature order".into(),
+                    "the model has no `features` metadata property; the training script must record the feature order"
+                        .into(),
                 ))
             }
         }
 
         let inputs: Vec<String> = session.inputs().iter().map(|o| o.name().to_string()).collect();
         let input = match &spec.input {
-            Some(name) => session
-                .inputs()
-                .iter()
-                .find(|o| o.name() == name)
-                .ok_or_else(|| mismatch(format!("model.input `{name}` is not an input of the model (inputs: {inputs:?})")))?,
+            Some(name) => session.inputs().iter().find(|o| o.name() == name).ok_or_else(|| {
+                mismatch(format!(
+                    "model.input `{name}` is not an input of the model (inputs: {inputs:?})"
+                ))
+            })?,
             None if session.inputs().len() == 1 => &session.inputs()[0],
-            None => return Err(mismatch(format!("the model has several inputs {inputs:?}; set model.input"))),
+            None => {
+                return Err(mismatch(format!(
+                    "the model has several inputs {inputs:?}; set model.input"
+                )))
+            }
         };
         let in_shape = input.dtype().tensor_shape().map(|s| s.to_vec()).unwrap_or_default();
         if input.dtype().tensor_type() != Some(ort::value::TensorElementType::Float32)
@@ -282,11 +298,11 @@ impl OnnxScorer {
 
         let outputs: Vec<String> = session.outputs().iter().map(|o| o.name().to_string()).collect();
         let output = match &spec.output {
-            Some(name) => session
-                .outputs()
-                .iter()
-                .find(|o| o.name() == name)
-                .ok_or_else(|| mismatch(format!("model.output `{name}` is not an output of the model (outputs: {outputs:?})")))?,
+            Some(name) => session.outputs().iter().find(|o| o.name() == name).ok_or_else(|| {
+                mismatch(format!(
+                    "model.output `{name}` is not an output of the model (outputs: {outputs:?})"
+                ))
+            })?,
             None => session
                 .outputs()
                 .iter()
@@ -313,7 +329,11 @@ impl OnnxScorer {
             }
         };
         if output.dtype().tensor_type() != Some(ort::value::TensorElementType::Float32) {
-            return Err(mismatch(format!("output `{}` is not a float tensor: {:?}", output.name(), output.dtype())));
+            return Err(mismatch(format!(
+                "output `{}` is not a float tensor: {:?}",
+                output.name(),
+                output.dtype()
+            )));
         }
         let output_name = output.name().to_string();
         Ok(Self {
@@ -335,7 +355,11 @@ impl OnnxScorer {
 impl Scorer for OnnxScorer {
     fn score(&mut self, x: ArrayView2<'_, f32>) -> Result<Vec<f32>, InferenceError> {
         if x.ncols() != self.n_features {
-            return Err(InferenceError::Run(format!("batch has {} features, model {}", x.ncols(), self.n_features)));
+            return Err(InferenceError::Run(format!(
+                "batch has {} features, model {}",
+                x.ncols(),
+                self.n_features
+            )));
         }
         let rows = x.nrows();
         let tensor = TensorRef::from_array_view(x).map_err(|e| InferenceError::Run(e.to_string()))?;
@@ -353,7 +377,10 @@ impl Scorer for OnnxScorer {
             OutputShape::TwoClass => out.rows().into_iter().map(|r| r[1]).collect(),
         };
         if scores.len() != rows {
-            return Err(InferenceError::Run(format!("model returned {} scores for {rows} rows", scores.len())));
+            return Err(InferenceError::Run(format!(
+                "model returned {} scores for {rows} rows",
+                scores.len()
+            )));
         }
         Ok(scores)
     }

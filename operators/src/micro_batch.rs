@@ -60,15 +60,17 @@ impl Buffer {
             self.oldest = Some(Instant::now());
             let rest_rows = self.rows.split_off(n);
             let rest_features = self.features.split_off(n * self.n_features);
-            (std::mem::replace(&mut self.rows, rest_rows), std::mem::replace(&mut self.features, rest_features))
+            (
+                std::mem::replace(&mut self.rows, rest_rows),
+                std::mem::replace(&mut self.features, rest_features),
+            )
         };
         metrics.batches.with_label_values(&[cause.as_str()]).inc();
         metrics.batch_rows.observe(n as f64);
         metrics.batch_fill_wait.observe(waited.as_secs_f64());
         Batch {
             rows,
-            features: Array2::from_shape_vec((n, self.n_features), features)
-                .expect("every row has n_features values"),
+            features: Array2::from_shape_vec((n, self.n_features), features).expect("every row has n_features values"),
             cause,
         }
     }
@@ -154,9 +156,7 @@ pub fn micro_batch<'s, T: Timestamp>(
                 }
                 if buf.rows.len() >= max_rows {
                     pending = Some(buf.take(max_rows, FlushCause::Size, &metrics));
-                } else if !buf.rows.is_empty()
-                    && buf.oldest.is_some_and(|t| t.elapsed() >= window.max_wait)
-                {
+                } else if !buf.rows.is_empty() && buf.oldest.is_some_and(|t| t.elapsed() >= window.max_wait) {
                     pending = Some(buf.take(max_rows, FlushCause::Time, &metrics));
                 } else if !buf.rows.is_empty() && draining {
                     pending = Some(buf.take(max_rows, FlushCause::Drain, &metrics));
@@ -188,7 +188,15 @@ mod tests {
 
     fn row(i: i64) -> FeatureRow {
         FeatureRow {
-            meta: RowMeta { lineage: Lineage { partition: 0, offset: i }, tx_id: i as u64, event_time_ms: i, read_at_us: 0 },
+            meta: RowMeta {
+                lineage: Lineage {
+                    partition: 0,
+                    offset: i,
+                },
+                tx_id: i as u64,
+                event_time_ms: i,
+                read_at_us: 0,
+            },
             features: vec![i as f32, 1.0],
         }
     }
@@ -212,7 +220,10 @@ mod tests {
         let flow = Arc::new(FlowControl::new(high_water));
         let metrics = Arc::new(Metrics::new("test"));
         let consumer = std::thread::spawn(move || {
-            let mut seen = Seen { batches: Vec::new(), rows: Vec::new() };
+            let mut seen = Seen {
+                batches: Vec::new(),
+                rows: Vec::new(),
+            };
             let start = Instant::now();
             for b in rx.iter() {
                 seen.batches.push((b.len(), b.cause, start.elapsed()));
@@ -257,40 +268,88 @@ mod tests {
 
     #[test]
     fn flushes_on_size() {
-        let window = BatchWindow { max_batch_rows: 100, max_wait: Duration::from_secs(3600) };
-        let (seen, _) = harness(window, 64, usize::MAX, Duration::ZERO, |step, _| (step < 10).then(|| (0..100).map(|i| row(step as i64 * 100 + i)).collect()), Duration::ZERO);
+        let window = BatchWindow {
+            max_batch_rows: 100,
+            max_wait: Duration::from_secs(3600),
+        };
+        let (seen, _) = harness(
+            window,
+            64,
+            usize::MAX,
+            Duration::ZERO,
+            |step, _| (step < 10).then(|| (0..100).map(|i| row(step as i64 * 100 + i)).collect()),
+            Duration::ZERO,
+        );
         assert_eq!(seen.batches.len(), 10);
-        assert!(seen.batches.iter().all(|(n, c, _)| *n == 100 && *c == FlushCause::Size), "{:?}", seen.batches);
+        assert!(
+            seen.batches.iter().all(|(n, c, _)| *n == 100 && *c == FlushCause::Size),
+            "{:?}",
+            seen.batches
+        );
         assert_eq!(seen.rows, (0..1000).collect::<Vec<u64>>(), "every row once, in order");
     }
 
     #[test]
     fn flushes_a_lone_row_on_the_timer_without_further_input() {
-        let window = BatchWindow { max_batch_rows: 100, max_wait: Duration::from_millis(30) };
+        let window = BatchWindow {
+            max_batch_rows: 100,
+            max_wait: Duration::from_millis(30),
+        };
         // One row, then the input stays open (no arrival, no end) for 500 ms.
         let fed = Instant::now();
-        let (seen, _) = harness(window, 4, usize::MAX, Duration::ZERO, |step, _| (step == 0).then(|| vec![row(7)]), Duration::from_millis(500));
+        let (seen, _) = harness(
+            window,
+            4,
+            usize::MAX,
+            Duration::ZERO,
+            |step, _| (step == 0).then(|| vec![row(7)]),
+            Duration::from_millis(500),
+        );
         assert_eq!(seen.batches.len(), 1);
         let (n, cause, at) = seen.batches[0];
         assert_eq!((n, cause), (1, FlushCause::Time));
         assert!(at >= Duration::from_millis(30), "not before max_wait: {at:?}");
         // Flushed by the timer while the input was still open, long before it closed at 500 ms.
-        assert!(at < Duration::from_millis(400), "flushed by the timer, not at input end: {at:?} ({:?} total)", fed.elapsed());
+        assert!(
+            at < Duration::from_millis(400),
+            "flushed by the timer, not at input end: {at:?} ({:?} total)",
+            fed.elapsed()
+        );
     }
 
     #[test]
     fn drains_a_partial_batch_when_input_ends() {
-        let window = BatchWindow { max_batch_rows: 100, max_wait: Duration::from_secs(3600) };
-        let (seen, _) = harness(window, 4, usize::MAX, Duration::ZERO, |step, _| (step == 0).then(|| (0..250).map(row).collect()), Duration::ZERO);
+        let window = BatchWindow {
+            max_batch_rows: 100,
+            max_wait: Duration::from_secs(3600),
+        };
+        let (seen, _) = harness(
+            window,
+            4,
+            usize::MAX,
+            Duration::ZERO,
+            |step, _| (step == 0).then(|| (0..250).map(row).collect()),
+            Duration::ZERO,
+        );
         let causes: Vec<_> = seen.batches.iter().map(|(n, c, _)| (*n, *c)).collect();
-        assert_eq!(causes, vec![(100, FlushCause::Size), (100, FlushCause::Size), (50, FlushCause::Drain)]);
+        assert_eq!(
+            causes,
+            vec![
+                (100, FlushCause::Size),
+                (100, FlushCause::Size),
+                (50, FlushCause::Drain)
+            ]
+        );
     }
 
     #[test]
     fn slow_inference_blocks_the_handoff_and_bounds_buffered_rows() {
         // Inference takes 20 ms per batch of 50; the feeder (standing in for the source) offers
         // 50 rows per step but respects should_pause, as the Kafka source does.
-        let window = BatchWindow { max_batch_rows: 50, max_wait: Duration::from_millis(1) };
+        let window = BatchWindow {
+            max_batch_rows: 50,
+            max_wait: Duration::from_millis(1),
+        };
         let high_water = 2 * 50;
         let mut offered = 0i64;
         let (seen, flow) = harness(
@@ -312,13 +371,21 @@ mod tests {
             Duration::ZERO,
         );
         assert_eq!(seen.rows.len(), 2000, "nothing lost");
-        assert!(seen.batches.iter().all(|(n, _, _)| *n <= 50), "no batch exceeds max_batch_rows: {:?}", seen.batches);
+        assert!(
+            seen.batches.iter().all(|(n, _, _)| *n <= 50),
+            "no batch exceeds max_batch_rows: {:?}",
+            seen.batches
+        );
         let mut ids = seen.rows.clone();
         ids.sort();
         ids.dedup();
         assert_eq!(ids.len(), 2000, "nothing duplicated");
         // Bound: high water plus one offer that raced the signal.
-        assert!(flow.max_buffered_rows() <= high_water + 50, "buffered {} rows", flow.max_buffered_rows());
+        assert!(
+            flow.max_buffered_rows() <= high_water + 50,
+            "buffered {} rows",
+            flow.max_buffered_rows()
+        );
         assert!(flow.max_buffered_rows() >= 50, "the handoff did block");
     }
 }

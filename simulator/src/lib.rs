@@ -200,7 +200,9 @@ impl Simulator {
             if c.mean_nb_tx_per_day <= 0.0 {
                 continue;
             }
-            let n = Poisson::new(c.mean_nb_tx_per_day).expect("positive rate").sample(&mut self.rng) as u64;
+            let n = Poisson::new(c.mean_nb_tx_per_day)
+                .expect("positive rate")
+                .sample(&mut self.rng) as u64;
             let amount_dist = Normal::new(c.mean_amount, c.std_amount).expect("valid normal");
             for _ in 0..n {
                 let t = time_dist.sample(&mut self.rng) as i64;
@@ -244,8 +246,7 @@ impl Simulator {
                 if self.compromised_terminals.iter().any(|&(t, _)| t == terminal_id) {
                     scenario = 2;
                 }
-                if self.compromised_customers.iter().any(|&(c, _)| c == customer_id)
-                    && fraud_rng.random_bool(1.0 / 3.0)
+                if self.compromised_customers.iter().any(|&(c, _)| c == customer_id) && fraud_rng.random_bool(1.0 / 3.0)
                 {
                     amount = ((amount * 5.0) * 100.0).round() / 100.0;
                     scenario = 3;
@@ -253,7 +254,13 @@ impl Simulator {
                 let tx_id = self.next_tx_id;
                 self.next_tx_id += 1;
                 LabeledTransaction {
-                    tx: Transaction { tx_id, tx_time_ms, customer_id, terminal_id, amount },
+                    tx: Transaction {
+                        tx_id,
+                        tx_time_ms,
+                        customer_id,
+                        terminal_id,
+                        amount,
+                    },
                     label: FraudLabel {
                         tx_id,
                         tx_time_ms,
@@ -287,7 +294,13 @@ mod tests {
     use super::*;
 
     fn small(days: u32, seed: u64) -> SimConfig {
-        SimConfig { n_customers: 500, n_terminals: 1000, n_days: days, seed, ..SimConfig::default() }
+        SimConfig {
+            n_customers: 500,
+            n_terminals: 1000,
+            n_days: days,
+            seed,
+            ..SimConfig::default()
+        }
     }
 
     #[test]

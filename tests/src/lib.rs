@@ -13,7 +13,10 @@ pub use weir_connectors::kafka::admin::{read_topic, watermarks, ConsumedRecord};
 
 /// The repository root.
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is in the repo").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is in the repo")
+        .to_path_buf()
 }
 
 /// Path of the `weir` binary built in the same profile as this test.
@@ -24,7 +27,11 @@ pub fn repo() -> PathBuf {
 pub fn weir_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> -> target/<profile>/weir
-    let bin = exe.parent().and_then(Path::parent).map(|d| d.join("weir")).expect("target dir");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("weir"))
+        .expect("target dir");
     assert!(
         bin.exists(),
         "`{}` not found: build it first with `cargo build --release -p weir-topologies --bin weir` (make test does)",
@@ -48,7 +55,12 @@ pub fn weir() -> Command {
 /// # Panics
 /// If it cannot start or runs longer than `timeout`.
 pub fn run_weir(args: &[&str], timeout: Duration) -> Output {
-    let child = weir().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn weir");
+    let child = weir()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn weir");
     wait_with_timeout(child, timeout)
 }
 
@@ -105,7 +117,11 @@ impl BrokerProcess {
         }
         std::thread::sleep(Duration::from_millis(50));
         let brokers = std::fs::read_to_string(&file).expect("bootstrap file");
-        Self { child, brokers, _dir: dir }
+        Self {
+            child,
+            brokers,
+            _dir: dir,
+        }
     }
 }
 
@@ -135,7 +151,9 @@ pub fn topology_file(dir: &Path, brokers: &str, group: &str, extra_source: &str,
                 "[source]" => {
                     out.push_str(&format!("brokers = \"{brokers}\"\ngroup_id = \"{group}\"\ncommit_interval = \"100ms\"\n{extra_source}\n"));
                 }
-                "[source.properties]" => out.push_str("\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n"),
+                "[source.properties]" => {
+                    out.push_str("\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n")
+                }
                 "[batching]" => out.push_str(&format!("{batching}\n")),
                 _ => {}
             }
@@ -144,7 +162,13 @@ pub fn topology_file(dir: &Path, brokers: &str, group: &str, extra_source: &str,
         let key = trimmed.split('=').next().unwrap_or("").trim();
         let replaced = match (section.as_str(), key) {
             ("[source]", "brokers" | "group_id" | "commit_interval") => true,
-            ("[source]", k) if extra_source.lines().any(|l| l.split('=').next().unwrap_or("").trim() == k) => true,
+            ("[source]", k)
+                if extra_source
+                    .lines()
+                    .any(|l| l.split('=').next().unwrap_or("").trim() == k) =>
+            {
+                true
+            }
             ("[batching]", k) if !k.is_empty() && !k.starts_with('#') => !batching.trim().is_empty(),
             _ => false,
         };

@@ -12,11 +12,23 @@ const TOPICS: [&str; 4] = ["transactions:16", "fraud-labels:16", "scores:16", "t
 #[test]
 fn every_transaction_is_scored_exactly_once() {
     let broker = BrokerProcess::start(&TOPICS);
-    let out = run_weir(&["generate", "--brokers", &broker.brokers, "--days", "25"], Duration::from_secs(300));
+    let out = run_weir(
+        &["generate", "--brokers", &broker.brokers, "--days", "25"],
+        Duration::from_secs(300),
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let dir = tempfile::tempdir().unwrap();
-    let topo = topology_file(dir.path(), &broker.brokers, "exactly-once", "", "max_batch_rows = 256\nmax_wait = \"5ms\"");
-    let out = run_weir(&["run", topo.to_str().unwrap(), "--until-end", "--start", "earliest"], Duration::from_secs(300));
+    let topo = topology_file(
+        dir.path(),
+        &broker.brokers,
+        "exactly-once",
+        "",
+        "max_batch_rows = 256\nmax_wait = \"5ms\"",
+    );
+    let out = run_weir(
+        &["run", topo.to_str().unwrap(), "--until-end", "--start", "earliest"],
+        Duration::from_secs(300),
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     let ids = tx_ids(&broker.brokers, "transactions");
@@ -34,7 +46,18 @@ fn every_transaction_is_scored_exactly_once() {
 
 /// Sum over partitions of the group's committed offsets on `transactions`.
 fn committed_total(brokers: &str, group: &str) -> i64 {
-    let out = run_weir(&["offsets", "--brokers", brokers, "--group", group, "--topic", "transactions"], Duration::from_secs(30));
+    let out = run_weir(
+        &[
+            "offsets",
+            "--brokers",
+            brokers,
+            "--group",
+            group,
+            "--topic",
+            "transactions",
+        ],
+        Duration::from_secs(30),
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -43,25 +66,50 @@ fn committed_total(brokers: &str, group: &str) -> i64 {
 }
 
 fn scored_count(brokers: &str) -> i64 {
-    watermarks(brokers, "scores", Duration::from_secs(10)).map(|w| w.iter().map(|(_, lo, hi)| hi - lo).sum()).unwrap_or(0)
+    watermarks(brokers, "scores", Duration::from_secs(10))
+        .map(|w| w.iter().map(|(_, lo, hi)| hi - lo).sum())
+        .unwrap_or(0)
 }
 
 #[test]
 fn a_killed_topology_restarts_from_committed_offsets_and_loses_nothing() {
     let broker = BrokerProcess::start(&TOPICS);
     let dir = tempfile::tempdir().unwrap();
-    let topo = topology_file(dir.path(), &broker.brokers, "kill-restart", "start = \"committed\"", "max_batch_rows = 64\nmax_wait = \"5ms\"");
+    let topo = topology_file(
+        dir.path(),
+        &broker.brokers,
+        "kill-restart",
+        "start = \"committed\"",
+        "max_batch_rows = 64\nmax_wait = \"5ms\"",
+    );
     let topo = topo.to_str().unwrap().to_string();
 
     // Traffic keeps arriving while the topology is killed and restarted: 60,000 events at 15,000/s.
     let generator = weir()
-        .args(["generate", "--brokers", &broker.brokers, "--days", "6", "--customers", "5000", "--rate", "15000"])
+        .args([
+            "generate",
+            "--brokers",
+            &broker.brokers,
+            "--days",
+            "6",
+            "--customers",
+            "5000",
+            "--rate",
+            "15000",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
 
-    let spawn_run = || weir().args(["run", &topo]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let spawn_run = || {
+        weir()
+            .args(["run", &topo])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
     let mut first = spawn_run();
     // Kill it mid-run: once it has written some scores.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -79,13 +127,20 @@ fn a_killed_topology_restarts_from_committed_offsets_and_loses_nothing() {
     // The first run committed offsets while it ran (only for acknowledged scores).
     let committed = committed_total(&broker.brokers, "kill-restart");
     assert!(committed > 0, "offsets were committed before the kill");
-    assert!(committed <= at_kill, "never committed beyond what the sink acknowledged: {committed} > {at_kill}");
+    assert!(
+        committed <= at_kill,
+        "never committed beyond what the sink acknowledged: {committed} > {at_kill}"
+    );
 
     let second = spawn_run();
     let gen_out = wait_with_timeout(generator, Duration::from_secs(120));
     assert!(gen_out.status.success(), "{}", String::from_utf8_lossy(&gen_out.stderr));
     let ids: HashSet<u64> = tx_ids(&broker.brokers, "transactions").into_iter().collect();
-    assert!(at_kill < ids.len() as i64, "killed mid-run: {at_kill} of {} scored", ids.len());
+    assert!(
+        at_kill < ids.len() as i64,
+        "killed mid-run: {at_kill} of {} scored",
+        ids.len()
+    );
 
     // Wait until every transaction has a score, then stop gracefully.
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -93,20 +148,39 @@ fn a_killed_topology_restarts_from_committed_offsets_and_loses_nothing() {
         let scores = scores_by_tx(&broker.brokers, "scores");
         if ids.iter().all(|id| scores.contains_key(id)) {
             let dup: usize = scores.values().map(|n| n - 1).sum();
-            eprintln!("kill/restart: {} transactions, {at_kill} score records at the kill, {dup} duplicates after restart", ids.len());
+            eprintln!(
+                "kill/restart: {} transactions, {at_kill} score records at the kill, {dup} duplicates after restart",
+                ids.len()
+            );
             // Duplicates are events re-read after the restart: those not yet committed at the kill,
             // and those in flight at any rebalance of the restarted group (the killed members
             // leave it only when their sessions expire). They are reported, not bounded: the
             // timing of rebalances is the broker's.
             break;
         }
-        assert!(Instant::now() < deadline, "{} of {} transactions scored after restart", scores.len(), ids.len());
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} transactions scored after restart",
+            scores.len(),
+            ids.len()
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
     // SIGTERM: drains, commits, exits 0.
     let pid = second.id().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
     let out = wait_with_timeout(second, Duration::from_secs(60));
-    assert!(out.status.success(), "graceful shutdown exits 0: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("scored"), "prints a summary");
+    assert!(
+        out.status.success(),
+        "graceful shutdown exits 0: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("scored"),
+        "prints a summary"
+    );
 }

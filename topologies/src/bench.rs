@@ -106,7 +106,11 @@ fn raw_onnx(cfg: &TopologyConfig, sim: &SimConfig, seconds: f64) -> Result<f64, 
     for i in 0..rows {
         // Windowed features as for a customer's first transaction: realistic enough for timing.
         let tx = &txs[i % txs.len()].tx;
-        let v: Vec<f32> = set.values(tx.tx_time_ms, tx.amount, &vec![1; set.accumulators().len()]).iter().map(|v| *v as f32).collect();
+        let v: Vec<f32> = set
+            .values(tx.tx_time_ms, tx.amount, &vec![1; set.accumulators().len()])
+            .iter()
+            .map(|v| *v as f32)
+            .collect();
         x.row_mut(i).assign(&ndarray::ArrayView1::from(&v));
     }
     // Warm up, then measure.
@@ -131,14 +135,20 @@ fn raw_kafka(brokers: &str, topic: &str, out_topic: &str) -> Result<(u64, f64), 
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "10")
         .create()
-        .map_err(|e| weir_connectors::ConnectorError::Kafka { context: "bench consumer".into(), source: e })?;
+        .map_err(|e| weir_connectors::ConnectorError::Kafka {
+            context: "bench consumer".into(),
+            source: e,
+        })?;
     let mut tpl = TopicPartitionList::new();
     for (p, lo, _) in &marks {
         let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(*lo));
     }
     consumer
         .assign(&tpl)
-        .map_err(|e| weir_connectors::ConnectorError::Kafka { context: "bench assign".into(), source: e })?;
+        .map_err(|e| weir_connectors::ConnectorError::Kafka {
+            context: "bench assign".into(),
+            source: e,
+        })?;
     let producer = BulkProducer::new(brokers, &BTreeMap::from([("linger.ms".to_string(), "5".to_string())]))?;
     let t0 = Instant::now();
     let mut n = 0i64;
@@ -188,7 +198,11 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchReport, DemoError> {
     let brokers = kafka.bootstrap_servers();
     let generated = generate(
         opts.sim.clone(),
-        &Target::Kafka { brokers: brokers.clone(), topic: topic.into(), labels_topic: cfg.labels.topic.clone() },
+        &Target::Kafka {
+            brokers: brokers.clone(),
+            topic: topic.into(),
+            labels_topic: cfg.labels.topic.clone(),
+        },
         0,
         None,
         |_| {},
@@ -202,7 +216,12 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchReport, DemoError> {
     cfg.sink.kind = "kafka".into();
     let pipeline = run_topology(
         &cfg,
-        RunOptions { brokers: Some(brokers), bounded: true, start: Some(StartPosition::Earliest), ..RunOptions::default() },
+        RunOptions {
+            brokers: Some(brokers),
+            bounded: true,
+            start: Some(StartPosition::Earliest),
+            ..RunOptions::default()
+        },
     )?;
     drop(kafka);
     Ok(BenchReport {
@@ -235,7 +254,11 @@ pub struct FeatureBenchReport {
 fn proc_status_kb(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -245,7 +268,12 @@ fn proc_status_kb(field: &str) -> u64 {
 ///
 /// # Errors
 /// [`DemoError`] if the topology file is invalid.
-pub fn run_feature_bench(topology: &std::path::Path, sim: SimConfig, events: u64, workers: usize) -> Result<FeatureBenchReport, DemoError> {
+pub fn run_feature_bench(
+    topology: &std::path::Path,
+    sim: SimConfig,
+    events: u64,
+    workers: usize,
+) -> Result<FeatureBenchReport, DemoError> {
     use std::collections::VecDeque;
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
@@ -287,7 +315,15 @@ pub fn run_feature_bench(topology: &std::path::Path, sim: SimConfig, events: u64
                         tx_in.advance_to(t as u64);
                         label_in.advance_to(t as u64);
                     }
-                    let meta = RowMeta { lineage: Lineage { partition: 0, offset: lt.tx.tx_id as i64 }, tx_id: lt.tx.tx_id, event_time_ms: t, read_at_us: 0 };
+                    let meta = RowMeta {
+                        lineage: Lineage {
+                            partition: 0,
+                            offset: lt.tx.tx_id as i64,
+                        },
+                        tx_id: lt.tx.tx_id,
+                        event_time_ms: t,
+                        read_at_us: 0,
+                    };
                     let l = &lt.label;
                     pending.push_back(Label {
                         tx_id: l.tx_id,
@@ -325,7 +361,11 @@ pub fn run_feature_bench(topology: &std::path::Path, sim: SimConfig, events: u64
     .map_err(DemoError::Usage)?;
     let seconds = started.elapsed().as_secs_f64();
     let events = fed.load(std::sync::atomic::Ordering::Relaxed);
-    assert_eq!(out.load(std::sync::atomic::Ordering::Relaxed), events, "one feature vector per transaction");
+    assert_eq!(
+        out.load(std::sync::atomic::Ordering::Relaxed),
+        events,
+        "one feature vector per transaction"
+    );
     Ok(FeatureBenchReport {
         workers,
         events,

@@ -234,7 +234,9 @@ pub fn parse_start(s: &str) -> Result<StartPosition, String> {
         t => humantime::parse_rfc3339_weak(t)
             .map(|st| {
                 StartPosition::Timestamp(
-                    st.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0),
+                    st.duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_millis() as i64)
+                        .unwrap_or(0),
                 )
             })
             .map_err(|e| format!("`{t}` is not committed, earliest, latest or an RFC 3339 time ({e})")),
@@ -247,8 +249,10 @@ impl TopologyConfig {
     /// # Errors
     /// [`ConfigError`] naming the file and, for content errors, the field.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::Read { path: path.to_path_buf(), detail: e.to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })?;
         let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         Self::parse(&text, path, &base_dir)
     }
@@ -258,8 +262,10 @@ impl TopologyConfig {
     /// # Errors
     /// As [`TopologyConfig::load`].
     pub fn parse(text: &str, file: &Path, base_dir: &Path) -> Result<Self, ConfigError> {
-        let user: toml::Value = toml::from_str(text)
-            .map_err(|e| ConfigError::Syntax { path: file.to_path_buf(), detail: e.to_string() })?;
+        let user: toml::Value = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: file.to_path_buf(),
+            detail: e.to_string(),
+        })?;
         let mut merged: toml::Value = toml::from_str(DEFAULTS_TOML).expect("defaults.toml is valid");
         merge(&mut merged, user);
         let mut cfg: TopologyConfig = serde_path_to_error::deserialize(merged).map_err(|e| {
@@ -268,11 +274,19 @@ impl TopologyConfig {
             // toml reports an unknown key as the message; name it as a field too.
             let field = match inner.split('`').nth(1) {
                 Some(name) if inner.starts_with("unknown field") && !field.ends_with(name) => {
-                    if field == "." || field.is_empty() { name.to_string() } else { format!("{field}.{name}") }
+                    if field == "." || field.is_empty() {
+                        name.to_string()
+                    } else {
+                        format!("{field}.{name}")
+                    }
                 }
                 _ => field,
             };
-            ConfigError::Field { path: file.to_path_buf(), field, detail: inner }
+            ConfigError::Field {
+                path: file.to_path_buf(),
+                field,
+                detail: inner,
+            }
         })?;
         cfg.base_dir = base_dir.to_path_buf();
         cfg.file = file.to_path_buf();
@@ -281,7 +295,11 @@ impl TopologyConfig {
     }
 
     fn field_error(&self, field: &str, detail: impl Into<String>) -> ConfigError {
-        ConfigError::Field { path: self.file.clone(), field: field.to_string(), detail: detail.into() }
+        ConfigError::Field {
+            path: self.file.clone(),
+            field: field.to_string(),
+            detail: detail.into(),
+        }
     }
 
     /// Checks values that the types alone do not constrain.
@@ -348,10 +366,14 @@ impl TopologyConfig {
             return Err(self.field_error("labels.topic", "must not be empty"));
         }
         if self.model.execution_providers.is_empty() {
-            return Err(self.field_error("model.execution_providers", "must list at least one provider (e.g. [\"cpu\"])"));
+            return Err(self.field_error(
+                "model.execution_providers",
+                "must list at least one provider (e.g. [\"cpu\"])",
+            ));
         }
         for ep in &self.model.execution_providers {
-            ep.parse::<ExecutionProvider>().map_err(|e| self.field_error("model.execution_providers", e.to_string()))?;
+            ep.parse::<ExecutionProvider>()
+                .map_err(|e| self.field_error("model.execution_providers", e.to_string()))?;
         }
         match self.sink.kind.as_str() {
             "kafka" => {
@@ -390,7 +412,11 @@ impl TopologyConfig {
 
     /// The execution providers (validated).
     pub fn execution_providers(&self) -> Vec<ExecutionProvider> {
-        self.model.execution_providers.iter().map(|e| e.parse().expect("validated")).collect()
+        self.model
+            .execution_providers
+            .iter()
+            .map(|e| e.parse().expect("validated"))
+            .collect()
     }
 }
 
@@ -424,7 +450,10 @@ features = ["amount", "tx_hour"]
         assert_eq!(cfg.batching.max_batch_rows, 256);
         assert_eq!(cfg.batching.max_wait, Duration::from_millis(5));
         assert_eq!(cfg.model_path(), PathBuf::from("/base/m.onnx"));
-        assert_eq!(cfg.execution_providers(), vec![ExecutionProvider::Cuda, ExecutionProvider::Cpu]);
+        assert_eq!(
+            cfg.execution_providers(),
+            vec![ExecutionProvider::Cuda, ExecutionProvider::Cpu]
+        );
         assert_eq!(cfg.start_position(), StartPosition::Committed);
     }
 
@@ -466,7 +495,8 @@ features = ["amount", "tx_hour"]
         let (field, _) = field_of(&windowed("customer_id", "median", "1d"));
         assert_eq!(field, "feature[0].aggregation");
         assert!(parse(&windowed("customer_id", "count", "1d")).is_ok());
-        let (field, detail) = field_of(&windowed("customer_id", "count", "1d").replace("\"tx_hour\"]", "\"tx_hour\", \"v\"]"));
+        let (field, detail) =
+            field_of(&windowed("customer_id", "count", "1d").replace("\"tx_hour\"]", "\"tx_hour\", \"v\"]"));
         assert_eq!(field, "model.features", "{detail}");
     }
 
@@ -480,6 +510,9 @@ features = ["amount", "tx_hour"]
 
     #[test]
     fn timestamps_parse_as_start_positions() {
-        assert_eq!(parse_start("2018-04-01T00:00:00Z"), Ok(StartPosition::Timestamp(1_522_540_800_000)));
+        assert_eq!(
+            parse_start("2018-04-01T00:00:00Z"),
+            Ok(StartPosition::Timestamp(1_522_540_800_000))
+        );
     }
 }

@@ -122,7 +122,11 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoReport, DemoError> {
     let brokers = kafka.bootstrap_servers();
 
     let bar = |len: u64, msg: &'static str| {
-        let pb = if opts.progress { ProgressBar::new(len) } else { ProgressBar::hidden() };
+        let pb = if opts.progress {
+            ProgressBar::new(len)
+        } else {
+            ProgressBar::hidden()
+        };
         pb.set_style(
             ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
                 .expect("valid template")
@@ -138,11 +142,18 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoReport, DemoError> {
     let pb = bar(days as u64, "generate");
     let generated = generate(
         opts.sim.clone(),
-        &Target::Kafka { brokers: brokers.clone(), topic: cfg.source.topic.clone(), labels_topic: LABELS_TOPIC.into() },
+        &Target::Kafka {
+            brokers: brokers.clone(),
+            topic: cfg.source.topic.clone(),
+            labels_topic: LABELS_TOPIC.into(),
+        },
         opts.malformed,
         None,
         |lt| {
-            txs.insert(lt.tx.tx_id, (lt.tx.customer_id, (lt.tx.tx_time_ms - start_ms).div_euclid(DAY_MS)));
+            txs.insert(
+                lt.tx.tx_id,
+                (lt.tx.customer_id, (lt.tx.tx_time_ms - start_ms).div_euclid(DAY_MS)),
+            );
         },
         |_| pb.inc(1),
     )?;
@@ -173,7 +184,9 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoReport, DemoError> {
             Some(Ok(v)) => v,
             _ => continue,
         };
-        let (Some(id), Some(s)) = (v["tx_id"].as_u64(), v["score"].as_f64()) else { continue };
+        let (Some(id), Some(s)) = (v["tx_id"].as_u64(), v["score"].as_f64()) else {
+            continue;
+        };
         if score_of.insert(id, s as f32).is_some() {
             duplicates += 1;
         }
@@ -182,10 +195,17 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoReport, DemoError> {
     let mut pairs = Vec::with_capacity(labels.len());
     let mut scored = Vec::with_capacity(labels.len());
     for r in &labels {
-        let Some(Ok(label)) = r.payload.as_deref().map(serde_json::from_slice::<FraudLabel>) else { continue };
+        let Some(Ok(label)) = r.payload.as_deref().map(serde_json::from_slice::<FraudLabel>) else {
+            continue;
+        };
         if let (Some(&s), Some(&(customer_id, day))) = (score_of.get(&label.tx_id), txs.get(&label.tx_id)) {
             pairs.push((s, label.tx_fraud == 1));
-            scored.push(ScoredTx { day, customer_id, score: s, fraud: label.tx_fraud == 1 });
+            scored.push(ScoredTx {
+                day,
+                customer_id,
+                score: s,
+                fraud: label.tx_fraud == 1,
+            });
         }
     }
     let report = DemoReport {
@@ -213,7 +233,11 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoReport, DemoError> {
 fn check_not_truncated(brokers: &str, topic: &str) -> Result<(), DemoError> {
     for (partition, low, _) in watermarks(brokers, topic, Duration::from_secs(10))? {
         if low > 0 {
-            return Err(DemoError::Truncated { topic: topic.to_string(), partition, low });
+            return Err(DemoError::Truncated {
+                topic: topic.to_string(),
+                partition,
+                low,
+            });
         }
     }
     Ok(())
@@ -265,7 +289,11 @@ pub fn summary(r: &DemoReport) -> String {
         r.missing,
         exactly_once,
         r.dead_letter_records,
-        if dl.is_empty() { "none".to_string() } else { dl.join(", ") },
+        if dl.is_empty() {
+            "none".to_string()
+        } else {
+            dl.join(", ")
+        },
         r.dead_letter_topic,
         thousands(run.batches),
         run.mean_batch_rows,

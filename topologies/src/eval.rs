@@ -58,7 +58,11 @@ pub struct ScoredTx {
 pub fn card_precision_at_k(txs: &[ScoredTx], k: usize) -> f64 {
     let mut per_day: HashMap<i64, HashMap<u64, (f32, bool)>> = HashMap::new();
     for t in txs {
-        let e = per_day.entry(t.day).or_default().entry(t.customer_id).or_insert((f32::MIN, false));
+        let e = per_day
+            .entry(t.day)
+            .or_default()
+            .entry(t.customer_id)
+            .or_insert((f32::MIN, false));
         e.0 = e.0.max(t.score);
         e.1 |= t.fraud;
     }
@@ -82,14 +86,27 @@ mod tests {
 
     #[test]
     fn auc_matches_pairwise_definition() {
-        let pairs = [(0.1, false), (0.4, true), (0.35, false), (0.8, true), (0.4, false), (0.9, false)];
+        let pairs = [
+            (0.1, false),
+            (0.4, true),
+            (0.35, false),
+            (0.8, true),
+            (0.4, false),
+            (0.9, false),
+        ];
         // Pairs (pos, neg): count pos > neg, half for ties.
         let mut wins = 0.0;
         let mut n = 0.0;
         for p in pairs.iter().filter(|p| p.1) {
             for q in pairs.iter().filter(|q| !q.1) {
                 n += 1.0;
-                wins += if p.0 > q.0 { 1.0 } else if p.0 == q.0 { 0.5 } else { 0.0 };
+                wins += if p.0 > q.0 {
+                    1.0
+                } else if p.0 == q.0 {
+                    0.5
+                } else {
+                    0.0
+                };
             }
         }
         assert!((roc_auc(&pairs).unwrap() - wins / n).abs() < 1e-12);
@@ -98,9 +115,15 @@ mod tests {
 
     #[test]
     fn card_precision_uses_best_score_per_card_and_day() {
-        let t = |day, customer_id, score, fraud| ScoredTx { day, customer_id, score, fraud };
+        let t = |day, customer_id, score, fraud| ScoredTx {
+            day,
+            customer_id,
+            score,
+            fraud,
+        };
         let txs = [
-            t(0, 1, 0.9, false), t(0, 1, 0.1, true), // card 1 on day 0: score .9, fraudulent
+            t(0, 1, 0.9, false),
+            t(0, 1, 0.1, true), // card 1 on day 0: score .9, fraudulent
             t(0, 2, 0.8, false),
             t(0, 3, 0.7, false),
             t(1, 1, 0.2, false),

@@ -77,7 +77,11 @@ pub fn export_training_set(opts: &ExportOptions) -> Result<ExportReport, DemoErr
             let b = kafka.bootstrap_servers();
             generate(
                 sim.clone(),
-                &Target::Kafka { brokers: b.clone(), topic: cfg.source.topic.clone(), labels_topic: cfg.labels.topic.clone() },
+                &Target::Kafka {
+                    brokers: b.clone(),
+                    topic: cfg.source.topic.clone(),
+                    labels_topic: cfg.labels.topic.clone(),
+                },
                 0,
                 None,
                 |_| {},
@@ -86,7 +90,11 @@ pub fn export_training_set(opts: &ExportOptions) -> Result<ExportReport, DemoErr
             _embedded = Some(kafka);
             b
         }
-        _ => return Err(DemoError::Usage("give --brokers, or --generate-days for an embedded broker".into())),
+        _ => {
+            return Err(DemoError::Usage(
+                "give --brokers, or --generate-days for an embedded broker".into(),
+            ))
+        }
     };
     let started = Instant::now();
     let labels: HashMap<u64, Label> = read_topic(&brokers, &cfg.labels.topic, Duration::from_secs(600))?
@@ -102,12 +110,23 @@ pub fn export_training_set(opts: &ExportOptions) -> Result<ExportReport, DemoErr
     let error: Arc<Mutex<Option<String>>> = Arc::default();
     let workers = cfg.topology.workers;
     let source = source_config(&cfg, &brokers, true, Some(StartPosition::Earliest));
-    let source = weir_connectors::kafka::source::KafkaSourceConfig { commit: false, ..source };
+    let source = weir_connectors::kafka::source::KafkaSourceConfig {
+        commit: false,
+        ..source
+    };
     let labels_cfg = labels_source(&cfg, &source);
     let n_sources = workers * (1 + labels_cfg.is_some() as usize);
     let flow = Arc::new(FlowControl::new(usize::MAX));
-    let shared = SourceShared { ledger: Arc::new(DeliveryLedger::new()), flow: flow.clone(), metrics: Arc::new(Metrics::new(&cfg.topology.name)), watermarks: Default::default() };
-    let limits = DecodeLimits { max_future_ms: i64::MAX / 2, max_payload_bytes: cfg.decode.max_payload_bytes };
+    let shared = SourceShared {
+        ledger: Arc::new(DeliveryLedger::new()),
+        flow: flow.clone(),
+        metrics: Arc::new(Metrics::new(&cfg.topology.name)),
+        watermarks: Default::default(),
+    };
+    let limits = DecodeLimits {
+        max_future_ms: i64::MAX / 2,
+        max_payload_bytes: cfg.decode.max_payload_bytes,
+    };
     let (from, to) = (opts.from_ms.unwrap_or(i64::MIN), opts.to_ms.unwrap_or(i64::MAX));
     let labels = Arc::new(labels);
     let (w2, c2, e2) = (writer.clone(), counts.clone(), error.clone());
@@ -116,7 +135,9 @@ pub fn export_training_set(opts: &ExportOptions) -> Result<ExportReport, DemoErr
         let (writer, counts, error, labels) = (w2.clone(), c2.clone(), e2.clone(), labels.clone());
         let built = worker.dataflow::<u64, _, _>(|scope| -> Result<(), String> {
             let (values, letters) = feature_dataflow(scope, &source, labels_cfg.as_ref(), &limits, &spec, &shared)?;
-            letters.inspect(|l| tracing::warn!(reason = %l.reason, offset = l.lineage.offset, "malformed event skipped")).probe_with(&probe);
+            letters
+                .inspect(|l| tracing::warn!(reason = %l.reason, offset = l.lineage.offset, "malformed event skipped"))
+                .probe_with(&probe);
             values
                 .inspect(move |fv| {
                     if fv.meta.event_time_ms < from || fv.meta.event_time_ms >= to {
@@ -160,5 +181,11 @@ pub fn export_training_set(opts: &ExportOptions) -> Result<ExportReport, DemoErr
     let w = writer.lock().unwrap().take().expect("writer");
     w.close()?;
     let (rows, frauds, unlabelled) = *counts.lock().unwrap();
-    Ok(ExportReport { rows, frauds, unlabelled, features: names, elapsed: started.elapsed() })
+    Ok(ExportReport {
+        rows,
+        frauds,
+        unlabelled,
+        features: names,
+        elapsed: started.elapsed(),
+    })
 }

@@ -89,7 +89,11 @@ pub fn generate(
     let simulator = Simulator::new(sim);
     let mut summary = GenerateSummary::default();
     match target {
-        Target::Kafka { brokers, topic, labels_topic } => {
+        Target::Kafka {
+            brokers,
+            topic,
+            labels_topic,
+        } => {
             let producer = BulkProducer::new(brokers, &BTreeMap::new())?;
             let started = std::time::Instant::now();
             for (day, txs) in simulator.enumerate() {
@@ -106,7 +110,12 @@ pub fn generate(
                     producer.send(topic, Some(key.as_bytes()), &payload, Some(lt.tx.tx_time_ms))?;
                     let label = serde_json::to_vec(&lt.label).expect("serializable");
                     let lkey = lt.tx.tx_id.to_string();
-                    producer.send(labels_topic, Some(lkey.as_bytes()), &label, Some(lt.label.available_at_ms))?;
+                    producer.send(
+                        labels_topic,
+                        Some(lkey.as_bytes()),
+                        &label,
+                        Some(lt.label.available_at_ms),
+                    )?;
                     summary.transactions += 1;
                     summary.frauds += lt.label.tx_fraud as u64;
                     each(lt);
@@ -126,12 +135,18 @@ pub fn generate(
             let open = |p: &PathBuf| {
                 std::fs::File::create(p)
                     .map(BufWriter::new)
-                    .map_err(|e| GenerateError::File { path: p.clone(), detail: e.to_string() })
+                    .map_err(|e| GenerateError::File {
+                        path: p.clone(),
+                        detail: e.to_string(),
+                    })
             };
             let (mut tx_out, mut label_out) = (open(path)?, open(labels_path)?);
             let werr = |p: &PathBuf| {
                 let p = p.clone();
-                move |e: std::io::Error| GenerateError::File { path: p, detail: e.to_string() }
+                move |e: std::io::Error| GenerateError::File {
+                    path: p,
+                    detail: e.to_string(),
+                }
             };
             for (day, txs) in simulator.enumerate() {
                 for lt in &txs {

@@ -16,19 +16,19 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::{Inspect, Probe};
 use timely::dataflow::ProbeHandle;
 use weir_connectors::kafka::sink::{KafkaDeadLetterSink, KafkaScoreSink};
 use weir_connectors::kafka::source::{kafka_source, KafkaSourceConfig, SourceShared, StartPosition};
 use weir_connectors::parquet::sink::ParquetScoreSink;
-use timely::dataflow::operators::vec::Map;
 use weir_core::{DeadLetterSink, DeliveryLedger, FeatureRow, FlowControl, Metrics, ScoreSink};
+use weir_feature_store::{windowed_features, FeatureSpec, FeatureValues};
 use weir_operators::decode::{decode, DecodeLimits};
 use weir_operators::inference::{
     default_runtime_path, init_runtime, ExecutionProvider, InferenceError, InferencePool, ModelSpec, OnnxScorer, Scorer,
 };
 use weir_operators::micro_batch::{micro_batch, BatchWindow};
-use weir_feature_store::{windowed_features, FeatureSpec, FeatureValues};
 
 use crate::config::TopologyConfig;
 
@@ -116,7 +116,10 @@ impl RunReport {
 ///
 /// # Errors
 /// [`InferenceError`] naming the missing file, the runtime path, or the mismatch.
-pub fn open_scorers(cfg: &TopologyConfig, runtime: Option<PathBuf>) -> Result<(Vec<Box<dyn Scorer>>, ExecutionProvider), InferenceError> {
+pub fn open_scorers(
+    cfg: &TopologyConfig,
+    runtime: Option<PathBuf>,
+) -> Result<(Vec<Box<dyn Scorer>>, ExecutionProvider), InferenceError> {
     let model_path = cfg.model_path();
     if !model_path.exists() {
         return Err(InferenceError::ModelNotFound(model_path));
@@ -145,7 +148,10 @@ pub fn open_scorers(cfg: &TopologyConfig, runtime: Option<PathBuf>) -> Result<(V
 /// rows before sources pause, and at most `source.max_in_flight_rows` events are between the
 /// sources and inference.
 pub fn flow_control(cfg: &TopologyConfig) -> FlowControl {
-    FlowControl::with_in_flight_limit(2 * cfg.topology.workers * cfg.batching.max_batch_rows, cfg.source.max_in_flight_rows)
+    FlowControl::with_in_flight_limit(
+        2 * cfg.topology.workers * cfg.batching.max_batch_rows,
+        cfg.source.max_in_flight_rows,
+    )
 }
 
 /// Source(s) -> decode -> features, for one worker: the part of a topology shared by scoring
@@ -161,10 +167,18 @@ pub fn feature_dataflow<'s>(
     limits: &DecodeLimits,
     spec: &FeatureSpec,
     shared: &SourceShared,
-) -> Result<(timely::dataflow::StreamVec<'s, u64, FeatureValues>, timely::dataflow::StreamVec<'s, u64, weir_core::DeadLetter>), String> {
+) -> Result<
+    (
+        timely::dataflow::StreamVec<'s, u64, FeatureValues>,
+        timely::dataflow::StreamVec<'s, u64, weir_core::DeadLetter>,
+    ),
+    String,
+> {
     let events = kafka_source(scope, source.clone(), shared.clone()).map_err(|e| e.to_string())?;
     let labels = match labels {
-        Some(lc) => Some(weir_operators::decode::decode_labels(kafka_source(scope, lc.clone(), shared.clone()).map_err(|e| e.to_string())?)),
+        Some(lc) => Some(weir_operators::decode::decode_labels(
+            kafka_source(scope, lc.clone(), shared.clone()).map_err(|e| e.to_string())?,
+        )),
         None => None,
     };
     let (txs, letters) = decode(events, limits.clone());
@@ -200,7 +214,12 @@ pub fn drive_worker(
 
 /// The Kafka source of `cfg` on `brokers` (bounded or live), starting at `start` or the
 /// configured position.
-pub fn source_config(cfg: &TopologyConfig, brokers: &str, bounded: bool, start: Option<StartPosition>) -> KafkaSourceConfig {
+pub fn source_config(
+    cfg: &TopologyConfig,
+    brokers: &str,
+    bounded: bool,
+    start: Option<StartPosition>,
+) -> KafkaSourceConfig {
     KafkaSourceConfig {
         brokers: brokers.to_string(),
         topic: cfg.source.topic.clone(),
@@ -241,7 +260,10 @@ pub fn labels_source(cfg: &TopologyConfig, source: &KafkaSourceConfig) -> Option
 /// runtime, connectors) are reported before any event is read.
 pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport, TopologyError> {
     let brokers = opts.brokers.clone().unwrap_or_else(|| cfg.source.brokers.clone());
-    let metrics = opts.metrics.clone().unwrap_or_else(|| Arc::new(Metrics::new(&cfg.topology.name)));
+    let metrics = opts
+        .metrics
+        .clone()
+        .unwrap_or_else(|| Arc::new(Metrics::new(&cfg.topology.name)));
     let workers = cfg.topology.workers;
     let max_rows = cfg.batching.max_batch_rows;
     let flow = opts.flow.clone().unwrap_or_else(|| Arc::new(flow_control(cfg)));
@@ -264,14 +286,27 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
         let requested = cfg.execution_providers()[0];
         if p != requested {
             metrics.provider_fallbacks.inc();
-            tracing::warn!(requested = requested.name(), using = p.name(), "execution provider fallback");
+            tracing::warn!(
+                requested = requested.name(),
+                using = p.name(),
+                "execution provider fallback"
+            );
         }
         tracing::info!(provider = p.name(), model = %cfg.model_path().display(), version = %cfg.model.version, "model loaded");
     }
-    metrics.execution_provider.with_label_values(&[provider_name.as_str()]).set(1);
+    metrics
+        .execution_provider
+        .with_label_values(&[provider_name.as_str()])
+        .set(1);
 
     let sink: Arc<dyn ScoreSink> = match (&opts.parquet_dir, cfg.sink.kind.as_str()) {
-        (Some(dir), _) => Arc::new(ParquetScoreSink::new(dir, cfg.sink.max_rows_per_file, cfg.sink.row_group_rows, ledger.clone(), metrics.clone())?),
+        (Some(dir), _) => Arc::new(ParquetScoreSink::new(
+            dir,
+            cfg.sink.max_rows_per_file,
+            cfg.sink.row_group_rows,
+            ledger.clone(),
+            metrics.clone(),
+        )?),
         (None, "parquet") => Arc::new(ParquetScoreSink::new(
             cfg.sink.path.as_ref().expect("validated"),
             cfg.sink.max_rows_per_file,
@@ -279,7 +314,13 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
             ledger.clone(),
             metrics.clone(),
         )?),
-        _ => Arc::new(KafkaScoreSink::new(&brokers, &cfg.sink.topic, &cfg.sink.properties, ledger.clone(), metrics.clone())?),
+        _ => Arc::new(KafkaScoreSink::new(
+            &brokers,
+            &cfg.sink.topic,
+            &cfg.sink.properties,
+            ledger.clone(),
+            metrics.clone(),
+        )?),
     };
     let dlq: Arc<dyn DeadLetterSink> = Arc::new(KafkaDeadLetterSink::new(
         &brokers,
@@ -291,7 +332,14 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
     )?);
 
     let (tx, rx) = crossbeam_channel::bounded(cfg.batching.max_inflight_batches);
-    let pool = InferencePool::spawn(scorers, rx, sink.clone(), dlq.clone(), metrics.clone(), cfg.model.version.clone());
+    let pool = InferencePool::spawn(
+        scorers,
+        rx,
+        sink.clone(),
+        dlq.clone(),
+        metrics.clone(),
+        cfg.model.version.clone(),
+    );
 
     // Completes a Parquet file once shutdown drained the pipeline, so that its rows are
     // acknowledged before the sources' final commit.
@@ -320,8 +368,16 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
         max_future_ms: cfg.decode.max_future.as_millis() as i64,
         max_payload_bytes: cfg.decode.max_payload_bytes,
     };
-    let window = BatchWindow { max_batch_rows: max_rows, max_wait: cfg.batching.max_wait };
-    let shared = SourceShared { ledger: ledger.clone(), flow: flow.clone(), metrics: metrics.clone(), watermarks: Default::default() };
+    let window = BatchWindow {
+        max_batch_rows: max_rows,
+        max_wait: cfg.batching.max_wait,
+    };
+    let shared = SourceShared {
+        ledger: ledger.clone(),
+        flow: flow.clone(),
+        metrics: metrics.clone(),
+        watermarks: Default::default(),
+    };
     let n_features = spec.len();
     let labels_config = labels_source(cfg, &source_config);
     let n_sources = workers * (1 + labels_config.is_some() as usize);
@@ -332,7 +388,8 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
         move |worker| -> Result<(), String> {
             let probe = ProbeHandle::new();
             let built = worker.dataflow::<u64, _, _>(|scope| -> Result<(), String> {
-                let (values, letters) = feature_dataflow(scope, &source_config, labels_config.as_ref(), &limits, &spec, &shared)?;
+                let (values, letters) =
+                    feature_dataflow(scope, &source_config, labels_config.as_ref(), &limits, &spec, &shared)?;
                 let dlq = dlq.clone();
                 let f = flow.clone();
                 letters
@@ -343,7 +400,10 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
                         }
                     })
                     .probe_with(&probe);
-                let rows = values.map(|fv| FeatureRow { meta: fv.meta, features: fv.values.iter().map(|v| *v as f32).collect() });
+                let rows = values.map(|fv| FeatureRow {
+                    meta: fv.meta,
+                    features: fv.values.iter().map(|v| *v as f32).collect(),
+                });
                 micro_batch(rows, window, n_features, tx.clone(), flow.clone(), metrics.clone()).probe_with(&probe);
                 Ok(())
             });
@@ -371,7 +431,11 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
     }
     flush_result?;
     metrics.set_paused_seconds(flow.paused_micros());
-    tracing::info!(pauses = flow.pauses(), paused_ms = flow.paused_micros() / 1000, "backpressure");
+    tracing::info!(
+        pauses = flow.pauses(),
+        paused_ms = flow.paused_micros() / 1000,
+        "backpressure"
+    );
 
     let batches = metrics.batches_total();
     let dead_letters = metrics.dead_letters_by_reason();

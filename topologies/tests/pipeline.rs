@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use weir_connectors::kafka::admin::{read_topic, BulkProducer};
 use weir_connectors::kafka::embedded::EmbeddedKafka;
 use weir_connectors::kafka::source::StartPosition;
-use weir_core::{FlowControl, Metrics};
 #[allow(unused_imports)]
 use weir_core as _;
+use weir_core::{FlowControl, Metrics};
 use weir_operators::inference::{InferenceError, Scorer};
 use weir_simulator::SimConfig;
 use weir_topologies::generate::{generate, Target, MALFORMED};
@@ -30,7 +30,13 @@ fn config(extra: &str) -> TopologyConfig {
 }
 
 fn small_sim(days: u32) -> SimConfig {
-    SimConfig { n_customers: 500, n_terminals: 1000, n_days: days, seed: 11, ..SimConfig::default() }
+    SimConfig {
+        n_customers: 500,
+        n_terminals: 1000,
+        n_days: days,
+        seed: 11,
+        ..SimConfig::default()
+    }
 }
 
 struct Env {
@@ -41,14 +47,23 @@ struct Env {
 
 fn setup(days: u32, malformed: u64) -> Env {
     let kafka = EmbeddedKafka::start().unwrap();
-    for (t, p) in [("transactions", 4), ("fraud-labels", 4), ("scores", 4), ("transactions-dlq", 1)] {
+    for (t, p) in [
+        ("transactions", 4),
+        ("fraud-labels", 4),
+        ("scores", 4),
+        ("transactions-dlq", 1),
+    ] {
         kafka.create_topic(t, p).unwrap();
     }
     let brokers = kafka.bootstrap_servers();
     let mut tx_ids = HashSet::new();
     generate(
         small_sim(days),
-        &Target::Kafka { brokers: brokers.clone(), topic: "transactions".into(), labels_topic: "fraud-labels".into() },
+        &Target::Kafka {
+            brokers: brokers.clone(),
+            topic: "transactions".into(),
+            labels_topic: "fraud-labels".into(),
+        },
         malformed,
         None,
         |lt| {
@@ -80,14 +95,25 @@ fn logs() {
 
 fn bounded() -> RunOptions {
     logs();
-    RunOptions { bounded: true, start: Some(StartPosition::Earliest), ..RunOptions::default() }
+    RunOptions {
+        bounded: true,
+        start: Some(StartPosition::Earliest),
+        ..RunOptions::default()
+    }
 }
 
 #[test]
 fn poisoned_events_go_to_the_dead_letter_topic_and_the_rest_are_scored() {
     let env = setup(2, 8);
     let cfg = config("");
-    let report = run_topology(&cfg, RunOptions { brokers: Some(env.brokers.clone()), ..bounded() }).unwrap();
+    let report = run_topology(
+        &cfg,
+        RunOptions {
+            brokers: Some(env.brokers.clone()),
+            ..bounded()
+        },
+    )
+    .unwrap();
     let scores = scores_by_tx(&env.brokers);
     assert_eq!(scores.len(), env.tx_ids.len(), "every good event scored");
     assert!(scores.values().all(|&n| n == 1), "exactly once");
@@ -99,11 +125,20 @@ fn poisoned_events_go_to_the_dead_letter_topic_and_the_rest_are_scored() {
     for d in &dead {
         let reason = String::from_utf8(d.header("weir.dlq.reason").unwrap().to_vec()).unwrap();
         *reasons.entry(reason).or_insert(0) += 1;
-        assert!(!d.header("weir.dlq.detail").unwrap().is_empty(), "a detail explains the reason");
+        assert!(
+            !d.header("weir.dlq.detail").unwrap().is_empty(),
+            "a detail explains the reason"
+        );
         assert_eq!(d.header("weir.source.topic"), Some(&b"transactions"[..]));
         // The source offset in the header points at the original malformed message.
-        let p: i32 = std::str::from_utf8(d.header("weir.source.partition").unwrap()).unwrap().parse().unwrap();
-        let o: i64 = std::str::from_utf8(d.header("weir.source.offset").unwrap()).unwrap().parse().unwrap();
+        let p: i32 = std::str::from_utf8(d.header("weir.source.partition").unwrap())
+            .unwrap()
+            .parse()
+            .unwrap();
+        let o: i64 = std::str::from_utf8(d.header("weir.source.offset").unwrap())
+            .unwrap()
+            .parse()
+            .unwrap();
         let original = read_topic(&env.brokers, "transactions", Duration::from_secs(30))
             .unwrap()
             .into_iter()
@@ -112,7 +147,10 @@ fn poisoned_events_go_to_the_dead_letter_topic_and_the_rest_are_scored() {
         assert_eq!(original.payload, d.payload, "dead letter carries the original bytes");
         assert!(MALFORMED.contains(&d.payload.as_deref().unwrap()));
     }
-    assert_eq!(reasons, BTreeMap::from([("invalid_amount".into(), 2), ("json".into(), 4), ("schema".into(), 2)]));
+    assert_eq!(
+        reasons,
+        BTreeMap::from([("invalid_amount".into(), 2), ("json".into(), 4), ("schema".into(), 2)])
+    );
     assert_eq!(report.dead_letters.values().sum::<u64>(), 8);
     drop(env.kafka);
 }
@@ -144,7 +182,11 @@ fn backpressure_keeps_buffered_rows_under_the_bound_when_inference_is_slow() {
         &cfg,
         RunOptions {
             brokers: Some(env.brokers.clone()),
-            scorer: Some(Arc::new(|| Ok(Box::new(SlowScorer { delay: Duration::from_millis(10) }) as Box<dyn Scorer>))),
+            scorer: Some(Arc::new(|| {
+                Ok(Box::new(SlowScorer {
+                    delay: Duration::from_millis(10),
+                }) as Box<dyn Scorer>)
+            })),
             flow: Some(flow.clone()),
             ..bounded()
         },
@@ -156,12 +198,19 @@ fn backpressure_keeps_buffered_rows_under_the_bound_when_inference_is_slow() {
     // Bound: between source and inference (decode, feature store, micro-batchers) at most the
     // configured limit plus one poll per worker; the micro-batchers hold a part of those.
     let bound = cfg.source.max_in_flight_rows + 2 * 64;
-    assert!(report.max_in_flight_rows <= bound, "{} rows in flight > bound {bound}", report.max_in_flight_rows);
+    assert!(
+        report.max_in_flight_rows <= bound,
+        "{} rows in flight > bound {bound}",
+        report.max_in_flight_rows
+    );
     assert!(report.max_buffered_rows <= report.max_in_flight_rows);
     assert!(report.paused > Duration::ZERO, "the source was held back");
     assert!(flow.pauses() > 0, "sustained pressure paused the Kafka partitions");
     // Without backpressure the source would read the whole topic into memory at once.
-    assert!(env.tx_ids.len() > 3 * bound, "test has enough events to overflow an unbounded buffer");
+    assert!(
+        env.tx_ids.len() > 3 * bound,
+        "test has enough events to overflow an unbounded buffer"
+    );
     drop(env.kafka);
 }
 
@@ -178,7 +227,17 @@ fn a_lone_event_is_scored_by_the_timer_within_max_wait_plus_inference() {
     let flow = Arc::new(FlowControl::new(1024));
     let metrics = Arc::new(Metrics::new("lone"));
     let (f, m, b, c) = (flow.clone(), metrics.clone(), env.brokers.clone(), cfg.clone());
-    let run = std::thread::spawn(move || run_topology(&c, RunOptions { brokers: Some(b), flow: Some(f), metrics: Some(m), ..RunOptions::default() }));
+    let run = std::thread::spawn(move || {
+        run_topology(
+            &c,
+            RunOptions {
+                brokers: Some(b),
+                flow: Some(f),
+                metrics: Some(m),
+                ..RunOptions::default()
+            },
+        )
+    });
     // Wait until the group has its partitions (the source reads from `latest`).
     std::thread::sleep(Duration::from_secs(4));
     let p = BulkProducer::new(&env.brokers, &BTreeMap::from([("linger.ms".into(), "0".into())])).unwrap();
@@ -192,7 +251,11 @@ fn a_lone_event_is_scored_by_the_timer_within_max_wait_plus_inference() {
     flow.request_shutdown();
     let report = run.join().unwrap().unwrap();
     assert_eq!(report.scored, 1);
-    assert_eq!(metrics.batches.with_label_values(&["time"]).get(), 1, "flushed by the timer, not by size or drain");
+    assert_eq!(
+        metrics.batches.with_label_values(&["time"]).get(),
+        1,
+        "flushed by the timer, not by size or drain"
+    );
     let latency = Duration::from_micros(report.p50_latency_us);
     let inference = Duration::from_secs_f64(metrics.inference_seconds.get_sample_sum());
     assert!(latency >= cfg.batching.max_wait, "waited for the window: {latency:?}");
@@ -208,19 +271,38 @@ fn parquet_sink_gets_every_score() {
     let env = setup(2, 0);
     let cfg = config("");
     let dir = tempfile::tempdir().unwrap();
-    let report = run_topology(&cfg, RunOptions { brokers: Some(env.brokers.clone()), parquet_dir: Some(dir.path().to_path_buf()), ..bounded() }).unwrap();
+    let report = run_topology(
+        &cfg,
+        RunOptions {
+            brokers: Some(env.brokers.clone()),
+            parquet_dir: Some(dir.path().to_path_buf()),
+            ..bounded()
+        },
+    )
+    .unwrap();
     assert_eq!(report.scored as usize, env.tx_ids.len());
     let mut ids = Vec::new();
     for f in std::fs::read_dir(dir.path()).unwrap() {
         let f = f.unwrap().path();
-        assert_eq!(f.extension().unwrap(), "parquet", "no in-progress file left behind: {f:?}");
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&f).unwrap())
-            .unwrap()
-            .build()
-            .unwrap();
+        assert_eq!(
+            f.extension().unwrap(),
+            "parquet",
+            "no in-progress file left behind: {f:?}"
+        );
+        let reader =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&f).unwrap())
+                .unwrap()
+                .build()
+                .unwrap();
         for b in reader {
             let b = b.unwrap();
-            let col = b.column_by_name("tx_id").unwrap().as_any().downcast_ref::<arrow::array::UInt64Array>().unwrap().clone();
+            let col = b
+                .column_by_name("tx_id")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<arrow::array::UInt64Array>()
+                .unwrap()
+                .clone();
             ids.extend(col.values().iter().copied());
         }
     }
@@ -234,11 +316,27 @@ fn parquet_sink_gets_every_score() {
 #[test]
 fn a_model_with_another_feature_order_is_refused_at_start_up() {
     let mut cfg = config("");
-    cfg.model.features = vec!["tx_hour".into(), "amount".into(), "tx_during_weekend".into(), "tx_during_night".into()];
+    cfg.model.features = vec![
+        "tx_hour".into(),
+        "amount".into(),
+        "tx_during_weekend".into(),
+        "tx_during_night".into(),
+    ];
     // Unreachable broker: the model check must fail before anything connects.
-    let err = run_topology(&cfg, RunOptions { brokers: Some("127.0.0.1:1".into()), ..bounded() }).err().unwrap();
+    let err = run_topology(
+        &cfg,
+        RunOptions {
+            brokers: Some("127.0.0.1:1".into()),
+            ..bounded()
+        },
+    )
+    .err()
+    .unwrap();
     let msg = err.to_string();
-    assert!(matches!(err, TopologyError::Model(InferenceError::Mismatch { .. })), "{msg}");
+    assert!(
+        matches!(err, TopologyError::Model(InferenceError::Mismatch { .. })),
+        "{msg}"
+    );
     assert!(msg.contains("feature order") && msg.contains("tx_hour"), "{msg}");
 }
 
@@ -246,7 +344,15 @@ fn a_model_with_another_feature_order_is_refused_at_start_up() {
 fn a_missing_model_names_its_path() {
     let mut cfg = config("");
     cfg.model.path = "../models/fraud/no-such-model.onnx".into();
-    let err = run_topology(&cfg, RunOptions { brokers: Some("127.0.0.1:1".into()), ..bounded() }).err().unwrap();
+    let err = run_topology(
+        &cfg,
+        RunOptions {
+            brokers: Some("127.0.0.1:1".into()),
+            ..bounded()
+        },
+    )
+    .err()
+    .unwrap();
     assert!(err.to_string().contains("no-such-model.onnx"), "{err}");
     assert!(err.to_string().contains("not found"), "{err}");
 }

@@ -86,7 +86,12 @@ impl BulkProducer {
                     record = r;
                     std::thread::sleep(Duration::from_millis(1));
                 }
-                Err((e, _)) => return Err(ConnectorError::Kafka { context: format!("produce to `{topic}`"), source: e }),
+                Err((e, _)) => {
+                    return Err(ConnectorError::Kafka {
+                        context: format!("produce to `{topic}`"),
+                        source: e,
+                    })
+                }
             }
         }
     }
@@ -96,7 +101,9 @@ impl BulkProducer {
     /// # Errors
     /// [`ConnectorError::Kafka`] if the flush times out or any delivery failed.
     pub fn flush(&self, timeout: Duration) -> Result<(), ConnectorError> {
-        self.producer.flush(timeout).map_err(ConnectorError::kafka("flush producer"))?;
+        self.producer
+            .flush(timeout)
+            .map_err(ConnectorError::kafka("flush producer"))?;
         let ctx = self.producer.context();
         let failed = ctx.failed.load(Ordering::Relaxed);
         if failed > 0 {
@@ -268,18 +275,37 @@ pub fn read_topic(brokers: &str, topic: &str, timeout: Duration) -> Result<Vec<C
 ///
 /// # Errors
 /// [`ConnectorError`] if the topic is unknown or the broker does not answer within `timeout`.
-pub fn committed_offsets(brokers: &str, group: &str, topic: &str, timeout: Duration) -> Result<Vec<(i32, Option<i64>)>, ConnectorError> {
-    let consumer: BaseConsumer = client_config(brokers, &[("group.id", group), ("enable.auto.commit", "false")], &BTreeMap::new())
-        .create()
-        .map_err(ConnectorError::kafka("create consumer"))?;
+pub fn committed_offsets(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<(i32, Option<i64>)>, ConnectorError> {
+    let consumer: BaseConsumer = client_config(
+        brokers,
+        &[("group.id", group), ("enable.auto.commit", "false")],
+        &BTreeMap::new(),
+    )
+    .create()
+    .map_err(ConnectorError::kafka("create consumer"))?;
     let mut tpl = TopicPartitionList::new();
     for p in topic_partitions(&consumer, topic, timeout)? {
         tpl.add_partition(topic, p);
     }
-    let committed = consumer.committed_offsets(tpl, timeout).map_err(ConnectorError::kafka(format!("committed offsets of `{group}`")))?;
+    let committed = consumer
+        .committed_offsets(tpl, timeout)
+        .map_err(ConnectorError::kafka(format!("committed offsets of `{group}`")))?;
     Ok(committed
         .elements()
         .iter()
-        .map(|e| (e.partition(), match e.offset() { Offset::Offset(o) => Some(o), _ => None }))
+        .map(|e| {
+            (
+                e.partition(),
+                match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                },
+            )
+        })
         .collect())
 }

@@ -96,7 +96,12 @@ fn send_blocking(
                 record = r;
                 std::thread::sleep(Duration::from_micros(500));
             }
-            Err((e, _)) => return Err(SinkError::Enqueue { sink: sink.to_string(), detail: e.to_string() }),
+            Err((e, _)) => {
+                return Err(SinkError::Enqueue {
+                    sink: sink.to_string(),
+                    detail: e.to_string(),
+                })
+            }
         }
     }
 }
@@ -139,7 +144,11 @@ impl KafkaScoreSink {
         metrics: Arc<Metrics>,
     ) -> Result<Self, ConnectorError> {
         let producer = ack_producer(brokers, properties, ledger, metrics, "score")?;
-        Ok(Self { producer, topic: topic.to_string(), name: format!("kafka:{topic}") })
+        Ok(Self {
+            producer,
+            topic: topic.to_string(),
+            name: format!("kafka:{topic}"),
+        })
     }
 }
 
@@ -156,17 +165,16 @@ impl ScoreSink for KafkaScoreSink {
             let _ = write!(
                 value,
                 r#"{{"tx_id":{},"score":{},"model_version":{},"event_time_ms":{},"partition":{},"offset":{}}}"#,
-                row.tx_id,
-                score,
-                version,
-                row.event_time_ms,
-                row.lineage.partition,
-                row.lineage.offset
+                row.tx_id, score, version, row.event_time_ms, row.lineage.partition, row.lineage.offset
             );
             let _ = write!(key, "{}", row.tx_id);
             let record = BaseRecord::with_opaque_to(
                 &self.topic,
-                Box::new(Pending { lineage: row.lineage, read_at_us: row.read_at_us, dead_letter_reason: None }),
+                Box::new(Pending {
+                    lineage: row.lineage,
+                    read_at_us: row.read_at_us,
+                    dead_letter_reason: None,
+                }),
             )
             .key(key.as_slice())
             .payload(value.as_slice())
@@ -222,11 +230,26 @@ impl DeadLetterSink for KafkaDeadLetterSink {
         let partition = letter.lineage.partition.to_string();
         let offset = letter.lineage.offset.to_string();
         let headers = OwnedHeaders::new()
-            .insert(Header { key: "weir.dlq.reason", value: Some(letter.reason.as_bytes()) })
-            .insert(Header { key: "weir.dlq.detail", value: Some(letter.detail.as_bytes()) })
-            .insert(Header { key: "weir.source.topic", value: Some(self.source_topic.as_bytes()) })
-            .insert(Header { key: "weir.source.partition", value: Some(partition.as_bytes()) })
-            .insert(Header { key: "weir.source.offset", value: Some(offset.as_bytes()) });
+            .insert(Header {
+                key: "weir.dlq.reason",
+                value: Some(letter.reason.as_bytes()),
+            })
+            .insert(Header {
+                key: "weir.dlq.detail",
+                value: Some(letter.detail.as_bytes()),
+            })
+            .insert(Header {
+                key: "weir.source.topic",
+                value: Some(self.source_topic.as_bytes()),
+            })
+            .insert(Header {
+                key: "weir.source.partition",
+                value: Some(partition.as_bytes()),
+            })
+            .insert(Header {
+                key: "weir.source.offset",
+                value: Some(offset.as_bytes()),
+            });
         let pending = Box::new(Pending {
             lineage: letter.lineage,
             read_at_us: letter.read_at_us,

@@ -125,7 +125,14 @@ pub struct WatermarkBoard {
 impl WatermarkBoard {
     /// Publishes worker `worker`'s view of `topic` and returns the topic's watermark (ms), or
     /// `None` while nothing is known. `follows`: the main topic a side input falls back to.
-    pub fn publish(&self, topic: &str, worker: usize, holding: Option<i64>, seen: Option<i64>, follows: Option<&str>) -> Option<i64> {
+    pub fn publish(
+        &self,
+        topic: &str,
+        worker: usize,
+        holding: Option<i64>,
+        seen: Option<i64>,
+        follows: Option<&str>,
+    ) -> Option<i64> {
         let mut e = self.entries.lock().unwrap();
         e.insert((topic.to_string(), worker), (holding, seen));
         let topic_wm = |t: &str| -> Option<i64> {
@@ -315,10 +322,13 @@ pub fn kafka_source<'s>(
         last_sent: Mutex::new(HashMap::new()),
         worker,
     };
-    let consumer: BaseConsumer<SourceContext> =
-        client_config(&config.brokers, &consumer_defaults(&config.group_id), &config.properties)
-            .create_with_context(context)
-            .map_err(ConnectorError::kafka("create consumer"))?;
+    let consumer: BaseConsumer<SourceContext> = client_config(
+        &config.brokers,
+        &consumer_defaults(&config.group_id),
+        &config.properties,
+    )
+    .create_with_context(context)
+    .map_err(ConnectorError::kafka("create consumer"))?;
 
     let mut bounded = None;
     if config.bounded || config.assign {
@@ -366,206 +376,227 @@ pub fn kafka_source<'s>(
             .map_err(ConnectorError::kafka(format!("subscribe to `{}`", config.topic)))?;
     }
 
-    let stream = source::<_, CapacityContainerBuilder<Vec<SourceEvent>>, _, _>(scope, "KafkaSource", move |cap, info| {
-        let activator = scope.activator_for(info.address.clone());
-        let mut cap = Some(cap);
-        // The consumer stays (in the group) after the source finished, until the dataflow is
-        // dropped: the topology's workers wait for every source to finish before exiting.
-        let consumer = consumer;
-        let mut paused: Option<(Instant, usize)> = None;
-        let mut pressure_since: Option<Instant> = None;
-        let mut last_pressure = Instant::now();
-        let mut last_commit = Instant::now();
-        let mut drain_deadline: Option<Instant> = None;
-        // partition -> (largest timestamp seen, when the last message arrived)
-        let mut max_ts: HashMap<i32, (i64, Instant)> = HashMap::new();
-        // partition -> when it was first seen assigned
-        let mut assigned_at: HashMap<i32, Instant> = HashMap::new();
-        let mut last_wm_log = Instant::now();
-        let mut max_emitted = i64::MIN;
-        move |output| {
-            let Some(c) = cap.as_mut() else {
-                return;
-            };
-            let consumer_ref = &consumer;
-            let ctx = consumer_ref.context();
-            let assigned: Vec<i32> = ctx.assigned.lock().unwrap().clone();
-            let shutting_down = shared.flow.shutdown_requested();
-            let want_pause = shutting_down || shared.flow.should_pause();
-
-            // Backpressure. Brief pressure: stop polling (librdkafka's local queue, bounded by
-            // queued.max.messages.kbytes, keeps what it fetched). Pressure lasting PAUSE_AFTER:
-            // pause the partitions, so that fetching stops and poll() can keep serving
-            // callbacks. (A pause drops librdkafka's prefetched messages, which are fetched again
-            // on resume; pausing on every short spike would cost a round trip each time.)
-            let now = Instant::now();
-            if want_pause {
-                last_pressure = now;
-                pressure_since.get_or_insert(now);
-            }
-            let in_episode = pressure_since.is_some() && (want_pause || now - last_pressure < CALM_AFTER);
-            if !in_episode {
-                if let Some(since) = pressure_since.take() {
-                    shared.flow.add_paused_micros(since.elapsed().as_micros() as u64);
-                }
-                if paused.take().is_some() {
-                    if let Ok(a) = consumer_ref.assignment() {
-                        let _ = consumer_ref.resume(&a);
-                    }
-                }
-            } else if let Some(since) = pressure_since {
-                let long = shutting_down || now - since >= config.pause_after;
-                if long && paused.is_none_or(|(_, n)| n != assigned.len()) {
-                    if let Ok(a) = consumer_ref.assignment() {
-                        let _ = consumer_ref.pause(&a);
-                    }
-                    if paused.is_none() {
-                        shared.flow.add_pause();
-                    }
-                    paused.get_or_insert((now, 0)).1 = assigned.len();
-                }
-            }
-
-            let mut emitted = 0usize;
-            {
-                let mut session = output.session(&*c);
-                let polled_at = Instant::now();
-                // Paused: one poll serves callbacks (a message it returns is still emitted).
-                let budget = match (paused.is_some(), want_pause) {
-                    (true, _) => 1,
-                    (false, true) => 0,
-                    (false, false) => config.max_poll_records,
+    let stream = source::<_, CapacityContainerBuilder<Vec<SourceEvent>>, _, _>(
+        scope,
+        "KafkaSource",
+        move |cap, info| {
+            let activator = scope.activator_for(info.address.clone());
+            let mut cap = Some(cap);
+            // The consumer stays (in the group) after the source finished, until the dataflow is
+            // dropped: the topology's workers wait for every source to finish before exiting.
+            let consumer = consumer;
+            let mut paused: Option<(Instant, usize)> = None;
+            let mut pressure_since: Option<Instant> = None;
+            let mut last_pressure = Instant::now();
+            let mut last_commit = Instant::now();
+            let mut drain_deadline: Option<Instant> = None;
+            // partition -> (largest timestamp seen, when the last message arrived)
+            let mut max_ts: HashMap<i32, (i64, Instant)> = HashMap::new();
+            // partition -> when it was first seen assigned
+            let mut assigned_at: HashMap<i32, Instant> = HashMap::new();
+            let mut last_wm_log = Instant::now();
+            let mut max_emitted = i64::MIN;
+            move |output| {
+                let Some(c) = cap.as_mut() else {
+                    return;
                 };
-                for _ in 0..budget {
-                    match consumer_ref.poll(Duration::ZERO) {
-                        None => break,
-                        Some(Err(KafkaError::PartitionEOF(p))) => {
-                            if let Some(b) = bounded.as_mut() {
-                                b.remaining.remove(&p);
-                            }
-                        }
-                        Some(Err(e)) => {
-                            tracing::warn!(worker, error = %e, "consumer error");
-                            break;
-                        }
-                        Some(Ok(m)) => {
-                            let partition = m.partition();
-                            let offset = m.offset();
-                            if let Some(b) = bounded.as_mut() {
-                                match b.remaining.get(&partition) {
-                                    Some(&stop) if offset < stop => {
-                                        if offset + 1 >= stop {
-                                            b.remaining.remove(&partition);
-                                        }
-                                    }
-                                    _ => continue, // past the range
-                                }
-                            }
-                            let ts = m.timestamp().to_millis().unwrap_or_else(clock::wall_ms);
-                            let e = max_ts.entry(partition).or_insert((ts, polled_at));
-                            e.0 = e.0.max(ts);
-                            e.1 = polled_at;
-                            let lineage = Lineage { partition, offset };
-                            if config.commit {
-                                shared.ledger.register(lineage);
-                            }
-                            session.give(SourceEvent {
-                                lineage,
-                                key: m.key().map(<[u8]>::to_vec),
-                                payload: m.payload().map(<[u8]>::to_vec),
-                                timestamp_ms: ts,
-                                read_at_us: clock::now_micros(),
-                            });
-                            emitted += 1;
-                        }
-                    }
+                let consumer_ref = &consumer;
+                let ctx = consumer_ref.context();
+                let assigned: Vec<i32> = ctx.assigned.lock().unwrap().clone();
+                let shutting_down = shared.flow.shutdown_requested();
+                let want_pause = shutting_down || shared.flow.should_pause();
+
+                // Backpressure. Brief pressure: stop polling (librdkafka's local queue, bounded by
+                // queued.max.messages.kbytes, keeps what it fetched). Pressure lasting PAUSE_AFTER:
+                // pause the partitions, so that fetching stops and poll() can keep serving
+                // callbacks. (A pause drops librdkafka's prefetched messages, which are fetched again
+                // on resume; pausing on every short spike would cost a round trip each time.)
+                let now = Instant::now();
+                if want_pause {
+                    last_pressure = now;
+                    pressure_since.get_or_insert(now);
                 }
-            }
-            if emitted > 0 {
-                // Records were stamped with the capability's time (late ones included): once
-                // nothing holds, the watermark must pass it too.
-                max_emitted = max_emitted.max(*c.time() as i64);
-            }
-            if config.commit {
-                // The main input: each event ends as a batch row or a dead letter.
-                shared.metrics.events_in.inc_by(emitted as u64);
-                shared.flow.add_in_flight(emitted);
-            }
-
-            // Watermark: the minimum, over partitions still expected to deliver, of (largest
-            // timestamp seen - allowed lateness). A partition is not expected when it finished
-            // its range, or has been silent for idle_timeout (never seen: since assignment).
-            // When none is expected, everything read so far is complete: largest seen + 1.
-            let now = Instant::now();
-            for p in &assigned {
-                assigned_at.entry(*p).or_insert(now);
-            }
-            let mut holding: Option<i64> = None;
-            let mut seen_max: Option<i64> = None;
-            for p in &assigned {
-                let finished = bounded.as_ref().is_some_and(|b| !b.remaining.contains_key(p));
-                match max_ts.get(p) {
-                    Some(&(ts, last)) => {
-                        seen_max = Some(seen_max.map_or(ts, |m| m.max(ts)));
-                        if !finished && now - last < config.idle_timeout {
-                            let h = ts - config.allowed_lateness_ms;
-                            holding = Some(holding.map_or(h, |m| m.min(h)));
-                        }
-                    }
-                    None if !finished && now - assigned_at[p] < config.idle_timeout => {
-                        holding = Some(holding.map_or(i64::MIN, |m| m.min(i64::MIN)));
-                    }
-                    None => {}
-                }
-            }
-            // "Everything read is complete" must cover what was emitted at a later stamp (late
-            // records, raised to the capability's time) as well as what was read.
-            let seen_max = match (seen_max, max_emitted) {
-                (Some(s), e) if e > i64::MIN => Some(s.max(e)),
-                (s, _) => s,
-            };
-            let wm = shared.watermarks.publish(&config.topic, worker, holding, seen_max, config.follows.as_deref()).unwrap_or(i64::MIN);
-            if wm > 0 && wm as u64 > *c.time() {
-                c.downgrade(&(wm as u64));
-            }
-            if last_wm_log.elapsed() >= Duration::from_secs(1) {
-                last_wm_log = now;
-                tracing::debug!(worker, topic = %config.topic, capability = *c.time(), ?holding, ?seen_max, assigned = assigned.len(), in_flight = shared.flow.in_flight(), buffered = shared.flow.buffered_rows(), want_pause, paused = paused.is_some(), "watermark");
-            }
-
-            let live = bounded.is_none() && config.commit;
-            if live && last_commit.elapsed() >= config.commit_interval {
-                ctx.commit_acked(consumer_ref, &assigned, CommitMode::Async);
-                last_commit = Instant::now();
-            }
-
-            let finished_range = bounded.as_ref().is_some_and(|b| b.remaining.is_empty());
-            if finished_range || shutting_down {
-                let deadline = *drain_deadline.get_or_insert_with(|| Instant::now() + config.drain_timeout);
-                let unacked = if config.commit { shared.ledger.unacked(&assigned) } else { 0 };
-                if !live || unacked == 0 || Instant::now() >= deadline {
-                    if live {
-                        if unacked > 0 {
-                            tracing::warn!(worker, unacked, "drain timeout: in-flight events stay uncommitted and will be re-read");
-                        }
-                        ctx.commit_acked(consumer_ref, &assigned, CommitMode::Sync);
-                    }
+                let in_episode = pressure_since.is_some() && (want_pause || now - last_pressure < CALM_AFTER);
+                if !in_episode {
                     if let Some(since) = pressure_since.take() {
                         shared.flow.add_paused_micros(since.elapsed().as_micros() as u64);
                     }
-                    tracing::info!(worker, topic = %config.topic, "source finished");
-                    shared.watermarks.publish(&config.topic, worker, None, max_ts.values().map(|v| v.0).max(), None);
-                    shared.flow.source_finished();
-                    cap = None;
-                    return;
+                    if paused.take().is_some() {
+                        if let Ok(a) = consumer_ref.assignment() {
+                            let _ = consumer_ref.resume(&a);
+                        }
+                    }
+                } else if let Some(since) = pressure_since {
+                    let long = shutting_down || now - since >= config.pause_after;
+                    if long && paused.is_none_or(|(_, n)| n != assigned.len()) {
+                        if let Ok(a) = consumer_ref.assignment() {
+                            let _ = consumer_ref.pause(&a);
+                        }
+                        if paused.is_none() {
+                            shared.flow.add_pause();
+                        }
+                        paused.get_or_insert((now, 0)).1 = assigned.len();
+                    }
+                }
+
+                let mut emitted = 0usize;
+                {
+                    let mut session = output.session(&*c);
+                    let polled_at = Instant::now();
+                    // Paused: one poll serves callbacks (a message it returns is still emitted).
+                    let budget = match (paused.is_some(), want_pause) {
+                        (true, _) => 1,
+                        (false, true) => 0,
+                        (false, false) => config.max_poll_records,
+                    };
+                    for _ in 0..budget {
+                        match consumer_ref.poll(Duration::ZERO) {
+                            None => break,
+                            Some(Err(KafkaError::PartitionEOF(p))) => {
+                                if let Some(b) = bounded.as_mut() {
+                                    b.remaining.remove(&p);
+                                }
+                            }
+                            Some(Err(e)) => {
+                                tracing::warn!(worker, error = %e, "consumer error");
+                                break;
+                            }
+                            Some(Ok(m)) => {
+                                let partition = m.partition();
+                                let offset = m.offset();
+                                if let Some(b) = bounded.as_mut() {
+                                    match b.remaining.get(&partition) {
+                                        Some(&stop) if offset < stop => {
+                                            if offset + 1 >= stop {
+                                                b.remaining.remove(&partition);
+                                            }
+                                        }
+                                        _ => continue, // past the range
+                                    }
+                                }
+                                let ts = m.timestamp().to_millis().unwrap_or_else(clock::wall_ms);
+                                let e = max_ts.entry(partition).or_insert((ts, polled_at));
+                                e.0 = e.0.max(ts);
+                                e.1 = polled_at;
+                                let lineage = Lineage { partition, offset };
+                                if config.commit {
+                                    shared.ledger.register(lineage);
+                                }
+                                session.give(SourceEvent {
+                                    lineage,
+                                    key: m.key().map(<[u8]>::to_vec),
+                                    payload: m.payload().map(<[u8]>::to_vec),
+                                    timestamp_ms: ts,
+                                    read_at_us: clock::now_micros(),
+                                });
+                                emitted += 1;
+                            }
+                        }
+                    }
+                }
+                if emitted > 0 {
+                    // Records were stamped with the capability's time (late ones included): once
+                    // nothing holds, the watermark must pass it too.
+                    max_emitted = max_emitted.max(*c.time() as i64);
+                }
+                if config.commit {
+                    // The main input: each event ends as a batch row or a dead letter.
+                    shared.metrics.events_in.inc_by(emitted as u64);
+                    shared.flow.add_in_flight(emitted);
+                }
+
+                // Watermark: the minimum, over partitions still expected to deliver, of (largest
+                // timestamp seen - allowed lateness). A partition is not expected when it finished
+                // its range, or has been silent for idle_timeout (never seen: since assignment).
+                // When none is expected, everything read so far is complete: largest seen + 1.
+                let now = Instant::now();
+                for p in &assigned {
+                    assigned_at.entry(*p).or_insert(now);
+                }
+                let mut holding: Option<i64> = None;
+                let mut seen_max: Option<i64> = None;
+                for p in &assigned {
+                    let finished = bounded.as_ref().is_some_and(|b| !b.remaining.contains_key(p));
+                    match max_ts.get(p) {
+                        Some(&(ts, last)) => {
+                            seen_max = Some(seen_max.map_or(ts, |m| m.max(ts)));
+                            if !finished && now - last < config.idle_timeout {
+                                let h = ts - config.allowed_lateness_ms;
+                                holding = Some(holding.map_or(h, |m| m.min(h)));
+                            }
+                        }
+                        None if !finished && now - assigned_at[p] < config.idle_timeout => {
+                            holding = Some(holding.map_or(i64::MIN, |m| m.min(i64::MIN)));
+                        }
+                        None => {}
+                    }
+                }
+                // "Everything read is complete" must cover what was emitted at a later stamp (late
+                // records, raised to the capability's time) as well as what was read.
+                let seen_max = match (seen_max, max_emitted) {
+                    (Some(s), e) if e > i64::MIN => Some(s.max(e)),
+                    (s, _) => s,
+                };
+                let wm = shared
+                    .watermarks
+                    .publish(&config.topic, worker, holding, seen_max, config.follows.as_deref())
+                    .unwrap_or(i64::MIN);
+                if wm > 0 && wm as u64 > *c.time() {
+                    c.downgrade(&(wm as u64));
+                }
+                if last_wm_log.elapsed() >= Duration::from_secs(1) {
+                    last_wm_log = now;
+                    tracing::debug!(worker, topic = %config.topic, capability = *c.time(), ?holding, ?seen_max, assigned = assigned.len(), in_flight = shared.flow.in_flight(), buffered = shared.flow.buffered_rows(), want_pause, paused = paused.is_some(), "watermark");
+                }
+
+                let live = bounded.is_none() && config.commit;
+                if live && last_commit.elapsed() >= config.commit_interval {
+                    ctx.commit_acked(consumer_ref, &assigned, CommitMode::Async);
+                    last_commit = Instant::now();
+                }
+
+                let finished_range = bounded.as_ref().is_some_and(|b| b.remaining.is_empty());
+                if finished_range || shutting_down {
+                    let deadline = *drain_deadline.get_or_insert_with(|| Instant::now() + config.drain_timeout);
+                    let unacked = if config.commit {
+                        shared.ledger.unacked(&assigned)
+                    } else {
+                        0
+                    };
+                    if !live || unacked == 0 || Instant::now() >= deadline {
+                        if live {
+                            if unacked > 0 {
+                                tracing::warn!(
+                                    worker,
+                                    unacked,
+                                    "drain timeout: in-flight events stay uncommitted and will be re-read"
+                                );
+                            }
+                            ctx.commit_acked(consumer_ref, &assigned, CommitMode::Sync);
+                        }
+                        if let Some(since) = pressure_since.take() {
+                            shared.flow.add_paused_micros(since.elapsed().as_micros() as u64);
+                        }
+                        tracing::info!(worker, topic = %config.topic, "source finished");
+                        shared.watermarks.publish(
+                            &config.topic,
+                            worker,
+                            None,
+                            max_ts.values().map(|v| v.0).max(),
+                            None,
+                        );
+                        shared.flow.source_finished();
+                        cap = None;
+                        return;
+                    }
+                }
+                if emitted > 0 && !want_pause {
+                    activator.activate();
+                } else {
+                    activator.activate_after(Duration::from_millis(1));
                 }
             }
-            if emitted > 0 && !want_pause {
-                activator.activate();
-            } else {
-                activator.activate_after(Duration::from_millis(1));
-            }
-        }
-    });
+        },
+    );
     Ok(stream)
 }

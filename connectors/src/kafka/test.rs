@@ -38,7 +38,13 @@ fn produce(brokers: &str, n: usize) {
     let p = BulkProducer::new(brokers, &BTreeMap::new()).unwrap();
     for i in 0..n {
         let key = format!("k{}", i % 17);
-        p.send("events", Some(key.as_bytes()), format!("{i}").as_bytes(), Some(1_000 + i as i64)).unwrap();
+        p.send(
+            "events",
+            Some(key.as_bytes()),
+            format!("{i}").as_bytes(),
+            Some(1_000 + i as i64),
+        )
+        .unwrap();
     }
     p.flush(Duration::from_secs(30)).unwrap();
 }
@@ -47,12 +53,20 @@ fn produce(brokers: &str, n: usize) {
 /// Returns the events seen. Stops when the source completes (bounded) or after `stop_after`
 /// events (live: requests shutdown).
 fn run(config: KafkaSourceConfig, stop_after: usize, ack: fn(&SourceEvent) -> bool) -> Vec<SourceEvent> {
-    let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("weir_connectors=debug").try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("weir_connectors=debug")
+        .try_init();
     let ledger = Arc::new(DeliveryLedger::new());
     let flow = Arc::new(FlowControl::new(1_000_000));
     let metrics = Arc::new(Metrics::new("test"));
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let shared = SourceShared { ledger: ledger.clone(), flow: flow.clone(), metrics, watermarks: Default::default() };
+    let shared = SourceShared {
+        ledger: ledger.clone(),
+        flow: flow.clone(),
+        metrics,
+        watermarks: Default::default(),
+    };
     let seen2 = seen.clone();
     let guards = timely::execute(timely::Config::process(2), move |worker| {
         let config = config.clone();
@@ -120,10 +134,21 @@ fn bounded_source_reads_each_offset_once_across_workers() {
     lineages.dedup();
     assert_eq!(lineages.len(), 1000, "every offset exactly once");
     assert_eq!(seen.len(), 1000);
-    let mut payloads: Vec<i64> = seen.iter().map(|e| std::str::from_utf8(e.payload.as_deref().unwrap()).unwrap().parse().unwrap()).collect();
+    let mut payloads: Vec<i64> = seen
+        .iter()
+        .map(|e| {
+            std::str::from_utf8(e.payload.as_deref().unwrap())
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
     payloads.sort();
     assert_eq!(payloads, (0..1000).collect::<Vec<_>>());
-    assert!(seen.iter().all(|e| e.timestamp_ms >= 1000), "message timestamps carried");
+    assert!(
+        seen.iter().all(|e| e.timestamp_ms >= 1000),
+        "message timestamps carried"
+    );
     assert!(committed(&brokers, "g-bounded").is_empty(), "bounded runs never commit");
 }
 
@@ -134,14 +159,29 @@ fn live_source_commits_only_acknowledged_offsets() {
     let brokers = kafka.bootstrap_servers();
     produce(&brokers, 600);
     // Acknowledge everything except the event whose payload is "300".
-    let seen = run(config(&brokers, false, "g-live"), 600, |e| e.payload.as_deref() != Some(b"300"));
+    let seen = run(config(&brokers, false, "g-live"), 600, |e| {
+        e.payload.as_deref() != Some(b"300")
+    });
     assert!(seen.len() >= 600);
-    let hole = seen.iter().find(|e| e.payload.as_deref() == Some(b"300")).unwrap().lineage;
+    let hole = seen
+        .iter()
+        .find(|e| e.payload.as_deref() == Some(b"300"))
+        .unwrap()
+        .lineage;
     let commits = committed(&brokers, "g-live");
     for p in 0..3 {
-        let hi = seen.iter().filter(|e| e.lineage.partition == p).map(|e| e.lineage.offset + 1).max().unwrap();
+        let hi = seen
+            .iter()
+            .filter(|e| e.lineage.partition == p)
+            .map(|e| e.lineage.offset + 1)
+            .max()
+            .unwrap();
         let expected = if p == hole.partition { hole.offset } else { hi };
-        assert_eq!(commits.get(&p), Some(&expected), "partition {p}: commits stop at the unacknowledged offset");
+        assert_eq!(
+            commits.get(&p),
+            Some(&expected),
+            "partition {p}: commits stop at the unacknowledged offset"
+        );
     }
 }
 
@@ -154,7 +194,15 @@ fn score_sink_acknowledges_delivered_scores() {
     let metrics = Arc::new(Metrics::new("t"));
     let sink = KafkaScoreSink::new(&brokers, "scores", &BTreeMap::new(), ledger.clone(), metrics.clone()).unwrap();
     let rows: Vec<RowMeta> = (0..50)
-        .map(|i| RowMeta { lineage: weir_core::Lineage { partition: 0, offset: i }, tx_id: 100 + i as u64, event_time_ms: 5, read_at_us: 0 })
+        .map(|i| RowMeta {
+            lineage: weir_core::Lineage {
+                partition: 0,
+                offset: i,
+            },
+            tx_id: 100 + i as u64,
+            event_time_ms: 5,
+            read_at_us: 0,
+        })
         .collect();
     for r in &rows {
         ledger.register(r.lineage);

@@ -46,7 +46,10 @@ pub struct TrainingSetWriter {
 }
 
 fn err(path: &Path, e: impl std::fmt::Display) -> ConnectorError {
-    ConnectorError::File { context: format!("write training set `{}`", path.display()), detail: e.to_string() }
+    ConnectorError::File {
+        context: format!("write training set `{}`", path.display()),
+        detail: e.to_string(),
+    }
 }
 
 impl TrainingSetWriter {
@@ -60,7 +63,11 @@ impl TrainingSetWriter {
         }
         let mut fields = vec![
             Field::new("tx_id", DataType::UInt64, false),
-            Field::new("event_time", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false),
+            Field::new(
+                "event_time",
+                DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+                false,
+            ),
             Field::new("customer_id", DataType::UInt64, false),
             Field::new("terminal_id", DataType::UInt64, false),
         ];
@@ -68,9 +75,18 @@ impl TrainingSetWriter {
         fields.push(Field::new("tx_fraud", DataType::Int8, false));
         let schema: SchemaRef = Arc::new(Schema::new(fields));
         let file = File::create(path).map_err(|e| err(path, e))?;
-        let props = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::default())).build();
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::default()))
+            .build();
         let writer = ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(|e| err(path, e))?;
-        Ok(Self { writer, schema, buffer: Vec::new(), batch_rows: 65_536, path: path.to_path_buf(), rows: 0 })
+        Ok(Self {
+            writer,
+            schema,
+            buffer: Vec::new(),
+            batch_rows: 65_536,
+            path: path.to_path_buf(),
+            rows: 0,
+        })
     }
 
     /// Adds a row.
@@ -93,12 +109,16 @@ impl TrainingSetWriter {
         let n_features = self.schema.fields().len() - 5;
         let mut columns: Vec<ArrayRef> = vec![
             Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.tx_id))),
-            Arc::new(TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.event_time_ms)).with_timezone("UTC")),
+            Arc::new(
+                TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.event_time_ms)).with_timezone("UTC"),
+            ),
             Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.customer_id))),
             Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.terminal_id))),
         ];
         for i in 0..n_features {
-            columns.push(Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.features[i]))));
+            columns.push(Arc::new(Float64Array::from_iter_values(
+                rows.iter().map(|r| r.features[i]),
+            )));
         }
         columns.push(Arc::new(Int8Array::from_iter_values(rows.iter().map(|r| r.tx_fraud))));
         let batch = RecordBatch::try_new(self.schema.clone(), columns).map_err(|e| err(&self.path, e))?;

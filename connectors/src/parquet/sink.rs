@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arrow::array::{ArrayRef, Float32Array, Int32Array, Int64Array, StringArray, TimestampMillisecondArray, UInt64Array};
+use arrow::array::{
+    ArrayRef, Float32Array, Int32Array, Int64Array, StringArray, TimestampMillisecondArray, UInt64Array,
+};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
@@ -28,7 +30,11 @@ use crate::ConnectorError;
 pub fn score_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("tx_id", DataType::UInt64, false),
-        Field::new("event_time", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false),
+        Field::new(
+            "event_time",
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            false,
+        ),
         Field::new("score", DataType::Float32, false),
         Field::new("model_version", DataType::Utf8, false),
         Field::new("source_partition", DataType::Int32, false),
@@ -64,7 +70,10 @@ pub struct ParquetScoreSink {
 }
 
 fn io(sink: &Path, e: impl std::fmt::Display) -> SinkError {
-    SinkError::Io { sink: format!("parquet:{}", sink.display()), detail: e.to_string() }
+    SinkError::Io {
+        sink: format!("parquet:{}", sink.display()),
+        detail: e.to_string(),
+    }
 }
 
 impl ParquetScoreSink {
@@ -89,7 +98,11 @@ impl ParquetScoreSink {
             max_rows_per_file: max_rows_per_file.max(1),
             row_group_rows: row_group_rows.max(1),
             schema: score_schema(),
-            state: Mutex::new(State { open: None, seq: 0, written: Vec::new() }),
+            state: Mutex::new(State {
+                open: None,
+                seq: 0,
+                written: Vec::new(),
+            }),
             ledger,
             metrics,
         })
@@ -110,7 +123,13 @@ impl ParquetScoreSink {
             .set_max_row_group_row_count(Some(self.row_group_rows))
             .build();
         let writer = ArrowWriter::try_new(file, self.schema.clone(), Some(props)).map_err(|e| io(&tmp, e))?;
-        state.open = Some(OpenFile { writer, tmp, path, rows: 0, pending: Vec::new() });
+        state.open = Some(OpenFile {
+            writer,
+            tmp,
+            path,
+            rows: 0,
+            pending: Vec::new(),
+        });
         Ok(())
     }
 
@@ -121,7 +140,8 @@ impl ParquetScoreSink {
         for row in &f.pending {
             self.ledger.ack(row.lineage);
         }
-        self.metrics.record_latencies_us(f.pending.iter().map(|row| clock::micros_since(row.read_at_us)));
+        self.metrics
+            .record_latencies_us(f.pending.iter().map(|row| clock::micros_since(row.read_at_us)));
         self.metrics.scores_out.inc_by(f.pending.len() as u64);
         tracing::info!(path = %f.path.display(), rows = f.rows, "parquet file complete");
         state.written.push(f.path);
@@ -142,7 +162,9 @@ impl ScoreSink for ParquetScoreSink {
             let r = &rows[start..start + n];
             let columns: Vec<ArrayRef> = vec![
                 Arc::new(UInt64Array::from_iter_values(r.iter().map(|m| m.tx_id))),
-                Arc::new(TimestampMillisecondArray::from_iter_values(r.iter().map(|m| m.event_time_ms)).with_timezone("UTC")),
+                Arc::new(
+                    TimestampMillisecondArray::from_iter_values(r.iter().map(|m| m.event_time_ms)).with_timezone("UTC"),
+                ),
                 Arc::new(Float32Array::from(scores[start..start + n].to_vec())),
                 Arc::new(StringArray::from_iter_values(std::iter::repeat_n(model_version, n))),
                 Arc::new(Int32Array::from_iter_values(r.iter().map(|m| m.lineage.partition))),
@@ -184,15 +206,31 @@ mod tests {
         let metrics = Arc::new(Metrics::new("t"));
         let sink = ParquetScoreSink::new(dir.path(), 250, 100, ledger.clone(), metrics).unwrap();
         let rows: Vec<RowMeta> = (0..600)
-            .map(|i| RowMeta { lineage: Lineage { partition: 1, offset: i }, tx_id: i as u64, event_time_ms: 1000 + i, read_at_us: 0 })
+            .map(|i| RowMeta {
+                lineage: Lineage {
+                    partition: 1,
+                    offset: i,
+                },
+                tx_id: i as u64,
+                event_time_ms: 1000 + i,
+                read_at_us: 0,
+            })
             .collect();
         rows.iter().for_each(|r| ledger.register(r.lineage));
         let scores: Vec<f32> = (0..600).map(|i| i as f32).collect();
         sink.write(&rows[..300], &scores[..300], "m1").unwrap();
-        assert_eq!(ledger.committable(&[1]), vec![(1, 250)], "first file complete at 250 rows");
+        assert_eq!(
+            ledger.committable(&[1]),
+            vec![(1, 250)],
+            "first file complete at 250 rows"
+        );
         sink.write(&rows[300..], &scores[300..], "m1").unwrap();
         assert_eq!(ledger.committable(&[1]), vec![(1, 500)]);
-        assert_eq!(ledger.unacked(&[1]), 100, "rows of the in-progress file are not acknowledged");
+        assert_eq!(
+            ledger.unacked(&[1]),
+            100,
+            "rows of the in-progress file are not acknowledged"
+        );
         sink.close().unwrap();
         assert_eq!(ledger.committable(&[1]), vec![(1, 600)]);
         let files = sink.files();
@@ -200,7 +238,10 @@ mod tests {
         let mut total = 0;
         let mut ids = Vec::new();
         for f in &files {
-            let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(f).unwrap()).unwrap().build().unwrap();
+            let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(f).unwrap())
+                .unwrap()
+                .build()
+                .unwrap();
             for b in reader {
                 let b = b.unwrap();
                 total += b.num_rows();
@@ -215,6 +256,10 @@ mod tests {
         assert_eq!(total, 600);
         ids.sort();
         assert_eq!(ids, (0..600).collect::<Vec<u64>>());
-        assert!(std::fs::read_dir(dir.path()).unwrap().all(|e| !e.unwrap().path().to_string_lossy().ends_with("inprogress")));
+        assert!(std::fs::read_dir(dir.path()).unwrap().all(|e| !e
+            .unwrap()
+            .path()
+            .to_string_lossy()
+            .ends_with("inprogress")));
     }
 }

@@ -16,7 +16,11 @@ use weir_topologies::generate::{generate, Target};
 use weir_topologies::runner::{open_scorers, run_topology, RunOptions};
 
 #[derive(Parser)]
-#[command(name = "weir", version, about = "Score Kafka event streams with ONNX models in micro-batches")]
+#[command(
+    name = "weir",
+    version,
+    about = "Score Kafka event streams with ONNX models in micro-batches"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -158,7 +162,11 @@ enum Command {
     /// Start an embedded (mock) Kafka broker and keep it running until SIGINT/SIGTERM.
     Broker {
         /// Topics to create, as name:partitions.
-        #[arg(long, value_delimiter = ',', default_value = "transactions:4,fraud-labels:4,scores:4,transactions-dlq:1")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "transactions:4,fraud-labels:4,scores:4,transactions-dlq:1"
+        )]
         topics: Vec<String>,
         /// Write the bootstrap servers to this file once ready.
         #[arg(long)]
@@ -206,14 +214,19 @@ enum FeaturesCommand {
 fn rfc3339_ms(s: &str, flag: &str) -> Result<i64, String> {
     match parse_start(s) {
         Ok(weir_connectors::kafka::source::StartPosition::Timestamp(ms)) => Ok(ms),
-        _ => Err(format!("{flag}: `{s}` is not an RFC 3339 time such as 2018-05-01T00:00:00Z")),
+        _ => Err(format!(
+            "{flag}: `{s}` is not an RFC 3339 time such as 2018-05-01T00:00:00Z"
+        )),
     }
 }
 
 fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// SIGINT/SIGTERM set a flag; a second SIGINT exits at once.
@@ -229,11 +242,20 @@ fn shutdown_flag() -> Arc<AtomicBool> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: Result<(), String> = match cli.command {
-        Command::Run { topology, brokers, until_end, start } => {
+        Command::Run {
+            topology,
+            brokers,
+            until_end,
+            start,
+        } => {
             init_logging("info");
             (|| {
                 let cfg = TopologyConfig::load(&topology).map_err(|e| e.to_string())?;
-                let start = start.as_deref().map(parse_start).transpose().map_err(|e| format!("--start: {e}"))?;
+                let start = start
+                    .as_deref()
+                    .map(parse_start)
+                    .transpose()
+                    .map_err(|e| format!("--start: {e}"))?;
                 let flow = Arc::new(weir_topologies::runner::flow_control(&cfg));
                 let flag = shutdown_flag();
                 let f = flow.clone();
@@ -247,7 +269,13 @@ fn main() -> ExitCode {
                 });
                 let report = run_topology(
                     &cfg,
-                    RunOptions { brokers, bounded: until_end, start, flow: Some(flow), ..RunOptions::default() },
+                    RunOptions {
+                        brokers,
+                        bounded: until_end,
+                        start,
+                        flow: Some(flow),
+                        ..RunOptions::default()
+                    },
                 )
                 .map_err(|e| e.to_string())?;
                 println!(
@@ -266,12 +294,24 @@ fn main() -> ExitCode {
                 Ok(())
             })()
         }
-        Command::Generate { sim, brokers, topic, labels_topic, out, malformed, rate } => {
+        Command::Generate {
+            sim,
+            brokers,
+            topic,
+            labels_topic,
+            out,
+            malformed,
+            rate,
+        } => {
             init_logging("warn");
             (|| {
                 let config = sim.config()?;
                 let target = match (brokers, out) {
-                    (Some(brokers), None) => Target::Kafka { brokers, topic, labels_topic },
+                    (Some(brokers), None) => Target::Kafka {
+                        brokers,
+                        topic,
+                        labels_topic,
+                    },
                     (None, Some(out)) => {
                         let labels_path = out.with_extension("labels.jsonl");
                         Target::Jsonl { path: out, labels_path }
@@ -281,36 +321,75 @@ fn main() -> ExitCode {
                 let pb = indicatif::ProgressBar::new(config.n_days as u64);
                 let s = generate(config, &target, malformed, rate, |_| {}, |_| pb.inc(1)).map_err(|e| e.to_string())?;
                 pb.finish_and_clear();
-                println!("generated {} transactions ({} fraudulent), {} malformed events -> {target:?}", s.transactions, s.frauds, s.malformed);
+                println!(
+                    "generated {} transactions ({} fraudulent), {} malformed events -> {target:?}",
+                    s.transactions, s.frauds, s.malformed
+                );
                 Ok(())
             })()
         }
-        Command::Demo { topology, sim, malformed, partitions } => {
+        Command::Demo {
+            topology,
+            sim,
+            malformed,
+            partitions,
+        } => {
             init_logging("warn");
             (|| {
-                let opts = DemoOptions { topology, sim: sim.config()?, malformed, partitions, progress: true };
+                let opts = DemoOptions {
+                    topology,
+                    sim: sim.config()?,
+                    malformed,
+                    partitions,
+                    progress: true,
+                };
                 let report = run_demo(&opts).map_err(|e| e.to_string())?;
                 print!("{}", summary(&report));
                 if report.missing > 0 || report.duplicates > 0 {
-                    return Err(format!("{} transactions missing, {} duplicated", report.missing, report.duplicates));
+                    return Err(format!(
+                        "{} transactions missing, {} duplicated",
+                        report.missing, report.duplicates
+                    ));
                 }
                 Ok(())
             })()
         }
-        Command::Bench { topology, sim, partitions, onnx_seconds } => {
+        Command::Bench {
+            topology,
+            sim,
+            partitions,
+            onnx_seconds,
+        } => {
             init_logging("warn");
             (|| {
-                let opts = BenchOptions { topology, sim: sim.config()?, partitions, onnx_seconds };
+                let opts = BenchOptions {
+                    topology,
+                    sim: sim.config()?,
+                    partitions,
+                    onnx_seconds,
+                };
                 let report = run_bench(&opts).map_err(|e| e.to_string())?;
                 print!("{}", report.render());
                 Ok(())
             })()
         }
-        Command::BenchFeatures { topology, events, workers, customers, terminals } => {
+        Command::BenchFeatures {
+            topology,
+            events,
+            workers,
+            customers,
+            terminals,
+        } => {
             init_logging("warn");
             (|| {
-                let sim = SimConfig { n_customers: customers, n_terminals: terminals, n_days: 100_000, ..SimConfig::default() };
-                let r = weir_topologies::bench::run_feature_bench(&topology, sim, events, workers).map_err(|e| e.to_string())?;
+                let sim = SimConfig {
+                    n_customers: customers,
+                    n_terminals: terminals,
+                    n_days: 100_000,
+                    ..SimConfig::default()
+                };
+                let r = weir_topologies::bench::run_feature_bench(&topology, sim, events, workers)
+                    .map_err(|e| e.to_string())?;
                 println!(
                     "feature store: {} transactions + {} labels, {customers} customers / {terminals} terminals, {} workers: {:.1} s = {:.0} events/s; resident memory after {:.0} MiB, peak {:.0} MiB",
                     r.events,
@@ -327,8 +406,9 @@ fn main() -> ExitCode {
         Command::Offsets { brokers, group, topic } => {
             init_logging("warn");
             (|| {
-                let offsets = weir_connectors::kafka::admin::committed_offsets(&brokers, &group, &topic, Duration::from_secs(10))
-                    .map_err(|e| e.to_string())?;
+                let offsets =
+                    weir_connectors::kafka::admin::committed_offsets(&brokers, &group, &topic, Duration::from_secs(10))
+                        .map_err(|e| e.to_string())?;
                 for (p, o) in offsets {
                     println!("{p} {}", o.map(|o| o.to_string()).unwrap_or_else(|| "-".into()));
                 }
@@ -341,7 +421,9 @@ fn main() -> ExitCode {
                 let kafka = EmbeddedKafka::start().map_err(|e| e.to_string())?;
                 for t in &topics {
                     let (name, parts) = t.split_once(':').unwrap_or((t.as_str(), "1"));
-                    let parts: i32 = parts.parse().map_err(|_| format!("--topics: `{t}` is not name:partitions"))?;
+                    let parts: i32 = parts
+                        .parse()
+                        .map_err(|_| format!("--topics: `{t}` is not name:partitions"))?;
                     kafka.create_topic(name, parts).map_err(|e| e.to_string())?;
                 }
                 let servers = kafka.bootstrap_servers();
@@ -357,7 +439,18 @@ fn main() -> ExitCode {
                 Ok(())
             })()
         }
-        Command::Features { command: FeaturesCommand::Export { topology, out, brokers, from, to, generate_days, seed } } => {
+        Command::Features {
+            command:
+                FeaturesCommand::Export {
+                    topology,
+                    out,
+                    brokers,
+                    from,
+                    to,
+                    generate_days,
+                    seed,
+                },
+        } => {
             init_logging("warn");
             (|| {
                 let opts = weir_topologies::export::ExportOptions {
@@ -366,7 +459,11 @@ fn main() -> ExitCode {
                     from_ms: from.as_deref().map(|s| rfc3339_ms(s, "--from")).transpose()?,
                     to_ms: to.as_deref().map(|s| rfc3339_ms(s, "--to")).transpose()?,
                     out: out.clone(),
-                    generate: generate_days.map(|n_days| SimConfig { n_days, seed, ..SimConfig::default() }),
+                    generate: generate_days.map(|n_days| SimConfig {
+                        n_days,
+                        seed,
+                        ..SimConfig::default()
+                    }),
                 };
                 let r = weir_topologies::export::export_training_set(&opts).map_err(|e| e.to_string())?;
                 println!(
