@@ -115,8 +115,8 @@ pub struct WindowedFeature {
 pub enum AccKind {
     /// +1 per transaction.
     TxCount,
-    /// + amount in micro-units (1e-6 currency units) per transaction: integer, hence exact and
-    /// independent of the order updates are applied in (any number of workers).
+    /// Plus the amount in micro-units (1e-6 currency units) per transaction: integer, hence exact
+    /// and independent of the order updates are applied in (any number of workers).
     AmountMicros,
     /// +1 per fraud label that has arrived.
     FraudCount,

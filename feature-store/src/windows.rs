@@ -71,6 +71,8 @@ fn hash64<H: Hash>(h: &H) -> u64 {
 type Key = (u8, u64);
 /// A query: `(tx_id, partition, offset, time)`; unique per event read.
 type Query = (u64, i32, i64, u64);
+/// A join result as a differential update: `((query, slot, total), time, diff)`.
+type Answer = ((Query, u16, i64), u64, isize);
 
 /// Stamps each record with its event time in ms, raised to the stream's current capability time
 /// if it is behind (late).
@@ -208,11 +210,11 @@ struct Pending {
 /// inputs' frontiers have passed that time.
 fn assemble<'s>(
     base: StreamVec<'s, u64, ((RowMeta, Transaction), u64)>,
-    answers: Stream<'s, u64, Vec<((Query, u16, i64), u64, isize)>>,
+    answers: Stream<'s, u64, Vec<Answer>>,
     spec: FeatureSpec,
 ) -> StreamVec<'s, u64, FeatureValues> {
     let route_base = Exchange::new(|((meta, _), _): &((RowMeta, Transaction), u64)| hash64(&meta.tx_id));
-    let route_answers = Exchange::new(|((q, _, _), _, _): &((Query, u16, i64), u64, isize)| hash64(&q.0));
+    let route_answers = Exchange::new(|((q, _, _), _, _): &Answer| hash64(&q.0));
     let n_slots = spec.accumulators().len();
     base.binary_frontier::<_, CapacityContainerBuilder<Vec<FeatureValues>>, _, _, _, _>(
         answers,

@@ -335,10 +335,10 @@ pub fn run_feature_bench(
                     });
                     tx_in.send((meta, lt.tx));
                     n += 1;
-                    if n % 1024 == 0 {
+                    if n.is_multiple_of(1024) {
                         worker.step();
                     }
-                    if n % 100_000 == 0 {
+                    if n.is_multiple_of(100_000) {
                         eprintln!(
                             "  {n} events: resident {:.0} MiB, {:.0} events/s so far",
                             proc_status_kb("VmRSS:") as f64 / 1024.0,

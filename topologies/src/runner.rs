@@ -154,6 +154,12 @@ pub fn flow_control(cfg: &TopologyConfig) -> FlowControl {
     )
 }
 
+/// The feature vectors and the dead letters of one worker's sources.
+pub type FeatureStreams<'s> = (
+    timely::dataflow::StreamVec<'s, u64, FeatureValues>,
+    timely::dataflow::StreamVec<'s, u64, weir_core::DeadLetter>,
+);
+
 /// Source(s) -> decode -> features, for one worker: the part of a topology shared by scoring
 /// (`weir run`) and training-set export (`weir features export`). Returns the feature vectors
 /// and the dead letters.
@@ -167,13 +173,7 @@ pub fn feature_dataflow<'s>(
     limits: &DecodeLimits,
     spec: &FeatureSpec,
     shared: &SourceShared,
-) -> Result<
-    (
-        timely::dataflow::StreamVec<'s, u64, FeatureValues>,
-        timely::dataflow::StreamVec<'s, u64, weir_core::DeadLetter>,
-    ),
-    String,
-> {
+) -> Result<FeatureStreams<'s>, String> {
     let events = kafka_source(scope, source.clone(), shared.clone()).map_err(|e| e.to_string())?;
     let labels = match labels {
         Some(lc) => Some(weir_operators::decode::decode_labels(

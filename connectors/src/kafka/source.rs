@@ -109,6 +109,10 @@ pub struct KafkaSourceConfig {
     pub properties: BTreeMap<String, String>,
 }
 
+/// One worker's view of a topic: the watermark its partitions hold (if any still expected to
+/// deliver) and the largest timestamp it read.
+type WorkerWatermark = (Option<i64>, Option<i64>);
+
 /// Watermarks published by every source worker of a process, per topic, so that an idle worker
 /// does not hold the others back.
 ///
@@ -119,7 +123,7 @@ pub struct KafkaSourceConfig {
 #[derive(Debug, Default)]
 pub struct WatermarkBoard {
     /// (topic, worker) -> (holding, largest seen)
-    entries: Mutex<HashMap<(String, usize), (Option<i64>, Option<i64>)>>,
+    entries: Mutex<HashMap<(String, usize), WorkerWatermark>>,
 }
 
 impl WatermarkBoard {
@@ -526,7 +530,7 @@ pub fn kafka_source<'s>(
                             }
                         }
                         None if !finished && now - assigned_at[p] < config.idle_timeout => {
-                            holding = Some(holding.map_or(i64::MIN, |m| m.min(i64::MIN)));
+                            holding = Some(i64::MIN);
                         }
                         None => {}
                     }
