@@ -9,7 +9,14 @@ CARGO        ?= cargo
 
 export ORT_DYLIB_PATH := $(ORT_LIB)
 
-.PHONY: setup demo test bench model clean-ort
+# nisshi: an Apache-Kafka-compatible broker (a single binary from crates.io), the real broker of
+# the end-to-end tests that need one (timestamps lookups, restarts). Built once (about 16 minutes
+# on 2 cores) into a cache outside the clone and reused.
+NISSHI_VERSION := 0.8.1
+NISSHI_ROOT    ?= $(HOME)/.cache/weir/nisshi-$(NISSHI_VERSION)
+export NISSHI_BIN ?= $(NISSHI_ROOT)/bin/nisshi
+
+.PHONY: setup nisshi demo test bench model clean-ort
 
 ## setup: fetch libonnxruntime.so $(ORT_VERSION) (the `onnxruntime` wheel, no other packages).
 setup: $(ORT_LIB)
@@ -21,12 +28,19 @@ $(ORT_LIB):
 	cp $(ORT_DIR)/py/onnxruntime/capi/libonnxruntime.so.$(ORT_VERSION) $(ORT_LIB)
 	rm -rf $(ORT_DIR)/py
 
+## nisshi: install the nisshi broker for the end-to-end tests (skipped when already installed).
+nisshi: $(NISSHI_BIN)
+
+$(NISSHI_BIN):
+	$(CARGO) install nisshi --version $(NISSHI_VERSION) --locked --ignore-rust-version --root $(NISSHI_ROOT)
+
 ## demo: generate ~240k simulated transactions on an embedded broker, score them, summarize.
 demo: setup
 	$(CARGO) run --release --quiet -p weir-topologies --bin weir -- demo
 
-## test: the whole suite (unit, doc and end-to-end tests; cargo builds the weir binary they run).
-test: setup
+## test: the whole suite (unit, doc and end-to-end tests; cargo builds the weir binary they run;
+## tests that need a real broker start nisshi processes).
+test: setup nisshi
 	$(CARGO) test --release --workspace
 
 ## bench: raw ONNX Runtime vs raw Kafka I/O vs the pipeline, in one run.

@@ -28,6 +28,14 @@ pub enum ConnectorError {
     /// A topic does not exist or has no partitions.
     #[error("topic `{0}` not found on the broker")]
     TopicNotFound(String),
+    /// Offsets could not be looked up by timestamp.
+    #[error("kafka ({context}): {detail}")]
+    OffsetLookup {
+        /// What was being done.
+        context: String,
+        /// What went wrong, and what to do instead.
+        detail: String,
+    },
     /// File I/O or Parquet encoding failed.
     #[error("{context}: {detail}")]
     File {

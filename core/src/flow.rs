@@ -21,6 +21,7 @@ pub struct FlowControl {
     in_flight: AtomicUsize,
     max_in_flight_seen: AtomicUsize,
     max_in_flight: usize,
+    cutoff: AtomicU64,
 }
 
 impl FlowControl {
@@ -51,6 +52,7 @@ impl FlowControl {
             in_flight: AtomicUsize::new(0),
             max_in_flight_seen: AtomicUsize::new(0),
             max_in_flight: max_in_flight.max(1),
+            cutoff: AtomicU64::new(u64::MAX),
         }
     }
 
@@ -156,6 +158,21 @@ impl FlowControl {
     pub fn shutdown_requested(&self) -> bool {
         self.shutdown.load(Ordering::Acquire)
     }
+
+    /// A source stopping early (shutdown) reports the timely time its watermark froze at. The
+    /// cutoff is the minimum over sources: a result at a time before it was final while every
+    /// source still held its watermark; one at or after it was released only because a source
+    /// stopped, and may miss events that source never read. Such results must not be delivered
+    /// (they are re-read on restart or resume). Call before dropping the capability.
+    pub fn freeze_at(&self, time: u64) {
+        self.cutoff.fetch_min(time, Ordering::SeqCst);
+    }
+
+    /// The shutdown cutoff (`u64::MAX` while no source stopped early); see
+    /// [`freeze_at`](Self::freeze_at).
+    pub fn cutoff(&self) -> u64 {
+        self.cutoff.load(Ordering::SeqCst)
+    }
 }
 
 #[cfg(test)]
@@ -183,5 +200,16 @@ mod tests {
         flow.remove_in_flight(4);
         assert!(!flow.should_pause());
         assert_eq!(flow.max_in_flight(), 10);
+    }
+
+    #[test]
+    fn cutoff_is_the_minimum_frozen_time() {
+        let flow = FlowControl::new(1);
+        assert_eq!(flow.cutoff(), u64::MAX);
+        flow.freeze_at(500);
+        flow.freeze_at(900);
+        assert_eq!(flow.cutoff(), 500);
+        flow.freeze_at(100);
+        assert_eq!(flow.cutoff(), 100);
     }
 }

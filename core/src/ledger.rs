@@ -14,8 +14,9 @@ use crate::record::Lineage;
 
 #[derive(Default)]
 struct PartitionLedger {
-    /// Offsets read and not yet committed, in read (= offset) order, with their ack flag.
-    pending: VecDeque<(i64, bool)>,
+    /// Offsets read and not yet committed, in read (= offset) order, with their ack flag and
+    /// their dataflow time.
+    pending: VecDeque<(i64, bool, u64)>,
     /// Offsets acknowledged, not yet popped.
     acked: usize,
     /// Next position to commit: one past the last offset of the acknowledged prefix.
@@ -26,7 +27,7 @@ struct PartitionLedger {
 /// [`register`](Self::register)s each offset it reads, and the sinks, which
 /// [`ack`](Self::ack) them on delivery.
 ///
-/// Memory: one `(i64, bool)` (16 bytes) per event read and not yet committed, so it is bounded by
+/// Memory: one `(i64, bool, u64)` (24 bytes) per event read and not yet committed, so it is bounded by
 /// the number of events in flight, which backpressure bounds.
 #[derive(Default)]
 pub struct DeliveryLedger {
@@ -39,14 +40,16 @@ impl DeliveryLedger {
         Self::default()
     }
 
-    /// Records that `lineage` was read. Offsets of one partition must be registered in increasing
-    /// order (as a Kafka consumer reads them); an offset at or below the last registered one of
-    /// its partition is ignored (a re-read after a seek is tracked by its first registration).
-    pub fn register(&self, lineage: Lineage) {
+    /// Records that `lineage` was read; it enters the dataflow at timely time `time` (event time
+    /// in ms, raised to the source's watermark if late; see [`unacked_before`](Self::unacked_before)).
+    /// Offsets of one partition must be registered in increasing order (as a Kafka consumer reads
+    /// them); an offset at or below the last registered one of its partition is ignored (a re-read
+    /// after a seek is tracked by its first registration).
+    pub fn register(&self, lineage: Lineage, time: u64) {
         let mut parts = self.parts.lock().unwrap();
         let p = parts.entry(lineage.partition).or_default();
-        if p.pending.back().is_none_or(|&(o, _)| o < lineage.offset) {
-            p.pending.push_back((lineage.offset, false));
+        if p.pending.back().is_none_or(|&(o, _, _)| o < lineage.offset) {
+            p.pending.push_back((lineage.offset, false, time));
         }
     }
 
@@ -57,7 +60,7 @@ impl DeliveryLedger {
         let Some(p) = parts.get_mut(&lineage.partition) else {
             return false;
         };
-        let Ok(i) = p.pending.binary_search_by_key(&lineage.offset, |&(o, _)| o) else {
+        let Ok(i) = p.pending.binary_search_by_key(&lineage.offset, |&(o, _, _)| o) else {
             return false;
         };
         if !p.pending[i].1 {
@@ -65,7 +68,7 @@ impl DeliveryLedger {
             p.acked += 1;
         }
         // Pop the acknowledged prefix.
-        while let Some(&(o, true)) = p.pending.front() {
+        while let Some(&(o, true, _)) = p.pending.front() {
             p.pending.pop_front();
             p.acked -= 1;
             p.committable = Some(o + 1);
@@ -91,6 +94,19 @@ impl DeliveryLedger {
             .iter()
             .filter_map(|part| parts.get(part))
             .map(|p| p.pending.len() - p.acked)
+            .sum()
+    }
+
+    /// Events read from `partitions`, not yet acknowledged, that entered the dataflow before
+    /// timely time `cutoff`. At shutdown a source freezes its watermark at `cutoff` and waits for
+    /// these: events at or after it cannot complete (their windowed features may miss events not
+    /// yet read) and are re-read after a restart instead. O(events pending).
+    pub fn unacked_before(&self, partitions: &[i32], cutoff: u64) -> usize {
+        let parts = self.parts.lock().unwrap();
+        partitions
+            .iter()
+            .filter_map(|part| parts.get(part))
+            .map(|p| p.pending.iter().filter(|&&(_, acked, t)| !acked && t < cutoff).count())
             .sum()
     }
 
@@ -122,9 +138,9 @@ mod tests {
     fn commits_only_contiguous_acknowledged_prefix() {
         let ledger = DeliveryLedger::new();
         for o in 10..15 {
-            ledger.register(l(0, o));
+            ledger.register(l(0, o), 0);
         }
-        ledger.register(l(1, 3));
+        ledger.register(l(1, 3), 0);
         assert!(ledger.ack(l(0, 12)));
         assert_eq!(ledger.committable(&[0, 1]), vec![]);
         ledger.ack(l(0, 10));
@@ -142,8 +158,8 @@ mod tests {
     fn gaps_in_offsets_do_not_block_commits() {
         // Compacted topics and transaction markers leave offset gaps.
         let ledger = DeliveryLedger::new();
-        ledger.register(l(0, 5));
-        ledger.register(l(0, 9));
+        ledger.register(l(0, 5), 0);
+        ledger.register(l(0, 9), 0);
         ledger.ack(l(0, 9));
         ledger.ack(l(0, 5));
         assert_eq!(ledger.committable(&[0]), vec![(0, 10)]);
@@ -152,8 +168,8 @@ mod tests {
     #[test]
     fn duplicate_acks_and_unknown_lineages_are_harmless() {
         let ledger = DeliveryLedger::new();
-        ledger.register(l(0, 1));
-        ledger.register(l(0, 2));
+        ledger.register(l(0, 1), 0);
+        ledger.register(l(0, 2), 0);
         ledger.ack(l(0, 2));
         ledger.ack(l(0, 2));
         assert_eq!(ledger.unacked(&[0]), 1);
@@ -165,11 +181,25 @@ mod tests {
     }
 
     #[test]
+    fn unacked_before_counts_only_events_before_the_cutoff() {
+        let ledger = DeliveryLedger::new();
+        ledger.register(l(0, 1), 100);
+        ledger.register(l(0, 2), 200);
+        ledger.register(l(0, 3), 150);
+        ledger.register(l(1, 1), 300);
+        assert_eq!(ledger.unacked_before(&[0, 1], 200), 2);
+        ledger.ack(l(0, 3));
+        assert_eq!(ledger.unacked_before(&[0, 1], 200), 1);
+        assert_eq!(ledger.unacked_before(&[0, 1], 301), 3);
+        assert_eq!(ledger.unacked_before(&[1], 300), 0);
+    }
+
+    #[test]
     fn re_registration_is_ignored() {
         let ledger = DeliveryLedger::new();
-        ledger.register(l(0, 1));
-        ledger.register(l(0, 1));
-        ledger.register(l(0, 0));
+        ledger.register(l(0, 1), 0);
+        ledger.register(l(0, 1), 0);
+        ledger.register(l(0, 0), 0);
         assert_eq!(ledger.unacked(&[0]), 1);
     }
 }

@@ -132,6 +132,126 @@ impl Drop for BrokerProcess {
     }
 }
 
+/// The nisshi binary: `$NISSHI_BIN` (set by `make test`), else `~/.cache/weir/nisshi-0.8.1/bin/nisshi`,
+/// else `nisshi` on the `PATH`.
+pub fn nisshi_bin() -> PathBuf {
+    if let Some(b) = std::env::var_os("NISSHI_BIN") {
+        return PathBuf::from(b);
+    }
+    let cached = std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".cache/weir/nisshi-0.8.1/bin/nisshi"))
+        .filter(|p| p.exists());
+    cached.unwrap_or_else(|| PathBuf::from("nisshi"))
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// A real Kafka-compatible broker: a nisshi process on a free port, killed on drop. Storage is in
+/// memory, or sqlite in its own directory (survives [`NisshiBroker::restart`]).
+pub struct NisshiBroker {
+    child: Option<Child>,
+    port: u16,
+    sqlite: bool,
+    dir: tempfile::TempDir,
+    /// Bootstrap servers, `127.0.0.1:<port>`.
+    pub brokers: String,
+}
+
+impl NisshiBroker {
+    /// Starts nisshi with in-memory storage.
+    ///
+    /// # Panics
+    /// If nisshi is missing (run `make nisshi`) or does not accept connections within 30 s.
+    pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// Starts nisshi with sqlite storage (kill/restart tests).
+    ///
+    /// # Panics
+    /// As [`NisshiBroker::start`].
+    pub fn start_sqlite() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(sqlite: bool) -> Self {
+        let port = free_port();
+        let mut b = Self {
+            child: None,
+            port,
+            sqlite,
+            dir: tempfile::tempdir().expect("temp dir"),
+            brokers: format!("127.0.0.1:{port}"),
+        };
+        b.spawn();
+        b
+    }
+
+    fn spawn(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let storage = if self.sqlite {
+            "sqlite://nisshi.db"
+        } else {
+            "memory://nisshi/"
+        };
+        let log = std::fs::File::create(self.dir.path().join("nisshi.log")).expect("log file");
+        let child = Command::new(nisshi_bin())
+            .current_dir(self.dir.path())
+            .args(["broker", "--cluster-id", "weir-test", "--listener-url", &url])
+            .args([
+                "--advertised-listener-url",
+                &url,
+                "--group-initial-rebalance-delay",
+                "100ms",
+            ])
+            .args(["--storage-engine", storage])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start nisshi (`{}`): {e}; install it with `make nisshi`",
+                    nisshi_bin().display()
+                )
+            });
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nisshi did not accept connections within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the broker (SIGKILL) and waits for it to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the broker again on the same port (and, with sqlite, the same data).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for NisshiBroker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// Writes a topology file for `brokers` into `dir`: the repository's
 /// `topologies/fraud-scoring.toml` (its features and model) with the brokers, group, a 100 ms
 /// commit interval, test-friendly consumer timeouts, `extra_source` lines added to `[source]` and
@@ -210,4 +330,69 @@ pub fn tx_ids(brokers: &str, topic: &str) -> Vec<u64> {
         .iter()
         .filter_map(|r| serde_json::from_slice::<serde_json::Value>(r.payload.as_deref()?).ok()?["tx_id"].as_u64())
         .collect()
+}
+
+/// Creates `topics` (`(name, partitions)`) on a real broker with Kafka's CreateTopics. Topics
+/// that exist already are left as they are.
+///
+/// # Panics
+/// If the broker refuses or does not answer within 30 s.
+pub fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::config::ClientConfig;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client");
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|(name, parts)| NewTopic::new(name, *parts, TopicReplication::Fixed(1)))
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    // librdkafka completes the future on its own thread: poll it with a no-op waker.
+    let mut fut = std::pin::pin!(admin.create_topics(&new, &opts));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let results = loop {
+        if let std::task::Poll::Ready(r) = std::future::Future::poll(fut.as_mut(), &mut cx) {
+            break r.expect("create topics");
+        }
+        assert!(Instant::now() < deadline, "CreateTopics timed out");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    for r in results {
+        if let Err((name, code)) = r {
+            assert_eq!(
+                code,
+                rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists,
+                "create topic `{name}`"
+            );
+        }
+    }
+}
+
+/// Sends SIGTERM to `child` (a graceful shutdown request).
+///
+/// # Panics
+/// If `kill` cannot be run.
+pub fn sigterm(child: &Child) {
+    signal(child, "-TERM");
+}
+
+/// Sends SIGINT to `child` (Ctrl-C).
+///
+/// # Panics
+/// If `kill` cannot be run.
+pub fn sigint(child: &Child) {
+    signal(child, "-INT");
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .expect("run kill")
+        .success();
+    assert!(ok, "kill {sig} {}", child.id());
 }

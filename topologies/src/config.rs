@@ -157,6 +157,23 @@ pub struct BatchingSection {
     pub max_inflight_batches: usize,
 }
 
+/// `[backfill]`: how `weir backfill` replays a bounded range of the source topic. The operators
+/// are the same as live; only the micro-batch window and the warm-up differ.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackfillSection {
+    /// Flush at this many rows (a backlog fills batches: larger batches amortise inference).
+    pub max_batch_rows: usize,
+    /// Flush when the oldest row waited this long (rarely reached on a backlog).
+    #[serde(with = "humantime_serde")]
+    pub max_wait: Duration,
+    /// Batches queued for inference before sources pause.
+    pub max_inflight_batches: usize,
+    /// History replayed into the feature store before the range, without scoring: `"auto"`
+    /// (the longest `window + delay` of the `[[feature]]`s) or a duration.
+    pub warmup: String,
+}
+
 /// `[sink]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -195,6 +212,8 @@ pub struct TopologyConfig {
     pub sink: SinkSection,
     /// `[labels]`.
     pub labels: LabelsSection,
+    /// `[backfill]`.
+    pub backfill: BackfillSection,
     /// `[[feature]]`: windowed feature definitions.
     #[serde(default, rename = "feature")]
     pub features: Vec<WindowedFeature>,
@@ -318,6 +337,8 @@ impl TopologyConfig {
             ("batching.max_inflight_batches", self.batching.max_inflight_batches),
             ("sink.max_rows_per_file", self.sink.max_rows_per_file),
             ("sink.row_group_rows", self.sink.row_group_rows),
+            ("backfill.max_batch_rows", self.backfill.max_batch_rows),
+            ("backfill.max_inflight_batches", self.backfill.max_inflight_batches),
         ];
         for (field, v) in positive {
             if v == 0 {
@@ -348,6 +369,23 @@ impl TopologyConfig {
         }
         if self.batching.max_batch_rows > 1_000_000 {
             return Err(self.field_error("batching.max_batch_rows", "must be at most 1000000"));
+        }
+        if self.backfill.max_wait.is_zero() {
+            return Err(self.field_error("backfill.max_wait", "must be greater than 0 (e.g. \"100ms\")"));
+        }
+        if self.backfill.max_batch_rows > 1_000_000 {
+            return Err(self.field_error("backfill.max_batch_rows", "must be at most 1000000"));
+        }
+        if self.backfill.warmup != "auto" {
+            humantime::parse_duration(&self.backfill.warmup).map_err(|e| {
+                self.field_error(
+                    "backfill.warmup",
+                    format!(
+                        "`{}` is not \"auto\" or a duration such as \"30d\" ({e})",
+                        self.backfill.warmup
+                    ),
+                )
+            })?;
         }
         if self.source.idle_timeout.is_zero() {
             return Err(self.field_error("source.idle_timeout", "must be greater than 0"));
@@ -408,6 +446,20 @@ impl TopologyConfig {
     /// The feature spec (validated).
     pub fn feature_spec(&self) -> FeatureSpec {
         FeatureSpec::new(&self.model.features, &self.features).expect("validated")
+    }
+
+    /// The feature warm-up of a backfill in ms: `backfill.warmup`, or for `"auto"` the longest
+    /// `window + delay` of the windowed features (0 without any).
+    pub fn backfill_warmup_ms(&self) -> i64 {
+        match self.backfill.warmup.as_str() {
+            "auto" => self
+                .features
+                .iter()
+                .map(|f| (f.window + f.delay).as_millis() as i64)
+                .max()
+                .unwrap_or(0),
+            d => humantime::parse_duration(d).expect("validated").as_millis() as i64,
+        }
     }
 
     /// The execution providers (validated).
@@ -475,6 +527,9 @@ features = ["amount", "tx_hour"]
             ("[source]\nstart = \"yesterday\"", "source.start"),
             ("[sink]\nkind = \"s3\"", "sink.kind"),
             ("[sink]\nkind = \"parquet\"", "sink.path"),
+            ("[backfill]\nmax_batch_rows = 0", "backfill.max_batch_rows"),
+            ("[backfill]\nwarmup = \"a while\"", "backfill.warmup"),
+            ("[backfill]\nmax_wait = \"0s\"", "backfill.max_wait"),
         ];
         for (extra, expected) in cases {
             let (field, detail) = field_of(&format!("{GOOD}\n{extra}\n"));
@@ -498,6 +553,19 @@ features = ["amount", "tx_hour"]
         let (field, detail) =
             field_of(&windowed("customer_id", "count", "1d").replace("\"tx_hour\"]", "\"tx_hour\", \"v\"]"));
         assert_eq!(field, "model.features", "{detail}");
+    }
+
+    #[test]
+    fn backfill_warmup_is_the_longest_lookback_unless_set() {
+        let with_feature = format!(
+            "{GOOD}\n[[feature]]\nname = \"w\"\nentity = \"terminal_id\"\naggregation = \"count\"\nwindow = \"30d\"\ndelay = \"7d\"\n"
+        )
+        .replace("\"tx_hour\"]", "\"tx_hour\", \"w\"]");
+        let cfg = parse(&with_feature).unwrap();
+        assert_eq!(cfg.backfill_warmup_ms(), 37 * 86_400_000);
+        assert_eq!(parse(GOOD).unwrap().backfill_warmup_ms(), 0);
+        let cfg = parse(&format!("{with_feature}\n[backfill]\nwarmup = \"2d\"\n")).unwrap();
+        assert_eq!(cfg.backfill_warmup_ms(), 2 * 86_400_000);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! `weir` command-line tool (`src/bin/weir.rs`).
 #![deny(missing_docs)]
 
+pub mod backfill;
 pub mod bench;
 pub mod config;
 pub mod demo;

@@ -6,8 +6,11 @@
 //!          inference threads (one ort session each) <══════╝ ─> score sink ─> acks ─> ledger ─> commits
 //! ```
 //!
-//! Timely workers run source, decode, features and micro-batching; inference runs on its own
-//! threads. A run ends when the source completes (bounded mode) or when shutdown is requested
+//! Timely workers run source, decode, features, the score gate and micro-batching; inference
+//! runs on its own threads. The score gate (between features and micro-batch) drops rows a
+//! backfill only reads for warm-up (acknowledging them), and, after a shutdown request, rows
+//! whose features were released only because a source stopped (see
+//! [`FlowControl::freeze_at`]; they stay unacknowledged and are read again). A run ends when the source completes (bounded mode) or when shutdown is requested
 //! (SIGINT/SIGTERM in `weir run`): sources stop reading, micro-batchers flush what they hold,
 //! inference drains the queue, sinks flush, and the final offsets are committed.
 
@@ -16,13 +19,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::{Inspect, Probe};
-use timely::dataflow::ProbeHandle;
+use timely::dataflow::{ProbeHandle, StreamVec};
 use weir_connectors::kafka::sink::{KafkaDeadLetterSink, KafkaScoreSink};
 use weir_connectors::kafka::source::{kafka_source, KafkaSourceConfig, SourceShared, StartPosition};
 use weir_connectors::parquet::sink::ParquetScoreSink;
-use weir_core::{DeadLetterSink, DeliveryLedger, FeatureRow, FlowControl, Metrics, ScoreSink};
+use weir_core::{DeadLetterSink, DeliveryLedger, FeatureRow, FlowControl, Lineage, Metrics, ScoreSink};
 use weir_feature_store::{windowed_features, FeatureSpec, FeatureValues};
 use weir_operators::decode::{decode, DecodeLimits};
 use weir_operators::inference::{
@@ -52,6 +57,19 @@ pub enum TopologyError {
 /// Builds scorers; lets tests and benchmarks substitute the ONNX session.
 pub type ScorerFactory = Arc<dyn Fn() -> Result<Box<dyn Scorer>, InferenceError> + Send + Sync>;
 
+/// Decides whether the event at a source lineage is scored (`true`) or only feeds the feature
+/// store (`false`: a backfill's warm-up, or what a previous attempt of the job completed).
+pub type ScoreFilter = Arc<dyn Fn(Lineage) -> bool + Send + Sync>;
+
+/// Offset ranges a bounded run reads, `partition -> [start, stop)`, per topic.
+#[derive(Debug, Clone, Default)]
+pub struct ReadRanges {
+    /// The source topic.
+    pub source: BTreeMap<i32, (i64, i64)>,
+    /// The labels topic (side input), if the features need labels.
+    pub labels: BTreeMap<i32, (i64, i64)>,
+}
+
 /// How to run a topology, beyond its file.
 #[derive(Clone, Default)]
 pub struct RunOptions {
@@ -71,6 +89,18 @@ pub struct RunOptions {
     pub metrics: Option<Arc<Metrics>>,
     /// ONNX Runtime library (default: [`default_runtime_path`]).
     pub runtime: Option<PathBuf>,
+    /// Read exactly these offset ranges, then stop (a backfill; no offset commits).
+    pub ranges: Option<ReadRanges>,
+    /// Score only the events it accepts; the others feed the feature store and are acknowledged.
+    pub score_filter: Option<ScoreFilter>,
+    /// Overrides `[batching]`: the micro-batch window and the batches queued for inference.
+    pub window: Option<(BatchWindow, usize)>,
+    /// Overrides the score sink: write to this Kafka topic (on the source's brokers).
+    pub kafka_topic: Option<String>,
+    /// Names Parquet files `<prefix>-<seq>.parquet` (see [`ParquetScoreSink::with_prefix`]).
+    pub parquet_prefix: Option<String>,
+    /// Delivery ledger to share with the caller (a backfill records acknowledged ranges from it).
+    pub ledger: Option<Arc<DeliveryLedger>>,
 }
 
 /// What a run did.
@@ -80,6 +110,10 @@ pub struct RunReport {
     pub events_in: u64,
     /// Scores acknowledged by the sink.
     pub scored: u64,
+    /// Events read only to warm up the feature store (not scored).
+    pub warmup: u64,
+    /// Events left unscored by a shutdown (their features were incomplete), read again later.
+    pub held_back: u64,
     /// Dead letters acknowledged, by reason.
     pub dead_letters: BTreeMap<String, u64>,
     /// Micro-batches flushed.
@@ -146,12 +180,54 @@ pub fn open_scorers(
 
 /// The flow control `cfg` asks for: micro-batchers hold at most `2 * workers * max_batch_rows`
 /// rows before sources pause, and at most `source.max_in_flight_rows` events are between the
-/// sources and inference.
-pub fn flow_control(cfg: &TopologyConfig) -> FlowControl {
-    FlowControl::with_in_flight_limit(
-        2 * cfg.topology.workers * cfg.batching.max_batch_rows,
-        cfg.source.max_in_flight_rows,
-    )
+/// sources and inference. `max_batch_rows`: the window in use (`[batching]` or `[backfill]`).
+pub fn flow_control(cfg: &TopologyConfig, max_batch_rows: usize) -> FlowControl {
+    FlowControl::with_in_flight_limit(2 * cfg.topology.workers * max_batch_rows, cfg.source.max_in_flight_rows)
+}
+
+/// Counts of rows the score gate kept from the micro-batchers.
+#[derive(Debug, Default)]
+pub struct GateCounts {
+    /// Rows not selected for scoring (warm-up), acknowledged.
+    pub warmup: std::sync::atomic::AtomicU64,
+    /// Rows at or after the shutdown cutoff, left unacknowledged.
+    pub held_back: std::sync::atomic::AtomicU64,
+}
+
+/// The score gate: passes the feature rows to be scored. A row at a timely time at or after
+/// [`FlowControl::cutoff`] is dropped unacknowledged (its features were released by a source
+/// stopping early and may be incomplete: it is read again after a restart or resume); a row
+/// `filter` rejects (warm-up) is acknowledged in `ledger` and dropped. Both leave the in-flight
+/// count.
+pub fn score_gate<'s>(
+    rows: StreamVec<'s, u64, FeatureRow>,
+    filter: Option<ScoreFilter>,
+    flow: Arc<FlowControl>,
+    ledger: Arc<DeliveryLedger>,
+    counts: Arc<GateCounts>,
+) -> StreamVec<'s, u64, FeatureRow> {
+    use std::sync::atomic::Ordering::Relaxed;
+    rows.unary(Pipeline, "ScoreGate", move |_, _| {
+        move |input, output| {
+            input.for_each(|cap, data| {
+                let time = *cap.least().expect("a message has a time");
+                let mut session = output.session(&cap);
+                let released_by_stop = time >= flow.cutoff();
+                for row in data.drain(..) {
+                    if released_by_stop {
+                        flow.remove_in_flight(1);
+                        counts.held_back.fetch_add(1, Relaxed);
+                    } else if filter.as_ref().is_some_and(|f| !f(row.meta.lineage)) {
+                        ledger.ack(row.meta.lineage);
+                        flow.remove_in_flight(1);
+                        counts.warmup.fetch_add(1, Relaxed);
+                    } else {
+                        session.give(row);
+                    }
+                }
+            });
+        }
+    })
 }
 
 /// The feature vectors and the dead letters of one worker's sources.
@@ -226,6 +302,7 @@ pub fn source_config(
         group_id: cfg.source.group_id.clone(),
         start: start.unwrap_or_else(|| cfg.start_position()),
         bounded,
+        ranges: None,
         assign: false,
         follows: None,
         commit: true,
@@ -265,9 +342,18 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
         .clone()
         .unwrap_or_else(|| Arc::new(Metrics::new(&cfg.topology.name)));
     let workers = cfg.topology.workers;
-    let max_rows = cfg.batching.max_batch_rows;
-    let flow = opts.flow.clone().unwrap_or_else(|| Arc::new(flow_control(cfg)));
-    let ledger = Arc::new(DeliveryLedger::new());
+    let (window, max_inflight_batches) = opts.window.unwrap_or((
+        BatchWindow {
+            max_batch_rows: cfg.batching.max_batch_rows,
+            max_wait: cfg.batching.max_wait,
+        },
+        cfg.batching.max_inflight_batches,
+    ));
+    let flow = opts
+        .flow
+        .clone()
+        .unwrap_or_else(|| Arc::new(flow_control(cfg, window.max_batch_rows)));
+    let ledger = opts.ledger.clone().unwrap_or_default();
     let spec = cfg.feature_spec();
 
     // Model first: a missing or mismatched model fails before anything connects.
@@ -300,13 +386,26 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
         .set(1);
 
     let sink: Arc<dyn ScoreSink> = match (&opts.parquet_dir, cfg.sink.kind.as_str()) {
-        (Some(dir), _) => Arc::new(ParquetScoreSink::new(
-            dir,
-            cfg.sink.max_rows_per_file,
-            cfg.sink.row_group_rows,
+        (None, _) if opts.kafka_topic.is_some() => Arc::new(KafkaScoreSink::new(
+            &brokers,
+            opts.kafka_topic.as_deref().expect("checked"),
+            &cfg.sink.properties,
             ledger.clone(),
             metrics.clone(),
         )?),
+        (Some(dir), _) => {
+            let sink = ParquetScoreSink::new(
+                dir,
+                cfg.sink.max_rows_per_file,
+                cfg.sink.row_group_rows,
+                ledger.clone(),
+                metrics.clone(),
+            )?;
+            Arc::new(match &opts.parquet_prefix {
+                Some(p) => sink.with_prefix(p),
+                None => sink,
+            })
+        }
         (None, "parquet") => Arc::new(ParquetScoreSink::new(
             cfg.sink.path.as_ref().expect("validated"),
             cfg.sink.max_rows_per_file,
@@ -331,7 +430,7 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
         metrics.clone(),
     )?);
 
-    let (tx, rx) = crossbeam_channel::bounded(cfg.batching.max_inflight_batches);
+    let (tx, rx) = crossbeam_channel::bounded(max_inflight_batches);
     let pool = InferencePool::spawn(
         scorers,
         rx,
@@ -363,14 +462,13 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
         (done, h)
     };
 
-    let source_config = source_config(cfg, &brokers, opts.bounded, opts.start);
+    let mut source_config = source_config(cfg, &brokers, opts.bounded || opts.ranges.is_some(), opts.start);
+    if let Some(r) = &opts.ranges {
+        source_config.ranges = Some(Arc::new(r.source.clone()));
+    }
     let limits = DecodeLimits {
         max_future_ms: cfg.decode.max_future.as_millis() as i64,
         max_payload_bytes: cfg.decode.max_payload_bytes,
-    };
-    let window = BatchWindow {
-        max_batch_rows: max_rows,
-        max_wait: cfg.batching.max_wait,
     };
     let shared = SourceShared {
         ledger: ledger.clone(),
@@ -379,22 +477,32 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
         watermarks: Default::default(),
     };
     let n_features = spec.len();
-    let labels_config = labels_source(cfg, &source_config);
+    let labels_config = labels_source(cfg, &source_config).map(|mut l| {
+        l.ranges = opts.ranges.as_ref().map(|r| Arc::new(r.labels.clone()));
+        l
+    });
+    let gate_counts = Arc::new(GateCounts::default());
     let n_sources = workers * (1 + labels_config.is_some() as usize);
 
     let started = Instant::now();
     let worker_result = timely::execute(timely::Config::process(workers), {
         let (tx, dlq, flow, metrics) = (tx, dlq.clone(), flow.clone(), metrics.clone());
+        let (ledger, gate_counts, filter) = (ledger.clone(), gate_counts.clone(), opts.score_filter.clone());
         move |worker| -> Result<(), String> {
             let probe = ProbeHandle::new();
             let built = worker.dataflow::<u64, _, _>(|scope| -> Result<(), String> {
                 let (values, letters) =
                     feature_dataflow(scope, &source_config, labels_config.as_ref(), &limits, &spec, &shared)?;
                 let dlq = dlq.clone();
-                let f = flow.clone();
+                let (f, l, filt) = (flow.clone(), ledger.clone(), filter.clone());
                 letters
                     .inspect(move |letter| {
                         f.remove_in_flight(1);
+                        if filt.as_ref().is_some_and(|keep| !keep(letter.lineage)) {
+                            // Warm-up: its letter was sent when its own range was run.
+                            l.ack(letter.lineage);
+                            return;
+                        }
                         if let Err(e) = dlq.send(letter.clone()) {
                             tracing::error!(error = %e, "dead-letter sink rejected a letter");
                         }
@@ -404,6 +512,7 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
                     meta: fv.meta,
                     features: fv.values.iter().map(|v| *v as f32).collect(),
                 });
+                let rows = score_gate(rows, filter.clone(), flow.clone(), ledger.clone(), gate_counts.clone());
                 micro_batch(rows, window, n_features, tx.clone(), flow.clone(), metrics.clone()).probe_with(&probe);
                 Ok(())
             });
@@ -442,6 +551,8 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
     Ok(RunReport {
         events_in: metrics.events_in.get(),
         scored: metrics.scores_out.get(),
+        warmup: gate_counts.warmup.load(std::sync::atomic::Ordering::Relaxed),
+        held_back: gate_counts.held_back.load(std::sync::atomic::Ordering::Relaxed),
         dead_letters,
         batches,
         mean_batch_rows: metrics.batch_rows.get_sample_sum() / (batches.max(1) as f64),

@@ -177,7 +177,7 @@ fn backpressure_keeps_buffered_rows_under_the_bound_when_inference_is_slow() {
     cfg.topology.workers = 2;
     cfg.source.pause_after = Duration::from_millis(100);
     cfg.source.max_in_flight_rows = 2000;
-    let flow = Arc::new(weir_topologies::runner::flow_control(&cfg));
+    let flow = Arc::new(weir_topologies::runner::flow_control(&cfg, cfg.batching.max_batch_rows));
     let report = run_topology(
         &cfg,
         RunOptions {

@@ -204,6 +204,115 @@ pub fn watermarks(brokers: &str, topic: &str, timeout: Duration) -> Result<Vec<(
         .collect()
 }
 
+/// For every partition of `topic`, the first offset whose message timestamp is at or after
+/// `timestamp_ms` (ms since the Unix epoch), by Kafka's ListOffsets (KIP-79); the high
+/// watermark where no message is that late (the end of a range past the last message). Within a
+/// partition this is exact when timestamps do not decrease along offsets (producers stamping event
+/// time in order, or `LogAppendTime`).
+///
+/// # Errors
+/// [`ConnectorError`] if the topic is unknown, the broker cannot look up timestamps (librdkafka's
+/// mock cluster cannot), or it does not answer within `timeout`.
+pub fn offsets_for_time(
+    brokers: &str,
+    topic: &str,
+    timestamp_ms: i64,
+    timeout: Duration,
+) -> Result<BTreeMap<i32, i64>, ConnectorError> {
+    let consumer = plain_consumer(brokers)?;
+    let mut q = TopicPartitionList::new();
+    let parts = topic_partitions(&consumer, topic, timeout)?;
+    for p in &parts {
+        q.add_partition_offset(topic, *p, Offset::Offset(timestamp_ms))
+            .map_err(ConnectorError::kafka("offsets for times"))?;
+    }
+    let lookup_failed = |detail: String| {
+        ConnectorError::OffsetLookup {
+        context: format!("look up offsets of `{topic}` by timestamp {timestamp_ms} ms"),
+        detail: format!("{detail} (the broker must support ListOffsets by timestamp; librdkafka's mock cluster does not: give offsets instead)"),
+    }
+    };
+    let found = consumer
+        .offsets_for_times(q, timeout)
+        .map_err(|e| lookup_failed(e.to_string()))?;
+    let mut out = BTreeMap::new();
+    for e in found.elements() {
+        if let Err(err) = e.error() {
+            return Err(lookup_failed(format!("partition {}: {err}", e.partition())));
+        }
+        let (lo, hi) = consumer
+            .fetch_watermarks(topic, e.partition(), timeout)
+            .map_err(ConnectorError::kafka(format!(
+                "watermarks of `{topic}`/{}",
+                e.partition()
+            )))?;
+        let o = match e.offset() {
+            Offset::Offset(o) if o >= 0 => o.clamp(lo, hi),
+            Offset::End | Offset::Offset(_) => hi,
+            other => {
+                return Err(lookup_failed(format!(
+                    "partition {}: unexpected answer {other:?}",
+                    e.partition()
+                )))
+            }
+        };
+        out.insert(e.partition(), o);
+    }
+    Ok(out)
+}
+
+/// The message timestamp (ms) at each `partition -> offset` of `topic`; partitions whose offset
+/// is at or past their end are left out.
+///
+/// # Errors
+/// [`ConnectorError`] if the topic is unknown or reading takes longer than `timeout`.
+pub fn timestamps_at(
+    brokers: &str,
+    topic: &str,
+    offsets: &BTreeMap<i32, i64>,
+    timeout: Duration,
+) -> Result<BTreeMap<i32, i64>, ConnectorError> {
+    let deadline = Instant::now() + timeout;
+    let consumer = plain_consumer(brokers)?;
+    let mut tpl = TopicPartitionList::new();
+    let mut remaining = std::collections::BTreeSet::new();
+    for (&p, &o) in offsets {
+        let (_, hi) = consumer
+            .fetch_watermarks(topic, p, timeout)
+            .map_err(ConnectorError::kafka(format!("watermarks of `{topic}`/{p}")))?;
+        if o < hi {
+            tpl.add_partition_offset(topic, p, Offset::Offset(o))
+                .map_err(ConnectorError::kafka("assign"))?;
+            remaining.insert(p);
+        }
+    }
+    let mut out = BTreeMap::new();
+    if remaining.is_empty() {
+        return Ok(out);
+    }
+    consumer.assign(&tpl).map_err(ConnectorError::kafka("assign"))?;
+    while !remaining.is_empty() {
+        if Instant::now() > deadline {
+            return Err(ConnectorError::File {
+                context: format!("read timestamps of `{topic}`"),
+                detail: format!("timed out after {timeout:?} with partitions {remaining:?} unanswered"),
+            });
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) if remaining.remove(&m.partition()) => {
+                if let Some(ts) = m.timestamp().to_millis() {
+                    out.insert(m.partition(), ts);
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                remaining.remove(&p);
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
 /// Reads every record of `topic` present when called (up to each partition's high watermark).
 ///
 /// # Errors

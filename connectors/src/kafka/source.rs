@@ -24,13 +24,23 @@
 //! protocol without receiving messages. Either way lag grows instead of memory. A message returned while
 //! pausing is still emitted, never dropped.
 //!
+//! **Ranges** (`ranges = Some(..)`, a backfill): as bounded, but each partition is read over an
+//! explicit offset range `[start, stop)` resolved beforehand (e.g. from timestamps).
+//!
+//! **Shutdown** (SIGINT/SIGTERM): the source stops reading and freezes its watermark at its
+//! capability's time, which it reports through [`FlowControl::freeze_at`]. Results at or after
+//! the process's cutoff may miss events never read, so the topology does not deliver them; in
+//! live mode the source waits (up to `drain_timeout`) until every event before the cutoff was
+//! acknowledged, commits, and only then drops its capability.
+//!
 //! **Side input** (`assign = true`): partitions assigned directly as in bounded mode, read
 //! without a stop offset and without a group (every process reads the whole topic).
 //!
 //! **Time**: timely timestamps are event time (Kafka message timestamp), ms since the Unix epoch.
 //! The operator's capability follows a watermark: per partition, the largest timestamp seen minus
 //! `allowed_lateness_ms`; partitions that finished their range or were silent for `idle_timeout`
-//! do not count (as Flink's `withIdleness`), and the minimum is taken over every worker of the
+//! do not count (as Flink's `withIdleness`; silence counts only while the source is reading, not
+//! while backpressure or shutdown stopped it, so holding back never makes events late), and the minimum is taken over every worker of the
 //! process through a [`WatermarkBoard`], so an idle worker does not hold the others back. When no
 //! partition counts, everything read is complete (largest seen + 1). Records are emitted at the
 //! capability's time and carry their own event time.
@@ -80,6 +90,9 @@ pub struct KafkaSourceConfig {
     pub start: StartPosition,
     /// Read up to the high watermarks seen at start, then complete (no commits).
     pub bounded: bool,
+    /// Explicit offset ranges to read, `partition -> [start, stop)` (a backfill); implies
+    /// `bounded` and overrides `start`. Partitions not listed are not read.
+    pub ranges: Option<Arc<BTreeMap<i32, (i64, i64)>>>,
     /// For a side input: the main topic whose watermark this source follows while it has read
     /// nothing and expects nothing (see [`WatermarkBoard`]).
     pub follows: Option<String>,
@@ -335,7 +348,27 @@ pub fn kafka_source<'s>(
     .map_err(ConnectorError::kafka("create consumer"))?;
 
     let mut bounded = None;
-    if config.bounded || config.assign {
+    if let Some(ranges) = &config.ranges {
+        let mine: Vec<i32> = ranges
+            .iter()
+            .filter(|(_, (a, b))| b > a)
+            .map(|(p, _)| *p)
+            .skip(worker)
+            .step_by(peers)
+            .collect();
+        let mut tpl = TopicPartitionList::new();
+        let mut remaining = HashMap::new();
+        for p in &mine {
+            let (start, stop) = ranges[p];
+            remaining.insert(*p, stop);
+            tpl.add_partition_offset(&config.topic, *p, Offset::Offset(start))
+                .map_err(ConnectorError::kafka("assign"))?;
+        }
+        consumer.assign(&tpl).map_err(ConnectorError::kafka("assign"))?;
+        *consumer.context().assigned.lock().unwrap() = mine.clone();
+        tracing::info!(worker, topic = %config.topic, partitions = ?mine, "offset ranges assigned");
+        bounded = Some(Bounded { remaining });
+    } else if config.bounded || config.assign {
         let timeout = Duration::from_secs(10);
         let mut all = topic_partitions(&consumer, &config.topic, timeout)?;
         all.sort_unstable();
@@ -394,6 +427,7 @@ pub fn kafka_source<'s>(
             let mut last_pressure = Instant::now();
             let mut last_commit = Instant::now();
             let mut drain_deadline: Option<Instant> = None;
+            let mut frozen: Option<u64> = None;
             // partition -> (largest timestamp seen, when the last message arrived)
             let mut max_ts: HashMap<i32, (i64, Instant)> = HashMap::new();
             // partition -> when it was first seen assigned
@@ -484,7 +518,8 @@ pub fn kafka_source<'s>(
                                 e.1 = polled_at;
                                 let lineage = Lineage { partition, offset };
                                 if config.commit {
-                                    shared.ledger.register(lineage);
+                                    // The time it enters the dataflow (late records are raised).
+                                    shared.ledger.register(lineage, (ts.max(0) as u64).max(*c.time()));
                                 }
                                 session.give(SourceEvent {
                                     lineage,
@@ -497,6 +532,12 @@ pub fn kafka_source<'s>(
                             }
                         }
                     }
+                }
+                if paused.is_some() || want_pause {
+                    // Silence while not reading is not idleness: keep the idle clocks still.
+                    let now = Instant::now();
+                    max_ts.values_mut().for_each(|v| v.1 = now);
+                    assigned_at.values_mut().for_each(|v| *v = now);
                 }
                 if emitted > 0 {
                     // Records were stamped with the capability's time (late ones included): once
@@ -545,7 +586,14 @@ pub fn kafka_source<'s>(
                     .watermarks
                     .publish(&config.topic, worker, holding, seen_max, config.follows.as_deref())
                     .unwrap_or(i64::MIN);
-                if wm > 0 && wm as u64 > *c.time() {
+                if shutting_down {
+                    // Freeze: from here on the capability stays where it is until it is dropped.
+                    if frozen.is_none() {
+                        frozen = Some(*c.time());
+                        shared.flow.freeze_at(*c.time());
+                        tracing::info!(worker, topic = %config.topic, watermark = *c.time(), "shutdown: watermark frozen");
+                    }
+                } else if wm > 0 && wm as u64 > *c.time() {
                     c.downgrade(&(wm as u64));
                 }
                 if last_wm_log.elapsed() >= Duration::from_secs(1) {
@@ -562,10 +610,11 @@ pub fn kafka_source<'s>(
                 let finished_range = bounded.as_ref().is_some_and(|b| b.remaining.is_empty());
                 if finished_range || shutting_down {
                     let deadline = *drain_deadline.get_or_insert_with(|| Instant::now() + config.drain_timeout);
-                    let unacked = if config.commit {
-                        shared.ledger.unacked(&assigned)
-                    } else {
-                        0
+                    let unacked = match (config.commit, finished_range) {
+                        (false, _) => 0,
+                        (true, true) => shared.ledger.unacked(&assigned),
+                        // Stopping early: events after the cutoff wait for a restart.
+                        (true, false) => shared.ledger.unacked_before(&assigned, shared.flow.cutoff()),
                     };
                     if !live || unacked == 0 || Instant::now() >= deadline {
                         if live {

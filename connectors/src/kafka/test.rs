@@ -21,6 +21,7 @@ fn config(brokers: &str, bounded: bool, group: &str) -> KafkaSourceConfig {
         group_id: group.into(),
         start: StartPosition::Committed,
         bounded,
+        ranges: None,
         commit: true,
         assign: false,
         follows: None,
@@ -205,7 +206,7 @@ fn score_sink_acknowledges_delivered_scores() {
         })
         .collect();
     for r in &rows {
-        ledger.register(r.lineage);
+        ledger.register(r.lineage, 0);
     }
     let scores: Vec<f32> = (0..50).map(|i| i as f32 / 100.0).collect();
     sink.write(&rows, &scores, "v\"1").unwrap();

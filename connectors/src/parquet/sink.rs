@@ -108,6 +108,13 @@ impl ParquetScoreSink {
         })
     }
 
+    /// Names files `<prefix>-<seq>.parquet` instead of `scores-<start ms>-<seq>.parquet` (a
+    /// backfill uses `scores-<job id>-<attempt start ms>` so that a resumed job finds its files).
+    pub fn with_prefix(mut self, prefix: &str) -> Self {
+        self.prefix = prefix.to_string();
+        self
+    }
+
     /// Files completed so far.
     pub fn files(&self) -> Vec<PathBuf> {
         self.state.lock().unwrap().written.clone()
@@ -147,6 +154,45 @@ impl ParquetScoreSink {
         state.written.push(f.path);
         Ok(())
     }
+}
+
+/// The `(source_partition, source_offset)` of every row of a score file written by
+/// [`ParquetScoreSink`].
+///
+/// # Errors
+/// [`ConnectorError::File`] if the file cannot be read or lacks those columns.
+pub fn score_file_lineages(path: &Path) -> Result<Vec<(i32, i64)>, ConnectorError> {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use parquet::arrow::ProjectionMask;
+    let err = |e: &dyn std::fmt::Display| ConnectorError::File {
+        context: format!("read score file `{}`", path.display()),
+        detail: e.to_string(),
+    };
+    let file = File::open(path).map_err(|e| err(&e))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| err(&e))?;
+    let mask = ProjectionMask::columns(builder.parquet_schema(), ["source_partition", "source_offset"]);
+    let reader = builder.with_projection(mask).build().map_err(|e| err(&e))?;
+    let mut out = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| err(&e))?;
+        let col = |name: &str| {
+            batch
+                .column_by_name(name)
+                .ok_or_else(|| err(&format!("no column `{name}`")))
+        };
+        let parts = col("source_partition")?;
+        let offsets = col("source_offset")?;
+        let parts = parts
+            .as_any()
+            .downcast_ref::<Int32Array>()
+            .ok_or_else(|| err(&"source_partition is not Int32"))?;
+        let offsets = offsets
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .ok_or_else(|| err(&"source_offset is not Int64"))?;
+        out.extend(parts.values().iter().copied().zip(offsets.values().iter().copied()));
+    }
+    Ok(out)
 }
 
 impl ScoreSink for ParquetScoreSink {
@@ -216,7 +262,7 @@ mod tests {
                 read_at_us: 0,
             })
             .collect();
-        rows.iter().for_each(|r| ledger.register(r.lineage));
+        rows.iter().for_each(|r| ledger.register(r.lineage, 0));
         let scores: Vec<f32> = (0..600).map(|i| i as f32).collect();
         sink.write(&rows[..300], &scores[..300], "m1").unwrap();
         assert_eq!(
@@ -254,6 +300,8 @@ mod tests {
             }
         }
         assert_eq!(total, 600);
+        let lineages: Vec<(i32, i64)> = files.iter().flat_map(|f| score_file_lineages(f).unwrap()).collect();
+        assert_eq!(lineages, (0..600).map(|o| (1, o)).collect::<Vec<_>>());
         ids.sort();
         assert_eq!(ids, (0..600).collect::<Vec<u64>>());
         assert!(std::fs::read_dir(dir.path()).unwrap().all(|e| !e

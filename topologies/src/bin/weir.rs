@@ -78,6 +78,42 @@ enum Command {
         #[arg(long)]
         start: Option<String>,
     },
+    /// Replay a bounded range of the source topic through the topology: a resumable batch job.
+    ///
+    /// The range is resolved to per-partition offsets when the job starts (by message timestamp
+    /// for --from/--to); the feature store first replays the history the windows need
+    /// ([backfill] warmup) without scoring it. Scores go to Parquet files or a Kafka topic; no
+    /// consumer-group offset is touched. Ctrl-C drains and records progress; resume with
+    /// --resume <job id>.
+    Backfill {
+        /// Topology file (not needed with --resume).
+        #[arg(required_unless_present = "resume")]
+        topology: Option<PathBuf>,
+        /// Bootstrap servers, overriding source.brokers (or the job's, with --resume).
+        #[arg(long)]
+        brokers: Option<String>,
+        /// First event time included, RFC 3339 (e.g. 2018-05-01T00:00:00Z).
+        #[arg(long, requires = "to", conflicts_with_all = ["from_offsets", "resume"])]
+        from: Option<String>,
+        /// First event time excluded, RFC 3339.
+        #[arg(long, requires = "from")]
+        to: Option<String>,
+        /// First offsets included, partition:offset[,partition:offset...]; only these partitions.
+        #[arg(long, conflicts_with = "resume")]
+        from_offsets: Option<String>,
+        /// First offsets excluded, partition:offset,... (default: each partition's end).
+        #[arg(long, requires = "from_offsets")]
+        to_offsets: Option<String>,
+        /// Where scores go: parquet:<directory> or kafka:<topic>.
+        #[arg(long, required_unless_present = "resume")]
+        sink: Option<String>,
+        /// Resume an interrupted job by its id.
+        #[arg(long)]
+        resume: Option<String>,
+        /// Directory of job state files.
+        #[arg(long, default_value = ".weir/backfill")]
+        state_dir: PathBuf,
+    },
     /// Generate simulated card transactions (Fraud Detection Handbook, ch. 3) to Kafka or JSONL.
     Generate {
         #[command(flatten)]
@@ -256,7 +292,7 @@ fn main() -> ExitCode {
                     .map(parse_start)
                     .transpose()
                     .map_err(|e| format!("--start: {e}"))?;
-                let flow = Arc::new(weir_topologies::runner::flow_control(&cfg));
+                let flow = Arc::new(weir_topologies::runner::flow_control(&cfg, cfg.batching.max_batch_rows));
                 let flag = shutdown_flag();
                 let f = flow.clone();
                 std::thread::spawn(move || loop {
@@ -291,6 +327,73 @@ fn main() -> ExitCode {
                     report.p99_latency_us as f64 / 1000.0,
                     report.sink,
                 );
+                Ok(())
+            })()
+        }
+        Command::Backfill {
+            topology,
+            brokers,
+            from,
+            to,
+            from_offsets,
+            to_offsets,
+            sink,
+            resume,
+            state_dir,
+        } => {
+            init_logging("warn");
+            (|| {
+                use weir_topologies::backfill::{parse_offsets, run_backfill, BackfillOptions, RangeSpec, SinkSpec};
+                let range = match (&from, &to, &from_offsets) {
+                    (Some(f), Some(t), None) => Some(RangeSpec::Time {
+                        from_ms: rfc3339_ms(f, "--from")?,
+                        to_ms: rfc3339_ms(t, "--to")?,
+                    }),
+                    (None, None, Some(f)) => Some(RangeSpec::Offsets {
+                        from: parse_offsets(f).map_err(|e| format!("--from-offsets: {e}"))?,
+                        to: to_offsets
+                            .as_deref()
+                            .map(parse_offsets)
+                            .transpose()
+                            .map_err(|e| format!("--to-offsets: {e}"))?
+                            .unwrap_or_default(),
+                    }),
+                    _ if resume.is_some() => None,
+                    _ => return Err("give --from and --to (RFC 3339), or --from-offsets".to_string()),
+                };
+                let sink = sink
+                    .as_deref()
+                    .map(SinkSpec::parse)
+                    .transpose()
+                    .map_err(|e| format!("--sink: {e}"))?;
+                let opts = BackfillOptions {
+                    topology,
+                    brokers,
+                    range,
+                    sink,
+                    resume,
+                    state_dir,
+                    progress: true,
+                    shutdown: Some(shutdown_flag()),
+                    on_start: Some(Arc::new(|job| {
+                        eprintln!(
+                            "backfill job {}: {} events in range ({}), {} completed earlier, reading {} events with warm-up",
+                            job.job_id,
+                            job.range_events(),
+                            job.range,
+                            job.completed_events(),
+                            job.read.values().map(|(a, b)| b - a).sum::<i64>(),
+                        );
+                    })),
+                };
+                let report = run_backfill(&opts).map_err(|e| e.to_string())?;
+                print!("{}", report.render());
+                if report.job.status != "done" {
+                    return Err(format!(
+                        "backfill {} {}: resume with `weir backfill --resume {}`",
+                        report.job.job_id, report.job.status, report.job.job_id
+                    ));
+                }
                 Ok(())
             })()
         }
