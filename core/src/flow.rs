@@ -110,6 +110,19 @@ impl FlowControl {
         self.max_in_flight_seen.load(Ordering::Acquire)
     }
 
+    /// Whether inference cannot keep up: a micro-batcher's hand-off is blocked or they hold
+    /// `high_water` rows. This pressure always resolves as inference proceeds.
+    pub fn downstream_pressure(&self) -> bool {
+        self.blocked.load(Ordering::Acquire) > 0 || self.buffered_rows() >= self.high_water
+    }
+
+    /// Whether the events between sources and inference reached the in-flight limit. Unlike
+    /// downstream pressure, this can only resolve when the watermark advances past the events
+    /// held for it; see the Kafka source's watermark alignment.
+    pub fn in_flight_full(&self) -> bool {
+        self.in_flight() >= self.max_in_flight
+    }
+
     /// Whether sources should stop reading now.
     pub fn should_pause(&self) -> bool {
         self.blocked.load(Ordering::Acquire) > 0

@@ -340,15 +340,15 @@ impl BackfillReport {
         let r = &self.run;
         let secs = r.elapsed.as_secs_f64().max(1e-9);
         let mut s = format!(
-            "backfill {} {}: {} of {} events in range scored ({} this attempt, {} skipped as completed), {} warm-up events, {} dead letters\n",
+            "backfill {} {}: {} of {} events in range completed; this attempt scored {} and sent {} dead letters, {} were completed earlier, {} warm-up events read\n",
             self.job.job_id,
             self.job.status,
             self.job.completed_events(),
             self.job.range_events(),
             r.scored,
+            r.dead_letters.values().sum::<u64>(),
             self.skipped,
             r.warmup,
-            r.dead_letters.values().sum::<u64>(),
         );
         s += &format!(
             "  {:.2} s, {:.0} events/s read ({:.0} scored/s); {} batches, mean {:.1} rows; execution provider {}\n",

@@ -236,6 +236,7 @@ pub fn offsets_for_time(
         .offsets_for_times(q, timeout)
         .map_err(|e| lookup_failed(e.to_string()))?;
     let mut out = BTreeMap::new();
+    let mut at_end = BTreeMap::new();
     for e in found.elements() {
         if let Err(err) = e.error() {
             return Err(lookup_failed(format!("partition {}: {err}", e.partition())));
@@ -257,6 +258,20 @@ pub fn offsets_for_time(
             }
         };
         out.insert(e.partition(), o);
+        if o == hi && hi > lo {
+            at_end.insert(e.partition(), hi - 1);
+        }
+    }
+    // "No message that late" is checked against the last message: a broker that cannot look up
+    // timestamps (librdkafka's mock cluster) answers with the end offset for any time.
+    drop(consumer);
+    if let Some((p, ts)) = timestamps_at(brokers, topic, &at_end, timeout)?
+        .into_iter()
+        .find(|&(_, ts)| ts >= timestamp_ms)
+    {
+        return Err(lookup_failed(format!(
+            "partition {p}: the broker answered \"no message at or after the time\", but its last message has timestamp {ts}"
+        )));
     }
     Ok(out)
 }

@@ -22,7 +22,12 @@
 //! full); if the episode lasts `pause_after` (an episode ends after 20 ms without pressure) the
 //! consumer's partitions are paused until it ends, so that polling can go on serving the group
 //! protocol without receiving messages. Either way lag grows instead of memory. A message returned while
-//! pausing is still emitted, never dropped.
+//! pausing is still emitted, never dropped. Silence while not reading does not count toward
+//! `idle_timeout`, so backpressure never turns events late. When only the in-flight limit holds
+//! reading back and the in-flight count has not dropped for `idle_timeout` (everything in flight
+//! waits for a watermark that only reading can advance, e.g. partitions skewed in event time),
+//! the operator reads on until the watermark advances (watermark alignment by reading the
+//! laggards; memory then grows with the skew, not with the stream).
 //!
 //! **Ranges** (`ranges = Some(..)`, a backfill): as bounded, but each partition is read over an
 //! explicit offset range `[start, stop)` resolved beforehand (e.g. from timestamps).
@@ -428,6 +433,9 @@ pub fn kafka_source<'s>(
             let mut last_commit = Instant::now();
             let mut drain_deadline: Option<Instant> = None;
             let mut frozen: Option<u64> = None;
+            // (in-flight count, since when it has not dropped below it) while the limit holds.
+            let mut stall: Option<(usize, Instant)> = None;
+            let mut stall_logged = false;
             // partition -> (largest timestamp seen, when the last message arrived)
             let mut max_ts: HashMap<i32, (i64, Instant)> = HashMap::new();
             // partition -> when it was first seen assigned
@@ -442,14 +450,37 @@ pub fn kafka_source<'s>(
                 let ctx = consumer_ref.context();
                 let assigned: Vec<i32> = ctx.assigned.lock().unwrap().clone();
                 let shutting_down = shared.flow.shutdown_requested();
-                let want_pause = shutting_down || shared.flow.should_pause();
+                // Watermark alignment: events held in flight for the watermark leave only when it
+                // advances, and it advances only by reading (silence while not reading is not
+                // idleness). If the in-flight limit alone holds reading back and the in-flight
+                // count has not dropped for idle_timeout, everything in flight waits for the
+                // watermark: read on until it advances (memory then grows with the skew between
+                // partitions, not with the stream).
+                let in_flight_full = shared.flow.in_flight_full();
+                let downstream = shared.flow.downstream_pressure();
+                let now = Instant::now();
+                if in_flight_full && !downstream && !shutting_down {
+                    let in_flight = shared.flow.in_flight();
+                    match stall {
+                        Some((low, _)) if in_flight >= low => {}
+                        _ => stall = Some((in_flight, now)),
+                    }
+                } else {
+                    stall = None;
+                }
+                let stalled = stall.is_some_and(|(_, since)| now - since >= config.idle_timeout);
+                if stalled && !stall_logged {
+                    stall_logged = true;
+                    tracing::debug!(worker, topic = %config.topic, in_flight = shared.flow.in_flight(), "in-flight events wait for the watermark: reading past the in-flight limit");
+                }
+                stall_logged &= stalled;
+                let want_pause = shutting_down || downstream || (in_flight_full && !stalled);
 
                 // Backpressure. Brief pressure: stop polling (librdkafka's local queue, bounded by
                 // queued.max.messages.kbytes, keeps what it fetched). Pressure lasting PAUSE_AFTER:
                 // pause the partitions, so that fetching stops and poll() can keep serving
                 // callbacks. (A pause drops librdkafka's prefetched messages, which are fetched again
                 // on resume; pausing on every short spike would cost a round trip each time.)
-                let now = Instant::now();
                 if want_pause {
                     last_pressure = now;
                     pressure_since.get_or_insert(now);
