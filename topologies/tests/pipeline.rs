@@ -356,3 +356,39 @@ fn a_missing_model_names_its_path() {
     assert!(err.to_string().contains("no-such-model.onnx"), "{err}");
     assert!(err.to_string().contains("not found"), "{err}");
 }
+
+#[test]
+fn the_model_scores_a_row_the_same_in_any_batch() {
+    // Live (256-row window) and backfill (4,096) batch the same rows differently; their scores
+    // must still be equal bit for bit.
+    let cfg = config("");
+    let (mut scorers, _) = weir_topologies::runner::open_scorers(&cfg, None).unwrap();
+    let scorer = &mut scorers[0];
+    let n_features = cfg.model.features.len();
+    let rows = 4096;
+    // Deterministic pseudo-random features in the ranges the handbook features take.
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f32 / (1u64 << 53) as f32
+    };
+    let x = ndarray::Array2::from_shape_fn((rows, n_features), |(_, j)| match j {
+        0 => next() * 300.0,
+        1 | 2 => (next() < 0.3) as u8 as f32,
+        j if cfg.model.features[j].contains("risk") => next() * 0.2,
+        j if cfg.model.features[j].contains("nb_tx") => (next() * 40.0).floor(),
+        _ => next() * 150.0,
+    });
+    let whole = scorer.score(x.view()).unwrap();
+    for batch in [1, 7, 256, 1000] {
+        let mut parts = Vec::new();
+        for start in (0..rows).step_by(batch) {
+            let end = (start + batch).min(rows);
+            parts.extend(scorer.score(x.slice(ndarray::s![start..end, ..])).unwrap());
+        }
+        let differ = whole.iter().zip(&parts).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+        assert_eq!(differ, 0, "batch size {batch}: {differ} of {rows} scores differ from one batch");
+    }
+}
