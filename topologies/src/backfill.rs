@@ -319,6 +319,9 @@ pub struct BackfillOptions {
     pub shutdown: Option<Arc<AtomicBool>>,
     /// Called with the job id once the job is recorded, before any event is read.
     pub on_start: Option<Arc<dyn Fn(&JobState) + Send + Sync>>,
+    /// Use this configuration instead of loading `topology` (benchmarks adjust topics in
+    /// memory); `topology` is still recorded in the job.
+    pub config: Option<TopologyConfig>,
 }
 
 /// What a backfill attempt did.
@@ -420,7 +423,11 @@ fn resolve(cfg: &TopologyConfig, brokers: &str, range: &RangeSpec, job: &mut Job
                     "--to-offsets names partition {p}, which --from-offsets does not"
                 )));
             }
-            let warm_from = if warmup > 0 {
+            // Nothing precedes a range that starts every partition at its beginning.
+            let from_start = marks
+                .iter()
+                .all(|(p, (lo, _))| score.get(p).is_some_and(|(a, _)| a <= lo));
+            let warm_from = if warmup > 0 && !from_start {
                 let starts = score.iter().map(|(p, (a, _))| (*p, *a)).collect();
                 timestamps_at(brokers, topic, &starts, timeout)?
                     .values()
@@ -539,7 +546,10 @@ pub fn run_backfill(opts: &BackfillOptions) -> Result<BackfillReport, BackfillEr
                 .topology
                 .as_ref()
                 .ok_or_else(|| BackfillError::Usage("give a topology file, or --resume <job id>".into()))?;
-            let cfg = TopologyConfig::load(topology)?;
+            let cfg = match &opts.config {
+                Some(c) => c.clone(),
+                None => TopologyConfig::load(topology)?,
+            };
             let range = opts
                 .range
                 .as_ref()

@@ -8,6 +8,10 @@
 //! 3. **Pipeline**: the topology end to end over the same topic (bounded), events/s from start
 //!    of the dataflow to the last sink acknowledgement.
 //!
+//! 4. **Backfill**: `weir backfill` over the whole topic (by offsets, to Parquet files in a
+//!    temporary directory) with the `[backfill]` window, against raw ONNX Runtime at the backfill
+//!    batch size (measured like 1) and against the pipeline (the live path) of 3.
+//!
 //! The pipeline's target is 90% of the slower of 1 and 2.
 
 use std::collections::BTreeMap;
@@ -24,6 +28,7 @@ use weir_connectors::kafka::embedded::EmbeddedKafka;
 use weir_connectors::kafka::source::StartPosition;
 use weir_simulator::{SimConfig, Simulator};
 
+use crate::backfill::{run_backfill, BackfillOptions, RangeSpec, SinkSpec};
 use crate::config::TopologyConfig;
 use crate::demo::DemoError;
 use crate::generate::{generate, Target};
@@ -57,6 +62,12 @@ pub struct BenchReport {
     pub pipeline: RunReport,
     /// Timely workers.
     pub workers: usize,
+    /// Backfill rows per micro-batch.
+    pub backfill_batch_rows: usize,
+    /// Raw ONNX Runtime rows/s at `backfill_batch_rows`.
+    pub onnx_backfill_rows_per_s: f64,
+    /// The backfill of the same topic.
+    pub backfill: RunReport,
 }
 
 impl BenchReport {
@@ -75,7 +86,11 @@ impl BenchReport {
              \x20 pipeline end to end  {:>12.0} events/s (p50 {:.2} ms, p99 {:.2} ms, mean batch {:.1} rows)\n\
              \x20 pipeline / raw ONNX Runtime   {:.3}\n\
              \x20 pipeline / raw Kafka I/O      {:.3}\n\
-             \x20 pipeline / slower raw limit   {:.3}   (target >= 0.9)\n",
+             \x20 pipeline / slower raw limit   {:.3}   (target >= 0.9)\n\
+             \x20 raw ONNX Runtime     {:>12.0} rows/s   (one session, batch {})\n\
+             \x20 backfill             {:>12.0} events/s (Parquet sink, mean batch {:.1} rows)\n\
+             \x20 backfill / raw ONNX Runtime at its batch   {:.3}\n\
+             \x20 backfill / pipeline (live path)            {:.3}\n",
             self.events,
             self.batch_rows,
             self.workers,
@@ -90,15 +105,20 @@ impl BenchReport {
             p / self.onnx_rows_per_s,
             p / self.kafka_events_per_s,
             self.ratio_to_limit(),
+            self.onnx_backfill_rows_per_s,
+            self.backfill_batch_rows,
+            self.backfill.events_per_second(),
+            self.backfill.mean_batch_rows,
+            self.backfill.events_per_second() / self.onnx_backfill_rows_per_s,
+            self.backfill.events_per_second() / p,
         )
     }
 }
 
-fn raw_onnx(cfg: &TopologyConfig, sim: &SimConfig, seconds: f64) -> Result<f64, DemoError> {
+fn raw_onnx(cfg: &TopologyConfig, sim: &SimConfig, seconds: f64, rows: usize) -> Result<f64, DemoError> {
     let (mut scorers, _) = open_scorers(cfg, None).map_err(crate::runner::TopologyError::from)?;
     let scorer = &mut scorers[0];
     let set = cfg.feature_spec();
-    let rows = cfg.batching.max_batch_rows;
     let mut small = sim.clone();
     small.n_days = 1;
     let txs: Vec<_> = Simulator::new(small).flatten().take(rows).collect();
@@ -186,7 +206,8 @@ fn raw_kafka(brokers: &str, topic: &str, out_topic: &str) -> Result<(u64, f64), 
 /// [`DemoError`] from the configuration, the broker, the model or the topology.
 pub fn run_bench(opts: &BenchOptions) -> Result<BenchReport, DemoError> {
     let mut cfg = TopologyConfig::load(&opts.topology)?;
-    let onnx = raw_onnx(&cfg, &opts.sim, opts.onnx_seconds)?;
+    let onnx = raw_onnx(&cfg, &opts.sim, opts.onnx_seconds, cfg.batching.max_batch_rows)?;
+    let onnx_backfill = raw_onnx(&cfg, &opts.sim, opts.onnx_seconds, cfg.backfill.max_batch_rows)?;
 
     let kafka = EmbeddedKafka::start()?;
     let topic = "bench-transactions";
@@ -217,12 +238,32 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchReport, DemoError> {
     let pipeline = run_topology(
         &cfg,
         RunOptions {
-            brokers: Some(brokers),
+            brokers: Some(brokers.clone()),
             bounded: true,
             start: Some(StartPosition::Earliest),
             ..RunOptions::default()
         },
     )?;
+
+    let scratch = std::env::temp_dir().join(format!("weir-bench-{}", std::process::id()));
+    let from = watermarks(&brokers, topic, Duration::from_secs(10))?
+        .into_iter()
+        .map(|(p, lo, _)| (p, lo))
+        .collect();
+    let backfill = run_backfill(&BackfillOptions {
+        topology: Some(opts.topology.clone()),
+        brokers: Some(brokers),
+        range: Some(RangeSpec::Offsets {
+            from,
+            to: BTreeMap::new(),
+        }),
+        sink: Some(SinkSpec::Parquet(scratch.join("out"))),
+        state_dir: scratch.join("state"),
+        config: Some(cfg.clone()),
+        ..BackfillOptions::default()
+    });
+    let _ = std::fs::remove_dir_all(&scratch);
+    let backfill = backfill.map_err(|e| DemoError::Usage(format!("backfill: {e}")))?;
     drop(kafka);
     Ok(BenchReport {
         batch_rows: cfg.batching.max_batch_rows,
@@ -231,6 +272,9 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchReport, DemoError> {
         kafka_events_per_s: kafka_rate,
         pipeline,
         workers: cfg.topology.workers,
+        backfill_batch_rows: cfg.backfill.max_batch_rows,
+        onnx_backfill_rows_per_s: onnx_backfill,
+        backfill: backfill.run,
     })
 }
 

@@ -388,7 +388,14 @@ fn the_model_scores_a_row_the_same_in_any_batch() {
             let end = (start + batch).min(rows);
             parts.extend(scorer.score(x.slice(ndarray::s![start..end, ..])).unwrap());
         }
-        let differ = whole.iter().zip(&parts).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
-        assert_eq!(differ, 0, "batch size {batch}: {differ} of {rows} scores differ from one batch");
+        let differ = whole
+            .iter()
+            .zip(&parts)
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
+        assert_eq!(
+            differ, 0,
+            "batch size {batch}: {differ} of {rows} scores differ from one batch"
+        );
     }
 }

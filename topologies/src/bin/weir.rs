@@ -385,6 +385,7 @@ fn main() -> ExitCode {
                             job.read.values().map(|(a, b)| b - a).sum::<i64>(),
                         );
                     })),
+                    config: None,
                 };
                 let report = run_backfill(&opts).map_err(|e| e.to_string())?;
                 print!("{}", report.render());
