@@ -34,7 +34,8 @@ struct Setup {
     txs: HashMap<u64, i64>,
 }
 
-fn setup(group: &str, days: u32, customers: u32, sink: &str) -> Setup {
+/// `replace`: `key = value` lines replacing the line of the same key (and value) in the file.
+fn setup(group: &str, days: u32, customers: u32, replace: &[(&str, &str)], extra_source: &str) -> Setup {
     let broker = NisshiBroker::start();
     create_topics(
         &broker.brokers,
@@ -48,12 +49,14 @@ fn setup(group: &str, days: u32, customers: u32, sink: &str) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     // idle_timeout: on a backlog every partition delivers well within 2 s; a partition declared
     // idle too early would make events of the live run late (see the Kafka source's docs).
-    let topology = topology_file(dir.path(), &broker.brokers, group, "idle_timeout = \"2s\"", "");
-    if !sink.is_empty() {
-        let text = std::fs::read_to_string(&topology).unwrap();
-        let text = text.replace("[sink]\n", &format!("[sink]\n{sink}\n"));
-        std::fs::write(&topology, text).unwrap();
+    let extra_source = format!("idle_timeout = \"2s\"\n{extra_source}");
+    let topology = topology_file(dir.path(), &broker.brokers, group, &extra_source, "");
+    let mut text = std::fs::read_to_string(&topology).unwrap();
+    for (old, new) in replace {
+        assert!(text.contains(old), "`{old}` not in the topology file");
+        text = text.replacen(old, new, 1);
     }
+    std::fs::write(&topology, text).unwrap();
     let out = run_weir(
         &[
             "generate",
@@ -153,7 +156,7 @@ fn job_state(state_dir: &Path, id: &str) -> serde_json::Value {
 
 #[test]
 fn backfill_scores_equal_live_scores_bit_for_bit() {
-    let s = setup("parity", 14, 400, "");
+    let s = setup("parity", 14, 1000, &[], "");
     let brokers = s.broker.brokers.clone();
     let n = s.txs.len();
     assert!(n > 5_000, "{n} transactions");
@@ -266,10 +269,20 @@ fn backfill_scores_equal_live_scores_bit_for_bit() {
 
 #[test]
 fn a_killed_backfill_resumes_to_exactly_the_range() {
-    // Small files, so that some are complete when the job is stopped.
-    let s = setup("resume", 16, 1500, "max_rows_per_file = 1500");
+    // Small files and batches, so that some files are complete when the job is stopped; a small
+    // in-flight limit, so that the sources are still reading then.
+    let s = setup(
+        "resume",
+        24,
+        1500,
+        &[
+            ("max_rows_per_file = 1000000", "max_rows_per_file = 1500"),
+            ("max_batch_rows = 4096", "max_batch_rows = 500"),
+        ],
+        "max_in_flight_rows = 1000",
+    );
     let brokers = s.broker.brokers.clone();
-    let (from, to) = (START_MS + 10 * DAY_MS, START_MS + 15 * DAY_MS);
+    let (from, to) = (START_MS + 10 * DAY_MS, START_MS + 23 * DAY_MS);
     let out_dir = s.dir.path().join("out");
     let state_dir = s.dir.path().join("state");
     let args = |resume: Option<&str>| -> Vec<String> {
@@ -295,29 +308,38 @@ fn a_killed_backfill_resumes_to_exactly_the_range() {
         a
     };
     let complete_files = || parquet_file_count(&out_dir);
-    let wait_for_files = |child: &std::process::Child, at_least: usize| {
+    let log = s.dir.path().join("backfill.log");
+    let wait_for_files = |child: &mut std::process::Child, at_least: usize| {
         let deadline = Instant::now() + Duration::from_secs(180);
         while complete_files() < at_least {
-            assert!(Instant::now() < deadline, "no output files appeared");
+            if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+                let _ = child.kill();
+                panic!(
+                    "{at_least} output files did not appear (exit {:?})\n{}",
+                    child.try_wait(),
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
             std::thread::sleep(Duration::from_millis(10));
         }
-        let _ = child;
     };
 
     // 1. Ctrl-C after the first file: drains, records progress, exits non-zero as interrupted.
-    let first = weir()
+    let mut first = weir()
         .args(args(None))
+        .env("WEIR_LOG", "info")
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    wait_for_files(&first, 1);
+    wait_for_files(&mut first, 1);
     sigint(&first);
     let out = wait_with_timeout(first, Duration::from_secs(120));
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         !out.status.success(),
-        "an interrupted backfill does not report success: {stdout}"
+        "an interrupted backfill does not report success: {stdout}\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
     );
     let id = job_ids(&state_dir).pop().expect("a job state file");
     let state = job_state(&state_dir, &id);
@@ -325,15 +347,15 @@ fn a_killed_backfill_resumes_to_exactly_the_range() {
     let after_sigint = parquet_scores(&out_dir, &format!("scores-{id}-")).len();
 
     // 2. Resume, and SIGKILL it after it completed another file.
-    let second = weir()
+    let files_before = complete_files();
+    let mut second = weir()
         .args(args(Some(&id)))
+        .env("WEIR_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let files_before = complete_files();
-    let mut second = second;
-    wait_for_files(&second, files_before + 1);
+    wait_for_files(&mut second, files_before + 1);
     second.kill().unwrap(); // SIGKILL: no chance to record anything
     second.wait().unwrap();
     let at_kill = parquet_scores(&out_dir, &format!("scores-{id}-")).len();

@@ -666,7 +666,7 @@ pub fn run_backfill(opts: &BackfillOptions) -> Result<BackfillReport, BackfillEr
             let mut last_save = Instant::now();
             let mut last_log = Instant::now();
             while !done.load(Ordering::Acquire) {
-                std::thread::sleep(Duration::from_millis(200));
+                std::thread::sleep(Duration::from_millis(20));
                 if shutdown.as_ref().is_some_and(|s| s.load(Ordering::Acquire)) && !flow.shutdown_requested() {
                     tracing::info!("shutdown requested: draining in-flight batches, then recording progress");
                     flow.request_shutdown();

@@ -24,8 +24,9 @@
 //! protocol without receiving messages. Either way lag grows instead of memory. A message returned while
 //! pausing is still emitted, never dropped. Silence while not reading does not count toward
 //! `idle_timeout`, so backpressure never turns events late. When only the in-flight limit holds
-//! reading back and the in-flight count has not dropped for `idle_timeout` (everything in flight
-//! waits for a watermark that only reading can advance, e.g. partitions skewed in event time),
+//! reading back and for about 20 activations neither the in-flight count dropped nor the watermark
+//! advanced (everything in flight waits for a watermark that only reading can advance, e.g.
+//! partitions skewed in event time),
 //! the operator reads on until the watermark advances (watermark alignment by reading the
 //! laggards; memory then grows with the skew, not with the stream).
 //!
@@ -314,6 +315,10 @@ fn consumer_defaults(group_id: &str) -> Vec<(&str, &str)> {
     ]
 }
 
+/// Activations (about 1 ms apart while held back) without progress after which events in flight
+/// are taken to wait for the watermark; see watermark alignment in the operator.
+const STALL_ACTIVATIONS: u32 = 20;
+
 /// A backpressure episode ends after this long without pressure (hysteresis: a hand-off that
 /// blocks on every batch is one episode, not many short ones).
 const CALM_AFTER: Duration = Duration::from_millis(20);
@@ -433,8 +438,9 @@ pub fn kafka_source<'s>(
             let mut last_commit = Instant::now();
             let mut drain_deadline: Option<Instant> = None;
             let mut frozen: Option<u64> = None;
-            // (in-flight count, since when it has not dropped below it) while the limit holds.
-            let mut stall: Option<(usize, Instant)> = None;
+            // While the in-flight limit holds: (in-flight count, capability time, activations
+            // since neither dropped below / advanced beyond them).
+            let mut stall: Option<(usize, u64, u32)> = None;
             let mut stall_logged = false;
             // partition -> (largest timestamp seen, when the last message arrived)
             let mut max_ts: HashMap<i32, (i64, Instant)> = HashMap::new();
@@ -452,23 +458,25 @@ pub fn kafka_source<'s>(
                 let shutting_down = shared.flow.shutdown_requested();
                 // Watermark alignment: events held in flight for the watermark leave only when it
                 // advances, and it advances only by reading (silence while not reading is not
-                // idleness). If the in-flight limit alone holds reading back and the in-flight
-                // count has not dropped for idle_timeout, everything in flight waits for the
-                // watermark: read on until it advances (memory then grows with the skew between
+                // idleness). If the in-flight limit alone holds reading back, and for
+                // STALL_ACTIVATIONS activations of this operator (counted, not timed: a worker busy
+                // computing does not activate it) neither has the in-flight count dropped nor the
+                // watermark advanced, everything in flight waits for the watermark: read until it
+                // advances, then hold back again (memory then grows with the skew between
                 // partitions, not with the stream).
                 let in_flight_full = shared.flow.in_flight_full();
                 let downstream = shared.flow.downstream_pressure();
                 let now = Instant::now();
                 if in_flight_full && !downstream && !shutting_down {
                     let in_flight = shared.flow.in_flight();
-                    match stall {
-                        Some((low, _)) if in_flight >= low => {}
-                        _ => stall = Some((in_flight, now)),
+                    match stall.as_mut() {
+                        Some((low, at, n)) if in_flight >= *low && *c.time() <= *at => *n += 1,
+                        _ => stall = Some((in_flight, *c.time(), 0)),
                     }
                 } else {
                     stall = None;
                 }
-                let stalled = stall.is_some_and(|(_, since)| now - since >= config.idle_timeout);
+                let stalled = stall.is_some_and(|(_, _, n)| n >= STALL_ACTIVATIONS);
                 if stalled && !stall_logged {
                     stall_logged = true;
                     tracing::debug!(worker, topic = %config.topic, in_flight = shared.flow.in_flight(), "in-flight events wait for the watermark: reading past the in-flight limit");
