@@ -110,19 +110,6 @@ impl FlowControl {
         self.max_in_flight_seen.load(Ordering::Acquire)
     }
 
-    /// Whether inference cannot keep up: a micro-batcher's hand-off is blocked or they hold
-    /// `high_water` rows. This pressure always resolves as inference proceeds.
-    pub fn downstream_pressure(&self) -> bool {
-        self.blocked.load(Ordering::Acquire) > 0 || self.buffered_rows() >= self.high_water
-    }
-
-    /// Whether the events between sources and inference reached the in-flight limit. Unlike
-    /// downstream pressure, this can only resolve when the watermark advances past the events
-    /// held for it; see the Kafka source's watermark alignment.
-    pub fn in_flight_full(&self) -> bool {
-        self.in_flight() >= self.max_in_flight
-    }
-
     /// Whether sources should stop reading now.
     pub fn should_pause(&self) -> bool {
         self.blocked.load(Ordering::Acquire) > 0
@@ -207,12 +194,14 @@ mod tests {
         flow.set_blocked(false);
         assert!(!flow.should_pause());
         assert_eq!(flow.max_buffered_rows(), 100);
-        let flow = FlowControl::with_in_flight_limit(100, 10);
-        flow.add_in_flight(10);
+        let flow = FlowControl::with_in_flight_limit(100, 12);
+        flow.add_in_flight(11);
+        assert!(!flow.should_pause());
+        flow.add_in_flight(1);
         assert!(flow.should_pause());
         flow.remove_in_flight(4);
         assert!(!flow.should_pause());
-        assert_eq!(flow.max_in_flight(), 10);
+        assert_eq!(flow.max_in_flight(), 12);
     }
 
     #[test]

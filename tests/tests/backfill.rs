@@ -47,10 +47,7 @@ fn setup(group: &str, days: u32, customers: u32, replace: &[(&str, &str)], extra
         ],
     );
     let dir = tempfile::tempdir().unwrap();
-    // idle_timeout: on a backlog every partition delivers well within 2 s; a partition declared
-    // idle too early would make events of the live run late (see the Kafka source's docs).
-    let extra_source = format!("idle_timeout = \"2s\"\n{extra_source}");
-    let topology = topology_file(dir.path(), &broker.brokers, group, &extra_source, "");
+    let topology = topology_file(dir.path(), &broker.brokers, group, extra_source, "");
     let mut text = std::fs::read_to_string(&topology).unwrap();
     for (old, new) in replace {
         assert!(text.contains(old), "`{old}` not in the topology file");
@@ -156,7 +153,9 @@ fn job_state(state_dir: &Path, id: &str) -> serde_json::Value {
 
 #[test]
 fn backfill_scores_equal_live_scores_bit_for_bit() {
-    let s = setup("parity", 14, 1000, &[], "");
+    // idle_timeout: on a backlog every partition delivers well within 2 s; a partition declared
+    // idle too early would make events of the live run late (see the Kafka source's docs).
+    let s = setup("parity", 14, 1000, &[], "idle_timeout = \"2s\"");
     let brokers = s.broker.brokers.clone();
     let n = s.txs.len();
     assert!(n > 5_000, "{n} transactions");

@@ -297,6 +297,9 @@ fn new_job_id() -> String {
     format!("bf-{stamp}-{:04x}", salt & 0xffff)
 }
 
+/// Called with a job's state (e.g. to print its id when it starts).
+pub type JobCallback = Arc<dyn Fn(&JobState) + Send + Sync>;
+
 /// Options of `weir backfill`.
 #[derive(Clone, Default)]
 pub struct BackfillOptions {
@@ -318,7 +321,7 @@ pub struct BackfillOptions {
     /// recorded, and the job can be resumed.
     pub shutdown: Option<Arc<AtomicBool>>,
     /// Called with the job id once the job is recorded, before any event is read.
-    pub on_start: Option<Arc<dyn Fn(&JobState) + Send + Sync>>,
+    pub on_start: Option<JobCallback>,
     /// Use this configuration instead of loading `topology` (benchmarks adjust topics in
     /// memory); `topology` is still recorded in the job.
     pub config: Option<TopologyConfig>,

@@ -22,13 +22,10 @@
 //! full); if the episode lasts `pause_after` (an episode ends after 20 ms without pressure) the
 //! consumer's partitions are paused until it ends, so that polling can go on serving the group
 //! protocol without receiving messages. Either way lag grows instead of memory. A message returned while
-//! pausing is still emitted, never dropped. Silence while not reading does not count toward
-//! `idle_timeout`, so backpressure never turns events late. When only the in-flight limit holds
-//! reading back and for about 20 activations neither the in-flight count dropped nor the watermark
-//! advanced (everything in flight waits for a watermark that only reading can advance, e.g.
-//! partitions skewed in event time),
-//! the operator reads on until the watermark advances (watermark alignment by reading the
-//! laggards; memory then grows with the skew, not with the stream).
+//! pausing is still emitted, never dropped. A partition held back this way still turns idle
+//! after `idle_timeout`: if partitions are skewed in event time and the in-flight limit is
+//! reached, events read afterwards from a lagging partition can be late (processed at the
+//! watermark; see the feature store). Raise `max_in_flight_rows` above the skew to avoid it.
 //!
 //! **Ranges** (`ranges = Some(..)`, a backfill): as bounded, but each partition is read over an
 //! explicit offset range `[start, stop)` resolved beforehand (e.g. from timestamps).
@@ -40,13 +37,14 @@
 //! acknowledged, commits, and only then drops its capability.
 //!
 //! **Side input** (`assign = true`): partitions assigned directly as in bounded mode, read
-//! without a stop offset and without a group (every process reads the whole topic).
+//! without a stop offset and without a group (every process reads the whole topic). A side
+//! input that commits nothing (labels) is not held back by backpressure: the main events in
+//! flight may be waiting for its watermark, which only reading it advances.
 //!
 //! **Time**: timely timestamps are event time (Kafka message timestamp), ms since the Unix epoch.
 //! The operator's capability follows a watermark: per partition, the largest timestamp seen minus
 //! `allowed_lateness_ms`; partitions that finished their range or were silent for `idle_timeout`
-//! do not count (as Flink's `withIdleness`; silence counts only while the source is reading, not
-//! while backpressure or shutdown stopped it, so holding back never makes events late), and the minimum is taken over every worker of the
+//! do not count (as Flink's `withIdleness`; silence after a shutdown request does not count), and the minimum is taken over every worker of the
 //! process through a [`WatermarkBoard`], so an idle worker does not hold the others back. When no
 //! partition counts, everything read is complete (largest seen + 1). Records are emitted at the
 //! capability's time and carry their own event time.
@@ -315,10 +313,6 @@ fn consumer_defaults(group_id: &str) -> Vec<(&str, &str)> {
     ]
 }
 
-/// Activations (about 1 ms apart while held back) without progress after which events in flight
-/// are taken to wait for the watermark; see watermark alignment in the operator.
-const STALL_ACTIVATIONS: u32 = 20;
-
 /// A backpressure episode ends after this long without pressure (hysteresis: a hand-off that
 /// blocks on every batch is one episode, not many short ones).
 const CALM_AFTER: Duration = Duration::from_millis(20);
@@ -438,10 +432,6 @@ pub fn kafka_source<'s>(
             let mut last_commit = Instant::now();
             let mut drain_deadline: Option<Instant> = None;
             let mut frozen: Option<u64> = None;
-            // While the in-flight limit holds: (in-flight count, capability time, activations
-            // since neither dropped below / advanced beyond them).
-            let mut stall: Option<(usize, u64, u32)> = None;
-            let mut stall_logged = false;
             // partition -> (largest timestamp seen, when the last message arrived)
             let mut max_ts: HashMap<i32, (i64, Instant)> = HashMap::new();
             // partition -> when it was first seen assigned
@@ -456,33 +446,10 @@ pub fn kafka_source<'s>(
                 let ctx = consumer_ref.context();
                 let assigned: Vec<i32> = ctx.assigned.lock().unwrap().clone();
                 let shutting_down = shared.flow.shutdown_requested();
-                // Watermark alignment: events held in flight for the watermark leave only when it
-                // advances, and it advances only by reading (silence while not reading is not
-                // idleness). If the in-flight limit alone holds reading back, and for
-                // STALL_ACTIVATIONS activations of this operator (counted, not timed: a worker busy
-                // computing does not activate it) neither has the in-flight count dropped nor the
-                // watermark advanced, everything in flight waits for the watermark: read until it
-                // advances, then hold back again (memory then grows with the skew between
-                // partitions, not with the stream).
-                let in_flight_full = shared.flow.in_flight_full();
-                let downstream = shared.flow.downstream_pressure();
+                // A side input (no commits: labels) is not held back: the main events in flight
+                // may be waiting for its watermark, which only reading it advances.
+                let want_pause = shutting_down || (config.commit && shared.flow.should_pause());
                 let now = Instant::now();
-                if in_flight_full && !downstream && !shutting_down {
-                    let in_flight = shared.flow.in_flight();
-                    match stall.as_mut() {
-                        Some((low, at, n)) if in_flight >= *low && *c.time() <= *at => *n += 1,
-                        _ => stall = Some((in_flight, *c.time(), 0)),
-                    }
-                } else {
-                    stall = None;
-                }
-                let stalled = stall.is_some_and(|(_, _, n)| n >= STALL_ACTIVATIONS);
-                if stalled && !stall_logged {
-                    stall_logged = true;
-                    tracing::debug!(worker, topic = %config.topic, in_flight = shared.flow.in_flight(), "in-flight events wait for the watermark: reading past the in-flight limit");
-                }
-                stall_logged &= stalled;
-                let want_pause = shutting_down || downstream || (in_flight_full && !stalled);
 
                 // Backpressure. Brief pressure: stop polling (librdkafka's local queue, bounded by
                 // queued.max.messages.kbytes, keeps what it fetched). Pressure lasting PAUSE_AFTER:
@@ -572,8 +539,8 @@ pub fn kafka_source<'s>(
                         }
                     }
                 }
-                if paused.is_some() || want_pause {
-                    // Silence while not reading is not idleness: keep the idle clocks still.
+                if shutting_down {
+                    // Stopped for good: silence is not idleness (the watermark stays frozen).
                     let now = Instant::now();
                     max_ts.values_mut().for_each(|v| v.1 = now);
                     assigned_at.values_mut().for_each(|v| *v = now);
