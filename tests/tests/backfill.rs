@@ -259,11 +259,43 @@ fn backfill_scores_equal_live_scores_bit_for_bit() {
         rows.len()
     );
 
-    // The live group's offsets were not touched by the backfill (it commits nothing).
     let jobs = job_ids(&state_dir);
     assert_eq!(jobs.len(), 1);
     let state = job_state(&state_dir, &jobs[0]);
     assert_eq!(state["status"], "done");
+
+    // The same day to a Kafka topic: the same transactions and scores.
+    let out = run_weir(
+        &[
+            "backfill",
+            s.topology.to_str().unwrap(),
+            "--brokers",
+            &brokers,
+            "--from",
+            &rfc3339(from),
+            "--to",
+            &rfc3339(to),
+            "--sink",
+            "kafka:backfill-scores",
+            "--state-dir",
+            state_dir.to_str().unwrap(),
+        ],
+        Duration::from_secs(300),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut kafka_rows: Vec<(u64, u32)> = read_topic(&brokers, "backfill-scores", Duration::from_secs(60))
+        .unwrap()
+        .into_iter()
+        .map(|r| {
+            let text = String::from_utf8(r.payload.unwrap()).unwrap();
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let raw = text.split("\"score\":").nth(1).unwrap().split(',').next().unwrap();
+            (v["tx_id"].as_u64().unwrap(), raw.parse::<f32>().unwrap().to_bits())
+        })
+        .collect();
+    kafka_rows.sort_unstable();
+    assert_eq!(kafka_rows.iter().map(|r| r.0).collect::<Vec<_>>(), expected);
+    assert!(kafka_rows.iter().all(|(id, bits)| live_scores[id] == *bits));
 }
 
 #[test]

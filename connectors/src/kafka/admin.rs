@@ -287,45 +287,20 @@ pub fn timestamps_at(
     offsets: &BTreeMap<i32, i64>,
     timeout: Duration,
 ) -> Result<BTreeMap<i32, i64>, ConnectorError> {
-    let deadline = Instant::now() + timeout;
     let consumer = plain_consumer(brokers)?;
-    let mut tpl = TopicPartitionList::new();
-    let mut remaining = std::collections::BTreeSet::new();
+    let mut ranges = BTreeMap::new();
     for (&p, &o) in offsets {
         let (_, hi) = consumer
             .fetch_watermarks(topic, p, timeout)
             .map_err(ConnectorError::kafka(format!("watermarks of `{topic}`/{p}")))?;
         if o < hi {
-            tpl.add_partition_offset(topic, p, Offset::Offset(o))
-                .map_err(ConnectorError::kafka("assign"))?;
-            remaining.insert(p);
+            ranges.insert(p, (o, o + 1));
         }
     }
-    let mut out = BTreeMap::new();
-    if remaining.is_empty() {
-        return Ok(out);
-    }
-    consumer.assign(&tpl).map_err(ConnectorError::kafka("assign"))?;
-    while !remaining.is_empty() {
-        if Instant::now() > deadline {
-            return Err(ConnectorError::File {
-                context: format!("read timestamps of `{topic}`"),
-                detail: format!("timed out after {timeout:?} with partitions {remaining:?} unanswered"),
-            });
-        }
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) if remaining.remove(&m.partition()) => {
-                if let Some(ts) = m.timestamp().to_millis() {
-                    out.insert(m.partition(), ts);
-                }
-            }
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                remaining.remove(&p);
-            }
-            _ => {}
-        }
-    }
-    Ok(out)
+    Ok(read_ranges(consumer, topic, &ranges, timeout)?
+        .into_iter()
+        .filter_map(|r| Some((r.partition, r.timestamp_ms?)))
+        .collect())
 }
 
 /// Reads every record of `topic` present when called (up to each partition's high watermark).
@@ -333,17 +308,33 @@ pub fn timestamps_at(
 /// # Errors
 /// [`ConnectorError`] if the topic is unknown or reading takes longer than `timeout`.
 pub fn read_topic(brokers: &str, topic: &str, timeout: Duration) -> Result<Vec<ConsumedRecord>, ConnectorError> {
-    let deadline = Instant::now() + timeout;
     let consumer = plain_consumer(brokers)?;
-    let mut remaining: BTreeMap<i32, i64> = BTreeMap::new();
-    let mut tpl = TopicPartitionList::new();
+    let mut ranges = BTreeMap::new();
     for p in topic_partitions(&consumer, topic, timeout)? {
         let (lo, hi) = consumer
             .fetch_watermarks(topic, p, timeout)
             .map_err(ConnectorError::kafka(format!("watermarks of `{topic}`/{p}")))?;
         if hi > lo {
-            remaining.insert(p, hi);
-            tpl.add_partition_offset(topic, p, Offset::Offset(lo))
+            ranges.insert(p, (lo, hi));
+        }
+    }
+    read_ranges(consumer, topic, &ranges, timeout)
+}
+
+/// Reads the records of `topic` in `partition -> [start, stop)` with `consumer` (assigned here).
+fn read_ranges(
+    consumer: BaseConsumer,
+    topic: &str,
+    ranges: &BTreeMap<i32, (i64, i64)>,
+    timeout: Duration,
+) -> Result<Vec<ConsumedRecord>, ConnectorError> {
+    let deadline = Instant::now() + timeout;
+    let mut remaining: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut tpl = TopicPartitionList::new();
+    for (&p, &(start, stop)) in ranges {
+        if stop > start {
+            remaining.insert(p, stop);
+            tpl.add_partition_offset(topic, p, Offset::Offset(start))
                 .map_err(ConnectorError::kafka("assign"))?;
         }
     }
