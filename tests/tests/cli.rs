@@ -87,3 +87,105 @@ fn the_benchmark_reports_the_three_throughputs_and_their_ratio() {
         assert!(text.contains(needle), "bench output lacks `{needle}`:\n{text}");
     }
 }
+
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.split(' ').nth(1)?.parse().ok()?;
+    Some((status, out.split("\r\n\r\n").nth(1).unwrap_or("").to_string()))
+}
+
+/// The value of an unlabelled-but-for-topology sample `name{topology="..."} v`, summed over label sets.
+fn sample_sum(body: &str, name: &str) -> f64 {
+    body.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn the_metrics_endpoint_serves_during_a_run() {
+    let broker =
+        weir_tests::BrokerProcess::start(&["transactions:4", "fraud-labels:4", "scores:4", "transactions-dlq:1"]);
+    let out = run_weir(
+        &[
+            "generate",
+            "--brokers",
+            &broker.brokers,
+            "--days",
+            "3",
+            "--customers",
+            "500",
+            "--terminals",
+            "1000",
+            "--malformed",
+            "2",
+        ],
+        Duration::from_secs(120),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Every message of the topic: transactions and the 2 malformed events.
+    let n: f64 = weir_tests::watermarks(&broker.brokers, "transactions", Duration::from_secs(10))
+        .unwrap()
+        .iter()
+        .map(|(_, lo, hi)| (hi - lo) as f64)
+        .sum();
+    let dir = tempfile::tempdir().unwrap();
+    let path = topology_file(dir.path(), &broker.brokers, "metrics", "", "");
+    let port = weir_tests::free_port();
+    let text =
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .replacen("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\""), 1);
+    std::fs::write(&path, text).unwrap();
+    let child = weir_tests::weir()
+        .args(["run", path.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut ready_seen = false;
+    let mut last = String::new();
+    let body = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not every event was handled in time:\n{last}"
+        );
+        ready_seen |= http_get(port, "/readyz").is_some_and(|(s, _)| s == 200);
+        if let Some((200, body)) = http_get(port, "/metrics") {
+            let handled = sample_sum(&body, "weir_sink_scores_total") + sample_sum(&body, "weir_dead_letters_total");
+            if handled >= n {
+                break body;
+            }
+            last = body;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(ready_seen, "/readyz answered 200 while running");
+    assert_eq!(http_get(port, "/healthz").map(|r| r.0), Some(200));
+    let events = sample_sum(&body, "weir_source_events_total");
+    let scores = sample_sum(&body, "weir_sink_scores_total");
+    let letters = sample_sum(&body, "weir_dead_letters_total");
+    assert_eq!(letters, 2.0, "{body}");
+    assert_eq!(scores, n - 2.0, "{body}");
+    assert_eq!(events, scores + letters, "events in = scores out + dead letters");
+    let batches = sample_sum(&body, "weir_batches_total");
+    assert!(batches >= 1.0);
+    assert_eq!(
+        sample_sum(&body, "weir_batch_rows_count"),
+        batches,
+        "one batch-rows observation per batch"
+    );
+    assert_eq!(sample_sum(&body, "weir_batch_rows_sum"), scores, "{body}");
+    weir_tests::sigterm(&child);
+    let out = weir_tests::wait_with_timeout(child, Duration::from_secs(60));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        http_get(port, "/metrics").is_none(),
+        "the endpoint stops with the topology"
+    );
+}

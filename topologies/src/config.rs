@@ -174,6 +174,14 @@ pub struct BackfillSection {
     pub warmup: String,
 }
 
+/// `[metrics]`: the HTTP endpoint (`/metrics`, `/healthz`, `/readyz`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// `host:port` to listen on, e.g. `0.0.0.0:9464`; empty: no endpoint.
+    pub listen: String,
+}
+
 /// `[sink]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -214,6 +222,8 @@ pub struct TopologyConfig {
     pub labels: LabelsSection,
     /// `[backfill]`.
     pub backfill: BackfillSection,
+    /// `[metrics]`.
+    pub metrics: MetricsSection,
     /// `[[feature]]`: windowed feature definitions.
     #[serde(default, rename = "feature")]
     pub features: Vec<WindowedFeature>,
@@ -376,6 +386,15 @@ impl TopologyConfig {
         if self.backfill.max_batch_rows > 1_000_000 {
             return Err(self.field_error("backfill.max_batch_rows", "must be at most 1000000"));
         }
+        if !self.metrics.listen.is_empty() {
+            use std::net::ToSocketAddrs;
+            self.metrics.listen.to_socket_addrs().map_err(|e| {
+                self.field_error(
+                    "metrics.listen",
+                    format!("`{}` is not host:port ({e})", self.metrics.listen),
+                )
+            })?;
+        }
         if self.backfill.warmup != "auto" {
             humantime::parse_duration(&self.backfill.warmup).map_err(|e| {
                 self.field_error(
@@ -530,6 +549,7 @@ features = ["amount", "tx_hour"]
             ("[backfill]\nmax_batch_rows = 0", "backfill.max_batch_rows"),
             ("[backfill]\nwarmup = \"a while\"", "backfill.warmup"),
             ("[backfill]\nmax_wait = \"0s\"", "backfill.max_wait"),
+            ("[metrics]\nlisten = \"9464\"", "metrics.listen"),
         ];
         for (extra, expected) in cases {
             let (field, detail) = field_of(&format!("{GOOD}\n{extra}\n"));

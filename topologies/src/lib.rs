@@ -10,6 +10,7 @@ pub mod demo;
 pub mod eval;
 pub mod export;
 pub mod generate;
+pub mod http;
 pub mod runner;
 
 pub use config::TopologyConfig;

@@ -52,6 +52,9 @@ pub enum TopologyError {
     /// A sink failed while flushing at the end.
     #[error(transparent)]
     Sink(#[from] weir_core::SinkError),
+    /// The metrics endpoint could not start.
+    #[error(transparent)]
+    Http(#[from] crate::http::HttpError),
 }
 
 /// Builds scorers; lets tests and benchmarks substitute the ONNX session.
@@ -430,6 +433,12 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
         metrics.clone(),
     )?);
 
+    let server = match cfg.metrics.listen.as_str() {
+        "" => None,
+        addr => Some(crate::http::MetricsServer::start(addr, metrics.clone())?),
+    };
+    let ready = server.as_ref().map(|s| s.ready_flag());
+
     let (tx, rx) = crossbeam_channel::bounded(max_inflight_batches);
     let pool = InferencePool::spawn(
         scorers,
@@ -443,13 +452,17 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
     // Completes a Parquet file once shutdown drained the pipeline, so that its rows are
     // acknowledged before the sources' final commit.
     let flusher = {
-        let (flow, metrics, sink) = (flow.clone(), metrics.clone(), sink.clone());
+        let (flow, metrics, sink, ready) = (flow.clone(), metrics.clone(), sink.clone(), ready.clone());
         let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let d = done.clone();
         let h = std::thread::spawn(move || {
             let mut flushed = false;
             while !d.load(std::sync::atomic::Ordering::Acquire) {
                 std::thread::sleep(Duration::from_millis(50));
+                if let Some(r) = &ready {
+                    // Ready while running; not while draining.
+                    r.store(!flow.shutdown_requested(), std::sync::atomic::Ordering::Release);
+                }
                 let idle = flow.buffered_rows() == 0 && metrics.inflight_batches.get() == 0;
                 if flow.shutdown_requested() && idle && !flushed {
                     flushed = true;
@@ -532,6 +545,7 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
     // Every micro-batcher (and so every queue sender) is gone: inference drains and stops.
     pool.join();
     let flush_result = sink.close().and(dlq.flush(Duration::from_secs(60)));
+    drop(server);
     flusher.0.store(true, std::sync::atomic::Ordering::Release);
     let _ = flusher.1.join();
     let elapsed = started.elapsed();
