@@ -57,6 +57,8 @@ pub struct Metrics {
     pub execution_provider: IntGaugeVec,
     /// `weir_execution_provider_fallbacks_total`: requested providers that could not be used.
     pub provider_fallbacks: IntCounter,
+    /// `weir_model_info{version}`: 1 for the model version in use.
+    pub model_info: IntGaugeVec,
     /// `weir_backpressure_paused_seconds_total` is derived from [`crate::FlowControl`]; this gauge
     /// holds the last value published by [`Metrics::set_paused_seconds`].
     pub paused_seconds: prometheus::Gauge,
@@ -140,6 +142,12 @@ impl Metrics {
         registry
             .register(Box::new(execution_provider.clone()))
             .expect("unique metric");
+        let model_info = IntGaugeVec::new(
+            Opts::new("weir_model_info", "1 for the model version scoring events."),
+            &["version"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(model_info.clone())).expect("unique metric");
         let provider_fallbacks = counter(
             "weir_execution_provider_fallbacks_total",
             "Requested execution providers that could not be used.",
@@ -165,6 +173,7 @@ impl Metrics {
             inflight_batches,
             execution_provider,
             provider_fallbacks,
+            model_info,
             paused_seconds,
             // 1 µs .. 1 h at 3 significant digits.
             latency_us: Mutex::new(

@@ -181,6 +181,20 @@ fn the_metrics_endpoint_serves_during_a_run() {
         "one batch-rows observation per batch"
     );
     assert_eq!(sample_sum(&body, "weir_batch_rows_sum"), scores, "{body}");
+    assert!(
+        body.lines().any(|l| l.starts_with("weir_model_info{")
+            && l.contains("version=\"fraud-handbook-v1\"")
+            && l.ends_with(" 1")),
+        "{body}"
+    );
+    assert!(body.contains("weir_execution_provider{"), "{body}");
+    for name in [
+        "weir_batch_fill_wait_seconds_count",
+        "weir_inference_batch_seconds_count",
+        "weir_end_to_end_latency_seconds_count",
+    ] {
+        assert!(sample_sum(&body, name) >= 1.0, "{name}: {body}");
+    }
     weir_tests::sigterm(&child);
     let out = weir_tests::wait_with_timeout(child, Duration::from_secs(60));
     assert!(out.status.success(), "{}", stderr(&out));

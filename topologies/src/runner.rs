@@ -387,6 +387,10 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
         .execution_provider
         .with_label_values(&[provider_name.as_str()])
         .set(1);
+    metrics
+        .model_info
+        .with_label_values(&[cfg.model.version.as_str()])
+        .set(1);
 
     let sink: Arc<dyn ScoreSink> = match (&opts.parquet_dir, cfg.sink.kind.as_str()) {
         (None, _) if opts.kafka_topic.is_some() => Arc::new(KafkaScoreSink::new(
@@ -463,6 +467,7 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
                     // Ready while running; not while draining.
                     r.store(!flow.shutdown_requested(), std::sync::atomic::Ordering::Release);
                 }
+                metrics.set_paused_seconds(flow.paused_micros());
                 let idle = flow.buffered_rows() == 0 && metrics.inflight_batches.get() == 0;
                 if flow.shutdown_requested() && idle && !flushed {
                     flushed = true;
