@@ -158,7 +158,9 @@ fn the_metrics_endpoint_serves_during_a_run() {
         ready_seen |= http_get(port, "/readyz").is_some_and(|(s, _)| s == 200);
         if let Some((200, body)) = http_get(port, "/metrics") {
             let handled = sample_sum(&body, "weir_sink_scores_total") + sample_sum(&body, "weir_dead_letters_total");
-            if handled >= n {
+            // Quiescent: every event read was scored or dead-lettered (a rebalance at start may
+            // re-read some events: at-least-once, so compare with what was read).
+            if handled >= n && handled == sample_sum(&body, "weir_source_events_total") {
                 break body;
             }
             last = body;
@@ -170,8 +172,7 @@ fn the_metrics_endpoint_serves_during_a_run() {
     let events = sample_sum(&body, "weir_source_events_total");
     let scores = sample_sum(&body, "weir_sink_scores_total");
     let letters = sample_sum(&body, "weir_dead_letters_total");
-    assert_eq!(letters, 2.0, "{body}");
-    assert_eq!(scores, n - 2.0, "{body}");
+    assert!(letters >= 2.0 && scores >= n - 2.0, "{body}");
     assert_eq!(events, scores + letters, "events in = scores out + dead letters");
     let batches = sample_sum(&body, "weir_batches_total");
     assert!(batches >= 1.0);
