@@ -125,6 +125,15 @@ fn parquet_scores(dir: &Path, prefix: &str) -> Vec<(u64, i64, u32)> {
     out
 }
 
+/// `(tx_id, score bits)` of a score record as the Kafka sink writes it; the score is parsed from
+/// its text (the shortest decimal that round-trips an f32), so it is exact.
+fn kafka_score(payload: &[u8]) -> (u64, u32) {
+    let text = std::str::from_utf8(payload).unwrap();
+    let v: serde_json::Value = serde_json::from_str(text).unwrap();
+    let raw = text.split("\"score\":").nth(1).unwrap().split(',').next().unwrap();
+    (v["tx_id"].as_u64().unwrap(), raw.parse::<f32>().unwrap().to_bits())
+}
+
 fn expected_in_range(txs: &HashMap<u64, i64>, from: i64, to: i64) -> Vec<u64> {
     let mut ids: Vec<u64> = txs
         .iter()
@@ -192,12 +201,7 @@ fn backfill_scores_equal_live_scores_bit_for_bit() {
     );
     let mut live_scores: HashMap<u64, u32> = HashMap::new();
     for r in read_topic(&brokers, "scores", Duration::from_secs(120)).unwrap() {
-        let text = String::from_utf8(r.payload.unwrap()).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-        // The score as written (shortest decimal that round-trips an f32), parsed back exactly.
-        let raw = text.split("\"score\":").nth(1).unwrap().split(',').next().unwrap();
-        let bits = raw.parse::<f32>().unwrap().to_bits();
-        let id = v["tx_id"].as_u64().unwrap();
+        let (id, bits) = kafka_score(&r.payload.unwrap());
         if let Some(prev) = live_scores.insert(id, bits) {
             assert_eq!(prev, bits, "a re-delivered live score of tx {id} differs");
         }
@@ -208,23 +212,26 @@ fn backfill_scores_equal_live_scores_bit_for_bit() {
     let (from, to) = (START_MS + 9 * DAY_MS, START_MS + 10 * DAY_MS);
     let out_dir = s.dir.path().join("out");
     let state_dir = s.dir.path().join("state");
-    let out = run_weir(
-        &[
-            "backfill",
-            s.topology.to_str().unwrap(),
-            "--brokers",
-            &brokers,
-            "--from",
-            &rfc3339(from),
-            "--to",
-            &rfc3339(to),
-            "--sink",
-            &format!("parquet:{}", out_dir.display()),
-            "--state-dir",
-            state_dir.to_str().unwrap(),
-        ],
-        Duration::from_secs(300),
-    );
+    let backfill_day = |sink: &str| {
+        run_weir(
+            &[
+                "backfill",
+                s.topology.to_str().unwrap(),
+                "--brokers",
+                &brokers,
+                "--from",
+                &rfc3339(from),
+                "--to",
+                &rfc3339(to),
+                "--sink",
+                sink,
+                "--state-dir",
+                state_dir.to_str().unwrap(),
+            ],
+            Duration::from_secs(300),
+        )
+    };
+    let out = backfill_day(&format!("parquet:{}", out_dir.display()));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -265,33 +272,12 @@ fn backfill_scores_equal_live_scores_bit_for_bit() {
     assert_eq!(state["status"], "done");
 
     // The same day to a Kafka topic: the same transactions and scores.
-    let out = run_weir(
-        &[
-            "backfill",
-            s.topology.to_str().unwrap(),
-            "--brokers",
-            &brokers,
-            "--from",
-            &rfc3339(from),
-            "--to",
-            &rfc3339(to),
-            "--sink",
-            "kafka:backfill-scores",
-            "--state-dir",
-            state_dir.to_str().unwrap(),
-        ],
-        Duration::from_secs(300),
-    );
+    let out = backfill_day("kafka:backfill-scores");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let mut kafka_rows: Vec<(u64, u32)> = read_topic(&brokers, "backfill-scores", Duration::from_secs(60))
         .unwrap()
         .into_iter()
-        .map(|r| {
-            let text = String::from_utf8(r.payload.unwrap()).unwrap();
-            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-            let raw = text.split("\"score\":").nth(1).unwrap().split(',').next().unwrap();
-            (v["tx_id"].as_u64().unwrap(), raw.parse::<f32>().unwrap().to_bits())
-        })
+        .map(|r| kafka_score(&r.payload.unwrap()))
         .collect();
     kafka_rows.sort_unstable();
     assert_eq!(kafka_rows.iter().map(|r| r.0).collect::<Vec<_>>(), expected);

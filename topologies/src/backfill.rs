@@ -274,13 +274,13 @@ impl JobState {
     }
 
     /// Adds what the ledger says is acknowledged: per partition, everything read before the
-    /// first unacknowledged offset, clipped to the score range.
+    /// first unacknowledged offset (reading starts at or before the score range), clipped to the
+    /// score range.
     fn record_progress(&mut self, ledger: &DeliveryLedger) {
         let parts: Vec<i32> = self.score.keys().copied().collect();
         for (p, next) in ledger.committable(&parts) {
             let (a, b) = self.score[&p];
-            let (read_start, _) = self.read.get(&p).copied().unwrap_or((a, b));
-            add_range(self.completed.entry(p).or_default(), a.max(read_start), next.min(b));
+            add_range(self.completed.entry(p).or_default(), a, next.min(b));
         }
         self.updated_at = now_rfc3339();
     }
