@@ -52,7 +52,7 @@ fn produce(brokers: &str, n: usize) {
 
 /// Runs a source in 2 timely workers; every event read is acknowledged unless `ack` says no.
 /// Returns the events seen. Stops when the source completes (bounded) or after `stop_after`
-/// events (live: requests shutdown).
+/// distinct events (live: requests shutdown).
 fn run(config: KafkaSourceConfig, stop_after: usize, ack: fn(&SourceEvent) -> bool) -> Vec<SourceEvent> {
     let _ = tracing_subscriber::fmt()
         .with_test_writer()
@@ -90,7 +90,15 @@ fn run(config: KafkaSourceConfig, stop_after: usize, ack: fn(&SourceEvent) -> bo
         let deadline = Instant::now() + Duration::from_secs(60);
         while !probe.done() || flow.sources_finished() < 2 {
             assert!(Instant::now() < deadline, "source did not finish");
-            if seen2.lock().unwrap().len() >= stop_after {
+            // Distinct offsets: a rebalance while the group forms re-reads some events.
+            let distinct = {
+                let seen = seen2.lock().unwrap();
+                seen.iter()
+                    .map(|e| e.lineage)
+                    .collect::<std::collections::HashSet<_>>()
+                    .len()
+            };
+            if distinct >= stop_after {
                 flow.request_shutdown();
             }
             worker.step_or_park(Some(Duration::from_millis(1)));
