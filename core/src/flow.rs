@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 pub struct FlowControl {
     buffered_rows: AtomicUsize,
     max_buffered_rows: AtomicUsize,
-    high_water: usize,
+    high_water: AtomicUsize,
     blocked: AtomicUsize,
     shutdown: AtomicBool,
     paused_micros: AtomicU64,
@@ -43,7 +43,7 @@ impl FlowControl {
         Self {
             buffered_rows: AtomicUsize::new(0),
             max_buffered_rows: AtomicUsize::new(0),
-            high_water: high_water.max(1),
+            high_water: AtomicUsize::new(high_water.max(1)),
             blocked: AtomicUsize::new(0),
             shutdown: AtomicBool::new(false),
             paused_micros: AtomicU64::new(0),
@@ -54,6 +54,12 @@ impl FlowControl {
             max_in_flight: max_in_flight.max(1),
             cutoff: AtomicU64::new(u64::MAX),
         }
+    }
+
+    /// Changes the buffered-rows limit (the micro-batch window was reloaded: a topology keeps it
+    /// at `2 * workers * max_batch_rows`).
+    pub fn set_high_water(&self, high_water: usize) {
+        self.high_water.store(high_water.max(1), Ordering::Release);
     }
 
     /// Adds `n` rows to the buffered count (a micro-batcher received them).
@@ -113,7 +119,7 @@ impl FlowControl {
     /// Whether sources should stop reading now.
     pub fn should_pause(&self) -> bool {
         self.blocked.load(Ordering::Acquire) > 0
-            || self.buffered_rows() >= self.high_water
+            || self.buffered_rows() >= self.high_water.load(Ordering::Acquire)
             || self.in_flight() >= self.max_in_flight
     }
 

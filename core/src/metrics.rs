@@ -2,7 +2,8 @@
 //!
 //! Names follow the Prometheus naming conventions (<https://prometheus.io/docs/practices/naming/>):
 //! `weir_` prefix, base units (`_seconds`), `_total` for counters. Every metric carries the
-//! constant label `topology`.
+//! constant label `topology`, and those of one operator the constant label `operator`
+//! (`source`, `micro_batch`, `inference`, `score_sink`, `dead_letter_sink`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -49,8 +50,22 @@ pub struct Metrics {
     pub batch_fill_wait: Histogram,
     /// `weir_inference_batch_seconds`: ONNX Runtime time per micro-batch.
     pub inference_seconds: Histogram,
-    /// `weir_end_to_end_latency_seconds`: from source read to sink acknowledgement, per event.
+    /// `weir_end_to_end_latency_seconds`: per scored event, from its Kafka message timestamp
+    /// (the event time) to the score sink's acknowledgement. On a replayed backlog this includes
+    /// the age of the data; see `pipeline_latency` for weir's own share.
     pub e2e_latency: Histogram,
+    /// `weir_pipeline_latency_seconds`: per event, from source read to sink acknowledgement.
+    pub pipeline_latency: Histogram,
+    /// `weir_consumer_lag_messages{topic,partition}`: messages between the source's position and
+    /// the partition's high watermark, updated about once a second.
+    pub consumer_lag: IntGaugeVec,
+    /// `weir_batch_window_max_rows`: the micro-batch window's `max_batch_rows` in use.
+    pub window_max_rows: IntGauge,
+    /// `weir_batch_window_max_wait_seconds`: the micro-batch window's `max_wait` in use.
+    pub window_max_wait: prometheus::Gauge,
+    /// `weir_config_reloads_total{result}`: live reloads of the topology file, `applied` or
+    /// `rejected` (invalid edit; the running window was kept).
+    pub config_reloads: IntCounterVec,
     /// `weir_inflight_batches`: batches handed to inference and not yet written to the sink.
     pub inflight_batches: IntGauge,
     /// `weir_execution_provider{provider}`: 1 for the execution provider in use.
@@ -63,6 +78,7 @@ pub struct Metrics {
     /// holds the last value published by [`Metrics::set_paused_seconds`].
     pub paused_seconds: prometheus::Gauge,
     latency_us: Mutex<hdrhistogram::Histogram<u64>>,
+    event_latency_us: Mutex<hdrhistogram::Histogram<u64>>,
 }
 
 fn seconds_buckets() -> Vec<f64> {
@@ -80,36 +96,55 @@ impl Metrics {
     pub fn new(topology: &str) -> Self {
         let labels = HashMap::from([("topology".to_string(), topology.to_string())]);
         let registry = Registry::new_custom(None, Some(labels)).expect("valid registry labels");
-        let counter = |name: &str, help: &str| {
-            let c = IntCounter::new(name, help).expect("valid metric");
+        let opts = |name: &str, help: &str, operator: &str| {
+            let o = Opts::new(name, help);
+            if operator.is_empty() {
+                o
+            } else {
+                o.const_label("operator", operator)
+            }
+        };
+        let counter = |name: &str, help: &str, operator: &str| {
+            let c = IntCounter::with_opts(opts(name, help, operator)).expect("valid metric");
             registry.register(Box::new(c.clone())).expect("unique metric");
             c
         };
-        let counter_vec = |name: &str, help: &str, label: &str| {
-            let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+        let counter_vec = |name: &str, help: &str, operator: &str, label: &str| {
+            let c = IntCounterVec::new(opts(name, help, operator), &[label]).expect("valid metric");
             registry.register(Box::new(c.clone())).expect("unique metric");
             c
         };
-        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
-            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid metric");
+        let histogram = |name: &str, help: &str, operator: &str, buckets: Vec<f64>| {
+            let mut o = HistogramOpts::new(name, help).buckets(buckets);
+            if !operator.is_empty() {
+                o = o.const_label("operator", operator);
+            }
+            let h = Histogram::with_opts(o).expect("valid metric");
             registry.register(Box::new(h.clone())).expect("unique metric");
             h
         };
-        let events_in = counter("weir_source_events_total", "Events read by sources.");
-        let scores_out = counter("weir_sink_scores_total", "Scores acknowledged by the score sink.");
+        let events_in = counter("weir_source_events_total", "Events read by sources.", "source");
+        let scores_out = counter(
+            "weir_sink_scores_total",
+            "Scores acknowledged by the score sink.",
+            "score_sink",
+        );
         let dead_letters = counter_vec(
             "weir_dead_letters_total",
             "Dead letters acknowledged by the dead-letter sink, by reason.",
+            "dead_letter_sink",
             "reason",
         );
         let batches = counter_vec(
             "weir_batches_total",
             "Micro-batches flushed, by cause (size, time, drain).",
+            "micro_batch",
             "cause",
         );
         let batch_rows = histogram(
             "weir_batch_rows",
             "Rows per flushed micro-batch.",
+            "micro_batch",
             vec![
                 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0,
             ],
@@ -117,20 +152,71 @@ impl Metrics {
         let batch_fill_wait = histogram(
             "weir_batch_fill_wait_seconds",
             "Time the oldest row of a micro-batch waited before the flush.",
+            "micro_batch",
             seconds_buckets(),
         );
         let inference_seconds = histogram(
             "weir_inference_batch_seconds",
             "ONNX Runtime time per micro-batch.",
+            "inference",
             seconds_buckets(),
         );
+        let mut e2e_buckets = seconds_buckets();
+        e2e_buckets.extend([60.0, 300.0, 3600.0, 86400.0]);
         let e2e_latency = histogram(
             "weir_end_to_end_latency_seconds",
+            "Per scored event, from its Kafka message timestamp to the score sink's acknowledgement.",
+            "",
+            e2e_buckets,
+        );
+        let pipeline_latency = histogram(
+            "weir_pipeline_latency_seconds",
             "Per event, from source read to sink acknowledgement.",
+            "",
             seconds_buckets(),
         );
-        let inflight_batches = IntGauge::new("weir_inflight_batches", "Batches handed to inference, not yet written.")
-            .expect("valid metric");
+        let consumer_lag = IntGaugeVec::new(
+            opts(
+                "weir_consumer_lag_messages",
+                "Messages between the source's position and the partition's high watermark.",
+                "source",
+            ),
+            &["topic", "partition"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(consumer_lag.clone()))
+            .expect("unique metric");
+        let window_max_rows = IntGauge::with_opts(opts(
+            "weir_batch_window_max_rows",
+            "The micro-batch window's max_batch_rows in use.",
+            "micro_batch",
+        ))
+        .expect("valid metric");
+        registry
+            .register(Box::new(window_max_rows.clone()))
+            .expect("unique metric");
+        let window_max_wait = prometheus::Gauge::with_opts(opts(
+            "weir_batch_window_max_wait_seconds",
+            "The micro-batch window's max_wait in use.",
+            "micro_batch",
+        ))
+        .expect("valid metric");
+        registry
+            .register(Box::new(window_max_wait.clone()))
+            .expect("unique metric");
+        let config_reloads = counter_vec(
+            "weir_config_reloads_total",
+            "Live reloads of the topology file, by result (applied, rejected).",
+            "",
+            "result",
+        );
+        let inflight_batches = IntGauge::with_opts(opts(
+            "weir_inflight_batches",
+            "Batches handed to inference, not yet written.",
+            "inference",
+        ))
+        .expect("valid metric");
         registry
             .register(Box::new(inflight_batches.clone()))
             .expect("unique metric");
@@ -151,11 +237,13 @@ impl Metrics {
         let provider_fallbacks = counter(
             "weir_execution_provider_fallbacks_total",
             "Requested execution providers that could not be used.",
+            "inference",
         );
-        let paused_seconds = prometheus::Gauge::new(
+        let paused_seconds = prometheus::Gauge::with_opts(opts(
             "weir_backpressure_paused_seconds_total",
             "Time sources spent paused by backpressure, summed over sources.",
-        )
+            "source",
+        ))
         .expect("valid metric");
         registry
             .register(Box::new(paused_seconds.clone()))
@@ -170,6 +258,11 @@ impl Metrics {
             batch_fill_wait,
             inference_seconds,
             e2e_latency,
+            pipeline_latency,
+            consumer_lag,
+            window_max_rows,
+            window_max_wait,
+            config_reloads,
             inflight_batches,
             execution_provider,
             provider_fallbacks,
@@ -179,28 +272,50 @@ impl Metrics {
             latency_us: Mutex::new(
                 hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
             ),
+            event_latency_us: Mutex::new(
+                hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
+            ),
         }
     }
 
-    /// Records one event's end-to-end latency in µs (read by the source to acknowledged by a sink).
-    pub fn record_latency_us(&self, us: u64) {
-        self.e2e_latency.observe(us as f64 / 1e6);
+    /// Records acknowledged events, each as `(read_at_us, event_time_ms)`: when the source read
+    /// it ([`crate::clock::now_micros`], µs) and, for a score, its event time (the Kafka message
+    /// timestamp, ms since the Unix epoch; `None` for a dead letter). Feeds
+    /// `weir_pipeline_latency_seconds` (read to acknowledgement) and
+    /// `weir_end_to_end_latency_seconds` (event time to acknowledgement, 0 if the event time is in
+    /// the future), and the summaries of [`Metrics::latency_quantile_us`] and
+    /// [`Metrics::event_latency_quantile_us`].
+    pub fn record_acked(&self, events: impl IntoIterator<Item = (u64, Option<i64>)>) {
+        let now_ms = crate::clock::wall_ms();
         let mut h = self.latency_us.lock().unwrap();
-        h.saturating_record(us.max(1));
-    }
-
-    /// Records `n` events' latencies in one lock acquisition (a sink's delivery report batch).
-    pub fn record_latencies_us(&self, us: impl IntoIterator<Item = u64>) {
-        let mut h = self.latency_us.lock().unwrap();
-        for u in us {
-            self.e2e_latency.observe(u as f64 / 1e6);
-            h.saturating_record(u.max(1));
+        let mut e = self.event_latency_us.lock().unwrap();
+        for (read_at, event_ms) in events {
+            let us = crate::clock::micros_since(read_at);
+            self.pipeline_latency.observe(us as f64 / 1e6);
+            h.saturating_record(us.max(1));
+            if let Some(t) = event_ms {
+                let ms = now_ms.saturating_sub(t).max(0) as u64;
+                self.e2e_latency.observe(ms as f64 / 1e3);
+                e.saturating_record((ms * 1000).max(1));
+            }
         }
     }
 
-    /// End-to-end latency quantile `q` (0..=1) in µs over all recorded events; 0 if none.
+    /// Read-to-acknowledgement latency quantile `q` (0..=1) in µs over all recorded events; 0 if
+    /// none.
     pub fn latency_quantile_us(&self, q: f64) -> u64 {
         let h = self.latency_us.lock().unwrap();
+        if h.is_empty() {
+            0
+        } else {
+            h.value_at_quantile(q)
+        }
+    }
+
+    /// Event-time-to-acknowledgement latency quantile `q` (0..=1) in µs (millisecond resolution)
+    /// over all scored events; 0 if none.
+    pub fn event_latency_quantile_us(&self, q: f64) -> u64 {
+        let h = self.event_latency_us.lock().unwrap();
         if h.is_empty() {
             0
         } else {
@@ -267,13 +382,16 @@ mod tests {
         m.batches.with_label_values(&["size"]).inc_by(3);
         m.batches.with_label_values(&["time"]).inc();
         assert_eq!(m.batches_total(), 4);
-        for us in 1..=1000 {
-            m.record_latency_us(us);
-        }
-        let p50 = m.latency_quantile_us(0.5);
-        assert!((495..=505).contains(&p50), "{p50}");
+        let now = crate::clock::now_micros();
+        let wall = crate::clock::wall_ms();
+        m.record_acked((0..1000).map(|i| (now, Some(wall - 1000 * (i % 2)))));
+        assert!(m.latency_quantile_us(0.99) < 1_000_000);
+        // Half the events are 1 s old, half fresh.
+        let p99 = m.event_latency_quantile_us(0.99);
+        assert!((1_000_000..1_100_000).contains(&p99), "{p99}");
+        assert!(m.event_latency_quantile_us(0.25) < 100_000);
         assert!(m
             .render()
-            .contains("weir_batches_total{cause=\"size\",topology=\"t\"} 3"));
+            .contains("weir_batches_total{cause=\"size\",operator=\"micro_batch\",topology=\"t\"} 3"));
     }
 }

@@ -12,9 +12,15 @@
 //! partitions. While blocked no further batch is formed, so a worker holds at most one full
 //! batch plus the rows that arrived before its source paused.
 //!
+//! The window is a [`SharedWindow`]: a running topology can change it (live reload); the
+//! operator reads it at every activation, so a change applies to the rows buffered at that moment
+//! (a smaller `max_batch_rows` flushes what is over it as several batches; nothing is dropped or
+//! repeated).
+//!
 //! The operator produces no data; it holds its capability until its input is complete and every
 //! row was handed off, so a probe on its output tells when the topology has drained.
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,6 +43,54 @@ pub struct BatchWindow {
     pub max_batch_rows: usize,
     /// Flush when the oldest buffered row has waited this long.
     pub max_wait: Duration,
+}
+
+/// A micro-batch window that can change while the topology runs (live reload of `[batching]`).
+///
+/// ```
+/// use std::time::Duration;
+/// use weir_operators::micro_batch::{BatchWindow, SharedWindow};
+///
+/// let w = SharedWindow::new(BatchWindow { max_batch_rows: 256, max_wait: Duration::from_millis(5) });
+/// w.set(BatchWindow { max_batch_rows: 1024, max_wait: Duration::from_millis(20) });
+/// assert_eq!(w.get().max_batch_rows, 1024);
+/// assert_eq!(w.get().max_wait, Duration::from_millis(20));
+/// ```
+#[derive(Debug)]
+pub struct SharedWindow {
+    max_batch_rows: AtomicUsize,
+    max_wait_us: AtomicU64,
+}
+
+impl SharedWindow {
+    /// A window starting as `window`.
+    pub fn new(window: BatchWindow) -> Self {
+        let w = Self {
+            max_batch_rows: AtomicUsize::new(1),
+            max_wait_us: AtomicU64::new(0),
+        };
+        w.set(window);
+        w
+    }
+
+    /// The window now (`max_wait` at microsecond resolution).
+    pub fn get(&self) -> BatchWindow {
+        BatchWindow {
+            max_batch_rows: self.max_batch_rows.load(Ordering::Acquire),
+            max_wait: Duration::from_micros(self.max_wait_us.load(Ordering::Acquire)),
+        }
+    }
+
+    /// Replaces the window; micro-batchers use it from their next activation. `max_batch_rows`
+    /// below 1 counts as 1.
+    pub fn set(&self, window: BatchWindow) {
+        self.max_batch_rows
+            .store(window.max_batch_rows.max(1), Ordering::Release);
+        self.max_wait_us.store(
+            window.max_wait.as_micros().min(u64::MAX as u128) as u64,
+            Ordering::Release,
+        );
+    }
 }
 
 struct Buffer {
@@ -76,33 +130,35 @@ impl Buffer {
     }
 }
 
-/// Builds the micro-batch operator on `rows` (each with `n_features` features), sending batches
-/// to `queue`. Rows whose feature count differs from `n_features` are a programming error of the
+/// Builds the micro-batch operator on `rows` (each with `n_features` features) under `window`
+/// (read at every activation), sending batches to `queue`. Rows whose feature count differs from `n_features` are a programming error of the
 /// feature operator and panic.
 ///
 /// Returns an empty stream to probe for completion.
 pub fn micro_batch<'s, T: Timestamp>(
     rows: StreamVec<'s, T, FeatureRow>,
-    window: BatchWindow,
+    window: Arc<SharedWindow>,
     n_features: usize,
     queue: Sender<Batch>,
     flow: Arc<FlowControl>,
     metrics: Arc<Metrics>,
 ) -> StreamVec<'s, T, ()> {
     let scope = rows.scope();
-    let max_rows = window.max_batch_rows.max(1);
+    let initial_rows = window.get().max_batch_rows;
     rows.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(Pipeline, "MicroBatch", move |cap, info| {
         let activator = scope.activator_for(info.address.clone());
         let mut cap = Some(cap);
         let mut buf = Buffer {
             n_features,
-            rows: Vec::with_capacity(max_rows),
-            features: Vec::with_capacity(max_rows * n_features),
+            rows: Vec::with_capacity(initial_rows),
+            features: Vec::with_capacity(initial_rows * n_features),
             oldest: None,
         };
         let mut pending: Option<Batch> = None;
         let mut blocked = false;
         move |(input, frontier), _output| {
+            let window = window.get();
+            let max_rows = window.max_batch_rows;
             let mut received = 0usize;
             input.for_each(|_cap, data| {
                 for row in data.drain(..) {
@@ -209,13 +265,14 @@ mod tests {
     /// Feeds `feed(step)` rows per worker step (until it returns `None`), with a consumer that
     /// sleeps `consume_delay` per batch. Returns what the consumer saw and the flow control.
     fn harness(
-        window: BatchWindow,
+        window: impl Into<Arc<SharedWindow>>,
         queue_cap: usize,
         high_water: usize,
         consume_delay: Duration,
         feed: impl FnMut(usize, &FlowControl) -> Option<Vec<FeatureRow>> + Send + 'static,
         hold_open: Duration,
     ) -> (Seen, Arc<FlowControl>) {
+        let window: Arc<SharedWindow> = window.into();
         let (tx, rx) = crossbeam_channel::bounded::<Batch>(queue_cap);
         let flow = Arc::new(FlowControl::new(high_water));
         let metrics = Arc::new(Metrics::new("test"));
@@ -241,7 +298,7 @@ mod tests {
             let probe = ProbeHandle::new();
             let mut input = worker.dataflow::<u64, _, _>(|scope| {
                 let (input, rows) = scope.new_input::<FeatureRow>();
-                micro_batch(rows, window, 2, tx, flow2.clone(), metrics.clone()).probe_with(&probe);
+                micro_batch(rows, window.clone(), 2, tx, flow2.clone(), metrics.clone()).probe_with(&probe);
                 input
             });
             let mut step = 0;
@@ -264,6 +321,41 @@ mod tests {
         })
         .unwrap();
         (consumer.join().unwrap(), flow)
+    }
+
+    impl From<BatchWindow> for Arc<SharedWindow> {
+        fn from(w: BatchWindow) -> Self {
+            Arc::new(SharedWindow::new(w))
+        }
+    }
+
+    #[test]
+    fn a_window_changed_while_running_applies_from_the_next_activation() {
+        let window = Arc::new(SharedWindow::new(BatchWindow {
+            max_batch_rows: 10,
+            max_wait: Duration::from_secs(3600),
+        }));
+        let w = window.clone();
+        let (seen, _) = harness(
+            window,
+            64,
+            usize::MAX,
+            Duration::ZERO,
+            move |step, _| {
+                if step == 5 {
+                    w.set(BatchWindow {
+                        max_batch_rows: 100,
+                        max_wait: Duration::from_secs(3600),
+                    });
+                }
+                (step < 10).then(|| (0..100).map(|i| row(step as i64 * 100 + i)).collect())
+            },
+            Duration::ZERO,
+        );
+        let sizes: Vec<usize> = seen.batches.iter().map(|b| b.0).collect();
+        assert_eq!(sizes[..50], [10; 50], "{sizes:?}");
+        assert_eq!(sizes[50..], [100; 5], "{sizes:?}");
+        assert_eq!(seen.rows, (0..1000).collect::<Vec<u64>>(), "every row once, in order");
     }
 
     #[test]

@@ -396,3 +396,24 @@ fn signal(child: &Child, sig: &str) {
         .success();
     assert!(ok, "kill {sig} {}", child.id());
 }
+
+/// `GET path` on `127.0.0.1:port` (HTTP/1.1, connection closed): `(status, body)`, or `None` if
+/// nothing answers.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.split(' ').nth(1)?.parse().ok()?;
+    Some((status, out.split("\r\n\r\n").nth(1).unwrap_or("").to_string()))
+}
+
+/// The samples of metric `name` (any labels) in Prometheus text `body`, summed.
+pub fn sample_sum(body: &str, name: &str) -> f64 {
+    body.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use weir_tests::{repo, run_weir, topology_file};
+use weir_tests::{http_get, repo, run_weir, sample_sum, topology_file};
 
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -86,24 +86,6 @@ fn the_benchmark_reports_the_three_throughputs_and_their_ratio() {
     ] {
         assert!(text.contains(needle), "bench output lacks `{needle}`:\n{text}");
     }
-}
-
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let status = out.split(' ').nth(1)?.parse().ok()?;
-    Some((status, out.split("\r\n\r\n").nth(1).unwrap_or("").to_string()))
-}
-
-/// The value of an unlabelled-but-for-topology sample `name{topology="..."} v`, summed over label sets.
-fn sample_sum(body: &str, name: &str) -> f64 {
-    body.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[test]
@@ -192,10 +174,52 @@ fn the_metrics_endpoint_serves_during_a_run() {
     for name in [
         "weir_batch_fill_wait_seconds_count",
         "weir_inference_batch_seconds_count",
-        "weir_end_to_end_latency_seconds_count",
+        "weir_pipeline_latency_seconds_count",
     ] {
         assert!(sample_sum(&body, name) >= 1.0, "{name}: {body}");
     }
+    // From the Kafka message timestamp (the generator's simulated 2018 times): one observation
+    // per score, all of them older than a year.
+    assert_eq!(sample_sum(&body, "weir_end_to_end_latency_seconds_count"), scores);
+    assert!(sample_sum(&body, "weir_end_to_end_latency_seconds_sum") / scores > 365.0 * 86400.0);
+    // Every flushed batch has a cause: size, time or drain.
+    let causes: Vec<&str> = body
+        .lines()
+        .filter(|l| l.starts_with("weir_batches_total{"))
+        .filter_map(|l| l.split("cause=\"").nth(1)?.split('"').next())
+        .collect();
+    assert!(!causes.is_empty(), "{body}");
+    assert!(
+        causes.iter().all(|c| ["size", "time", "drain"].contains(c)),
+        "{causes:?}"
+    );
+    // Operator labels.
+    assert!(
+        body.lines()
+            .any(|l| l.starts_with("weir_batch_rows_count{") && l.contains("operator=\"micro_batch\"")),
+        "{body}"
+    );
+    // The window in use, and the backpressure and in-flight gauges.
+    assert_eq!(sample_sum(&body, "weir_batch_window_max_rows"), 256.0);
+    assert!((sample_sum(&body, "weir_batch_window_max_wait_seconds") - 0.005).abs() < 1e-9);
+    assert!(body.contains("weir_backpressure_paused_seconds_total{"), "{body}");
+    assert!(body.contains("weir_inflight_batches{"), "{body}");
+    // Consumer lag: one series per partition of the transactions topic, 0 once all is read.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let lag_lines = loop {
+        let body = http_get(port, "/metrics").map(|r| r.1).unwrap_or_default();
+        let lines: Vec<String> = body
+            .lines()
+            .filter(|l| l.starts_with("weir_consumer_lag_messages{") && l.contains("topic=\"transactions\""))
+            .map(str::to_string)
+            .collect();
+        if lines.len() == 4 && lines.iter().all(|l| l.ends_with(" 0")) || std::time::Instant::now() > deadline {
+            break lines;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(lag_lines.len(), 4, "{lag_lines:?}");
+    assert!(lag_lines.iter().all(|l| l.ends_with(" 0")), "{lag_lines:?}");
     weir_tests::sigterm(&child);
     let out = weir_tests::wait_with_timeout(child, Duration::from_secs(60));
     assert!(out.status.success(), "{}", stderr(&out));

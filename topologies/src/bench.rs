@@ -223,6 +223,7 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchReport, DemoError> {
             brokers: brokers.clone(),
             topic: topic.into(),
             labels_topic: cfg.labels.topic.clone(),
+            realtime: false,
         },
         0,
         None,

@@ -146,6 +146,7 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoReport, DemoError> {
             brokers: brokers.clone(),
             topic: cfg.source.topic.clone(),
             labels_topic: LABELS_TOPIC.into(),
+            realtime: false,
         },
         opts.malformed,
         None,

@@ -81,6 +81,7 @@ pub fn export_training_set(opts: &ExportOptions) -> Result<ExportReport, DemoErr
                     brokers: b.clone(),
                     topic: cfg.source.topic.clone(),
                     labels_topic: cfg.labels.topic.clone(),
+                    realtime: false,
                 },
                 0,
                 None,
@@ -122,6 +123,7 @@ pub fn export_training_set(opts: &ExportOptions) -> Result<ExportReport, DemoErr
         flow: flow.clone(),
         metrics: Arc::new(Metrics::new(&cfg.topology.name)),
         watermarks: Default::default(),
+        positions: Default::default(),
     };
     let limits = DecodeLimits {
         max_future_ms: i64::MAX / 2,

@@ -26,6 +26,10 @@ pub enum Target {
         topic: String,
         /// Labels topic.
         labels_topic: String,
+        /// Stamp each transaction with the wall clock when it is sent (`tx_time_ms` and the
+        /// message timestamp; its label keeps its delay), instead of its simulated time: live
+        /// traffic for latency measurements and dashboards (`weir generate --realtime`).
+        realtime: bool,
     },
     /// JSON Lines files.
     Jsonl {
@@ -93,6 +97,7 @@ pub fn generate(
             brokers,
             topic,
             labels_topic,
+            realtime,
         } => {
             let producer = BulkProducer::new(brokers, &BTreeMap::new())?;
             let started = std::time::Instant::now();
@@ -105,6 +110,17 @@ pub fn generate(
                             std::thread::sleep(wait);
                         }
                     }
+                    let mut stamped;
+                    let lt = if *realtime {
+                        stamped = lt.clone();
+                        let shift = weir_core::clock::wall_ms() - lt.tx.tx_time_ms;
+                        stamped.tx.tx_time_ms += shift;
+                        stamped.label.tx_time_ms += shift;
+                        stamped.label.available_at_ms += shift;
+                        &stamped
+                    } else {
+                        lt
+                    };
                     let payload = serde_json::to_vec(&lt.tx).expect("serializable");
                     let key = lt.tx.customer_id.to_string();
                     producer.send(topic, Some(key.as_bytes()), &payload, Some(lt.tx.tx_time_ms))?;

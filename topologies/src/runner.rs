@@ -33,7 +33,7 @@ use weir_operators::decode::{decode, DecodeLimits};
 use weir_operators::inference::{
     default_runtime_path, init_runtime, ExecutionProvider, InferenceError, InferencePool, ModelSpec, OnnxScorer, Scorer,
 };
-use weir_operators::micro_batch::{micro_batch, BatchWindow};
+use weir_operators::micro_batch::{micro_batch, BatchWindow, SharedWindow};
 
 use crate::config::TopologyConfig;
 
@@ -98,6 +98,10 @@ pub struct RunOptions {
     pub score_filter: Option<ScoreFilter>,
     /// Overrides `[batching]`: the micro-batch window and the batches queued for inference.
     pub window: Option<(BatchWindow, usize)>,
+    /// The window to run with, shared with the caller so that it can change it while the
+    /// topology runs ([`crate::reload::Reloader`]); its initial value replaces the window of
+    /// `[batching]` (or of `window`).
+    pub live_window: Option<Arc<SharedWindow>>,
     /// Overrides the score sink: write to this Kafka topic (on the source's brokers).
     pub kafka_topic: Option<String>,
     /// Names Parquet files `<prefix>-<seq>.parquet` (see [`ParquetScoreSink::with_prefix`]).
@@ -352,6 +356,12 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
         },
         cfg.batching.max_inflight_batches,
     ));
+    let live_window = opts
+        .live_window
+        .clone()
+        .unwrap_or_else(|| Arc::new(SharedWindow::new(window)));
+    let window = live_window.get();
+    crate::reload::publish_window(&metrics, window);
     let flow = opts
         .flow
         .clone()
@@ -488,11 +498,20 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
         max_future_ms: cfg.decode.max_future.as_millis() as i64,
         max_payload_bytes: cfg.decode.max_payload_bytes,
     };
+    let positions = Arc::new(weir_connectors::kafka::lag::ConsumerPositions::default());
+    let lag_monitor = weir_connectors::kafka::lag::LagMonitor::spawn(
+        &brokers,
+        &cfg.source.properties,
+        positions.clone(),
+        metrics.clone(),
+        Duration::from_secs(1),
+    )?;
     let shared = SourceShared {
         ledger: ledger.clone(),
         flow: flow.clone(),
         metrics: metrics.clone(),
         watermarks: Default::default(),
+        positions,
     };
     let n_features = spec.len();
     let labels_config = labels_source(cfg, &source_config).map(|mut l| {
@@ -531,7 +550,15 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
                     features: fv.values.iter().map(|v| *v as f32).collect(),
                 });
                 let rows = score_gate(rows, filter.clone(), flow.clone(), ledger.clone(), gate_counts.clone());
-                micro_batch(rows, window, n_features, tx.clone(), flow.clone(), metrics.clone()).probe_with(&probe);
+                micro_batch(
+                    rows,
+                    live_window.clone(),
+                    n_features,
+                    tx.clone(),
+                    flow.clone(),
+                    metrics.clone(),
+                )
+                .probe_with(&probe);
                 Ok(())
             });
             drive_worker(worker, built, &probe, &flow, n_sources)
@@ -551,6 +578,7 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
     pool.join();
     let flush_result = sink.close().and(dlq.flush(Duration::from_secs(60)));
     drop(server);
+    drop(lag_monitor);
     flusher.0.store(true, std::sync::atomic::Ordering::Release);
     let _ = flusher.1.join();
     let elapsed = started.elapsed();

@@ -63,6 +63,7 @@ fn setup(days: u32, malformed: u64) -> Env {
             brokers: brokers.clone(),
             topic: "transactions".into(),
             labels_topic: "fraud-labels".into(),
+            realtime: false,
         },
         malformed,
         None,

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod embedded;
+pub mod lag;
 pub mod sink;
 pub mod source;
 #[cfg(test)]

@@ -22,7 +22,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
-use weir_core::{clock, DeadLetter, DeadLetterSink, DeliveryLedger, Lineage, Metrics, RowMeta, ScoreSink, SinkError};
+use weir_core::{DeadLetter, DeadLetterSink, DeliveryLedger, Lineage, Metrics, RowMeta, ScoreSink, SinkError};
 
 use super::client_config;
 use crate::ConnectorError;
@@ -31,6 +31,8 @@ use crate::ConnectorError;
 pub struct Pending {
     lineage: Lineage,
     read_at_us: u64,
+    /// Event time of a score (ms since the Unix epoch); `None` for a dead letter.
+    event_time_ms: Option<i64>,
     dead_letter_reason: Option<String>,
 }
 
@@ -48,7 +50,7 @@ impl ProducerContext for AckContext {
         match result {
             Ok(_) => {
                 self.ledger.ack(pending.lineage);
-                self.metrics.record_latency_us(clock::micros_since(pending.read_at_us));
+                self.metrics.record_acked([(pending.read_at_us, pending.event_time_ms)]);
                 match &pending.dead_letter_reason {
                     None => self.metrics.scores_out.inc(),
                     Some(r) => self.metrics.dead_letters.with_label_values(&[r.as_str()]).inc(),
@@ -173,6 +175,7 @@ impl ScoreSink for KafkaScoreSink {
                 Box::new(Pending {
                     lineage: row.lineage,
                     read_at_us: row.read_at_us,
+                    event_time_ms: Some(row.event_time_ms),
                     dead_letter_reason: None,
                 }),
             )
@@ -253,6 +256,7 @@ impl DeadLetterSink for KafkaDeadLetterSink {
         let pending = Box::new(Pending {
             lineage: letter.lineage,
             read_at_us: letter.read_at_us,
+            event_time_ms: None,
             dead_letter_reason: Some(letter.reason.clone()),
         });
         let mut record = BaseRecord::with_opaque_to(&self.topic, pending)

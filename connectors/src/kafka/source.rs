@@ -181,6 +181,9 @@ pub struct SourceShared {
     pub metrics: Arc<Metrics>,
     /// Watermarks of every source worker of the process.
     pub watermarks: Arc<WatermarkBoard>,
+    /// Next offset per owned partition, published about once a second for the consumer lag
+    /// ([`super::lag::LagMonitor`]).
+    pub positions: Arc<super::lag::ConsumerPositions>,
 }
 
 /// Consumer context: applies the start position on first assignment and commits acknowledged
@@ -263,6 +266,9 @@ impl ConsumerContext for SourceContext {
         }
     }
 }
+
+/// How often a source publishes its positions for the consumer lag.
+const LAG_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Sets the start offsets of `fresh` partitions in `tpl` according to `start`.
 fn apply_start<C: ConsumerContext>(
@@ -438,6 +444,9 @@ pub fn kafka_source<'s>(
             let mut assigned_at: HashMap<i32, Instant> = HashMap::new();
             let mut last_wm_log = Instant::now();
             let mut max_emitted = i64::MIN;
+            // partition -> next offset to read (last read + 1), for the consumer lag
+            let mut next_offset: HashMap<i32, i64> = HashMap::new();
+            let mut last_lag = Instant::now();
             move |output| {
                 let Some(c) = cap.as_mut() else {
                     return;
@@ -522,6 +531,7 @@ pub fn kafka_source<'s>(
                                 let e = max_ts.entry(partition).or_insert((ts, polled_at));
                                 e.0 = e.0.max(ts);
                                 e.1 = polled_at;
+                                next_offset.insert(partition, offset + 1);
                                 let lineage = Lineage { partition, offset };
                                 if config.commit {
                                     // The time it enters the dataflow (late records are raised).
@@ -605,6 +615,16 @@ pub fn kafka_source<'s>(
                 if last_wm_log.elapsed() >= Duration::from_secs(1) {
                     last_wm_log = now;
                     tracing::debug!(worker, topic = %config.topic, capability = *c.time(), ?holding, ?seen_max, assigned = assigned.len(), in_flight = shared.flow.in_flight(), buffered = shared.flow.buffered_rows(), want_pause, paused = paused.is_some(), "watermark");
+                }
+
+                if last_lag.elapsed() >= LAG_INTERVAL {
+                    last_lag = Instant::now();
+                    let revoked: Vec<i32> = next_offset.keys().copied().filter(|p| !assigned.contains(p)).collect();
+                    shared.positions.remove(&config.topic, &revoked);
+                    next_offset.retain(|p, _| assigned.contains(p));
+                    for (p, next) in &next_offset {
+                        shared.positions.set(&config.topic, *p, *next);
+                    }
                 }
 
                 let live = bounded.is_none() && config.commit;

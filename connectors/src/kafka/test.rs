@@ -67,6 +67,7 @@ fn run(config: KafkaSourceConfig, stop_after: usize, ack: fn(&SourceEvent) -> bo
         flow: flow.clone(),
         metrics,
         watermarks: Default::default(),
+        positions: Default::default(),
     };
     let seen2 = seen.clone();
     let guards = timely::execute(timely::Config::process(2), move |worker| {

@@ -148,7 +148,7 @@ impl ParquetScoreSink {
             self.ledger.ack(row.lineage);
         }
         self.metrics
-            .record_latencies_us(f.pending.iter().map(|row| clock::micros_since(row.read_at_us)));
+            .record_acked(f.pending.iter().map(|row| (row.read_at_us, Some(row.event_time_ms))));
         self.metrics.scores_out.inc_by(f.pending.len() as u64);
         tracing::info!(path = %f.path.display(), rows = f.rows, "parquet file complete");
         state.written.push(f.path);

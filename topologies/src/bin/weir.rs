@@ -13,6 +13,7 @@ use weir_topologies::bench::{run_bench, BenchOptions};
 use weir_topologies::config::{parse_start, TopologyConfig};
 use weir_topologies::demo::{run_demo, summary, DemoOptions, LABELS_TOPIC};
 use weir_topologies::generate::{generate, Target};
+use weir_topologies::reload::Reloader;
 use weir_topologies::runner::{open_scorers, run_topology, RunOptions};
 
 #[derive(Parser)]
@@ -136,6 +137,10 @@ enum Command {
         /// Most transactions per second (Kafka only); default: as fast as possible.
         #[arg(long)]
         rate: Option<f64>,
+        /// Stamp each transaction with the wall clock when it is sent instead of its simulated
+        /// time (Kafka only): live traffic, so that end-to-end latency is meaningful.
+        #[arg(long, requires = "brokers")]
+        realtime: bool,
     },
     /// Run the whole path on an embedded broker and print a summary.
     Demo {
@@ -303,6 +308,18 @@ fn main() -> ExitCode {
                     }
                     std::thread::sleep(Duration::from_millis(20));
                 });
+                // Live reload of [batching]: file edits (polled) or SIGHUP.
+                let window = Arc::new(weir_operators::micro_batch::SharedWindow::new(
+                    weir_operators::micro_batch::BatchWindow {
+                        max_batch_rows: cfg.batching.max_batch_rows,
+                        max_wait: cfg.batching.max_wait,
+                    },
+                ));
+                let metrics = Arc::new(weir_core::Metrics::new(&cfg.topology.name));
+                let sighup = Arc::new(AtomicBool::new(false));
+                let _ = signal_hook::flag::register(signal_hook::consts::SIGHUP, sighup.clone());
+                let _reloader =
+                    Reloader::new(topology.clone(), &cfg, window.clone(), flow.clone(), metrics.clone()).spawn(sighup);
                 let report = run_topology(
                     &cfg,
                     RunOptions {
@@ -310,6 +327,8 @@ fn main() -> ExitCode {
                         bounded: until_end,
                         start,
                         flow: Some(flow),
+                        metrics: Some(metrics),
+                        live_window: Some(window),
                         ..RunOptions::default()
                     },
                 )
@@ -406,6 +425,7 @@ fn main() -> ExitCode {
             out,
             malformed,
             rate,
+            realtime,
         } => {
             init_logging("warn");
             (|| {
@@ -415,6 +435,7 @@ fn main() -> ExitCode {
                         brokers,
                         topic,
                         labels_topic,
+                        realtime,
                     },
                     (None, Some(out)) => {
                         let labels_path = out.with_extension("labels.jsonl");

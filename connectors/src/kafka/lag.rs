@@ -1,0 +1,180 @@
+//! Consumer lag per partition (`weir_consumer_lag_messages{topic,partition}`), measured off the
+//! dataflow's threads.
+//!
+//! Sources publish the next offset they will read per partition into [`ConsumerPositions`]
+//! about once a second; a [`LagMonitor`] thread asks the broker for each partition's high
+//! watermark (ListOffsets, as `kafka-consumer-groups --describe` does) and sets
+//! `lag = high watermark - next offset`. The broker round trips run on the monitor's own thread,
+//! not on a timely worker, so a slow broker never stalls the dataflow; and they keep working
+//! while backpressure has paused the partitions (librdkafka's own statistics stop updating the
+//! high watermark of a paused partition, which fetches nothing).
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use weir_core::Metrics;
+
+use super::client_config;
+use crate::ConnectorError;
+
+/// Next offset to read, per `(topic, partition)` a source of this process owns.
+#[derive(Debug, Default)]
+pub struct ConsumerPositions {
+    next: Mutex<BTreeMap<(String, i32), i64>>,
+}
+
+impl ConsumerPositions {
+    /// Records that the next offset `topic`/`partition` will read is `next`.
+    pub fn set(&self, topic: &str, partition: i32, next: i64) {
+        self.next.lock().unwrap().insert((topic.to_string(), partition), next);
+    }
+
+    /// Forgets `partitions` of `topic` (revoked from the source that published them).
+    pub fn remove(&self, topic: &str, partitions: &[i32]) {
+        let mut next = self.next.lock().unwrap();
+        for p in partitions {
+            next.remove(&(topic.to_string(), *p));
+        }
+    }
+
+    /// A copy of every known position.
+    pub fn snapshot(&self) -> BTreeMap<(String, i32), i64> {
+        self.next.lock().unwrap().clone()
+    }
+}
+
+/// A thread that publishes the consumer lag every `interval`; stops when dropped.
+pub struct LagMonitor {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl LagMonitor {
+    /// Starts the monitor for the sources publishing into `positions`, asking `brokers` for high
+    /// watermarks (one request per partition per `interval`, 2 s timeout each; a failed request
+    /// leaves that partition's gauge as it was).
+    ///
+    /// # Errors
+    /// [`ConnectorError::Kafka`] if the client cannot be created (bad properties).
+    pub fn spawn(
+        brokers: &str,
+        properties: &BTreeMap<String, String>,
+        positions: Arc<ConsumerPositions>,
+        metrics: Arc<Metrics>,
+        interval: Duration,
+    ) -> Result<Self, ConnectorError> {
+        let consumer: BaseConsumer = client_config(brokers, &[("enable.auto.commit", "false")], properties)
+            .create()
+            .map_err(ConnectorError::kafka("create lag monitor"))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name("weir-lag".into())
+            .spawn(move || {
+                let mut reported: HashSet<(String, i32)> = HashSet::new();
+                while !s.load(Ordering::Acquire) {
+                    let now = positions.snapshot();
+                    for key in reported.iter().filter(|k| !now.contains_key(*k)) {
+                        let _ = metrics
+                            .consumer_lag
+                            .remove_label_values(&[key.0.as_str(), &key.1.to_string()]);
+                    }
+                    reported.retain(|k| now.contains_key(k));
+                    for ((topic, p), next) in &now {
+                        if s.load(Ordering::Acquire) {
+                            break;
+                        }
+                        match consumer.fetch_watermarks(topic, *p, Duration::from_secs(2)) {
+                            Ok((_, high)) => {
+                                metrics
+                                    .consumer_lag
+                                    .with_label_values(&[topic.as_str(), &p.to_string()])
+                                    .set((high - next).max(0));
+                                reported.insert((topic.clone(), *p));
+                            }
+                            Err(e) => {
+                                tracing::debug!(topic = %topic, partition = p, error = %e, "lag: no high watermark")
+                            }
+                        }
+                    }
+                    // Sleep in short steps so that drop stops the thread promptly.
+                    let mut slept = Duration::ZERO;
+                    while slept < interval && !s.load(Ordering::Acquire) {
+                        std::thread::sleep(Duration::from_millis(20));
+                        slept += Duration::from_millis(20);
+                    }
+                }
+            })
+            .expect("spawn lag monitor thread");
+        Ok(Self {
+            stop,
+            handle: Some(handle),
+        })
+    }
+}
+
+impl Drop for LagMonitor {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_follow_assignment() {
+        let p = ConsumerPositions::default();
+        p.set("t", 0, 5);
+        p.set("t", 1, 7);
+        p.set("u", 0, 1);
+        p.set("t", 0, 6);
+        p.remove("t", &[1]);
+        let s = p.snapshot();
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[&("t".to_string(), 0)], 6);
+        assert_eq!(s[&("u".to_string(), 0)], 1);
+    }
+
+    #[test]
+    fn the_monitor_publishes_high_watermark_minus_position() {
+        let cluster = crate::kafka::embedded::EmbeddedKafka::start().unwrap();
+        cluster.create_topic("lagged", 1).unwrap();
+        let brokers = cluster.bootstrap_servers();
+        let producer = crate::kafka::admin::BulkProducer::new(&brokers, &BTreeMap::new()).unwrap();
+        for i in 0..10 {
+            producer.send("lagged", None, format!("{i}").as_bytes(), None).unwrap();
+        }
+        producer.flush(Duration::from_secs(10)).unwrap();
+        let positions = Arc::new(ConsumerPositions::default());
+        positions.set("lagged", 0, 3);
+        let metrics = Arc::new(Metrics::new("t"));
+        let _monitor = LagMonitor::spawn(
+            &brokers,
+            &BTreeMap::new(),
+            positions.clone(),
+            metrics.clone(),
+            Duration::from_millis(50),
+        )
+        .unwrap();
+        let gauge = || metrics.consumer_lag.with_label_values(&["lagged", "0"]).get();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while gauge() != 7 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(gauge(), 7, "10 messages, next offset 3");
+        positions.set("lagged", 0, 10);
+        while gauge() != 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(gauge(), 0);
+    }
+}

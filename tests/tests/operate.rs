@@ -1,0 +1,187 @@
+//! What operators do while weir runs: change the micro-batch window live, sweep windows with
+//! `weir tune`, and deploy with the repository's docker-compose file.
+
+use std::time::{Duration, Instant};
+
+use weir_tests::{http_get, sample_sum, topology_file};
+
+fn metrics(port: u16) -> String {
+    http_get(port, "/metrics").map(|r| r.1).unwrap_or_default()
+}
+
+/// Polls `/metrics` until `done(body)`; panics with the last body after `timeout`.
+fn wait_metrics(port: u16, timeout: Duration, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let body = metrics(port);
+        if done(&body) {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}:\n{body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn set_batching(path: &std::path::Path, batching: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let start = text.find("[batching]\n").unwrap() + "[batching]\n".len();
+    let end = start + text[start..].find("\n[").unwrap();
+    let new = format!(
+        "{}{batching}\nmax_inflight_batches = 4\n{}",
+        &text[..start],
+        &text[end..]
+    );
+    // Write then rename, as editors do, so that the reloader never reads half a file.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, new).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// (batches, rows) from the `weir_batch_rows` histogram.
+fn batch_totals(body: &str) -> (f64, f64) {
+    (
+        sample_sum(body, "weir_batch_rows_count"),
+        sample_sum(body, "weir_batch_rows_sum"),
+    )
+}
+
+#[test]
+fn editing_the_window_of_a_running_topology_changes_its_batches_and_scores_each_event_once() {
+    let broker =
+        weir_tests::BrokerProcess::start(&["transactions:4", "fraud-labels:4", "scores:4", "transactions-dlq:1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = topology_file(
+        dir.path(),
+        &broker.brokers,
+        "reload",
+        "",
+        "max_batch_rows = 8\nmax_wait = \"200ms\"\nmax_inflight_batches = 4",
+    );
+    let port = weir_tests::free_port();
+    // One worker: one consumer in the group, so no rebalance re-reads events at start (that is
+    // at-least-once, and this test checks that a reload neither drops nor repeats any).
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replacen("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\""), 1)
+        .replacen("workers = 2", "workers = 1", 1);
+    std::fs::write(&path, text).unwrap();
+    let mut run = Guard(Some(
+        weir_tests::weir()
+            .args(["run", path.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
+    wait_metrics(port, Duration::from_secs(60), "the endpoint", |b| {
+        b.contains("weir_batch_window_max_rows")
+    });
+    // Live traffic: ~2,000 transactions/s stamped with the wall clock, for about 8 s.
+    let mut generator = Guard(Some(
+        weir_tests::weir()
+            .args([
+                "generate",
+                "--brokers",
+                &broker.brokers,
+                "--days",
+                "16",
+                "--customers",
+                "500",
+                "--terminals",
+                "1000",
+                "--rate",
+                "2000",
+                "--realtime",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
+
+    // Phase 1: batches of at most 8 rows.
+    let before = wait_metrics(port, Duration::from_secs(60), "1,500 scores", |b| {
+        sample_sum(b, "weir_sink_scores_total") >= 1500.0
+    });
+    let (b1, r1) = batch_totals(&before);
+
+    // An invalid edit is rejected and the window kept.
+    set_batching(&path, "max_batch_rows = 0\nmax_wait = \"100ms\"");
+    let body = wait_metrics(port, Duration::from_secs(5), "the rejected reload", |b| {
+        b.lines()
+            .any(|l| l.starts_with("weir_config_reloads_total{") && l.contains("rejected") && l.ends_with(" 1"))
+    });
+    assert_eq!(sample_sum(&body, "weir_batch_window_max_rows"), 8.0, "window kept");
+
+    // A valid edit applies within a second.
+    set_batching(&path, "max_batch_rows = 1024\nmax_wait = \"100ms\"");
+    let edited = Instant::now();
+    let at_change = wait_metrics(port, Duration::from_secs(5), "the applied reload", |b| {
+        sample_sum(b, "weir_batch_window_max_rows") == 1024.0
+    });
+    let applied_after = edited.elapsed();
+    assert!(
+        applied_after < Duration::from_secs(1),
+        "applied after {applied_after:?}"
+    );
+    assert!((sample_sum(&at_change, "weir_batch_window_max_wait_seconds") - 0.1).abs() < 1e-9);
+    let (b2, r2) = batch_totals(&at_change);
+
+    let gen = weir_tests::wait_with_timeout(generator.take(), Duration::from_secs(120));
+    assert!(gen.status.success(), "{}", String::from_utf8_lossy(&gen.stderr));
+    let n: f64 = weir_tests::watermarks(&broker.brokers, "transactions", Duration::from_secs(10))
+        .unwrap()
+        .iter()
+        .map(|(_, lo, hi)| (hi - lo) as f64)
+        .sum();
+    let after = wait_metrics(port, Duration::from_secs(60), "every transaction scored", |b| {
+        sample_sum(b, "weir_sink_scores_total") >= n
+    });
+    let (b3, r3) = batch_totals(&after);
+    weir_tests::sigterm(run.0.as_ref().unwrap());
+    let out = weir_tests::wait_with_timeout(run.take(), Duration::from_secs(60));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("micro-batch window reloaded"),
+        "the change is logged:\n{log}"
+    );
+    assert!(log.contains("reload rejected"), "the rejection is logged:\n{log}");
+
+    let mean_before = r1 / b1;
+    let mean_after = (r3 - r2) / (b3 - b2);
+    eprintln!(
+        "mean batch rows: {mean_before:.1} with max_batch_rows = 8, {mean_after:.1} after the reload \
+         (applied {applied_after:?} after the edit); {n} transactions"
+    );
+    assert!(mean_before <= 8.0, "{mean_before}");
+    assert!(mean_after > 4.0 * mean_before, "{mean_before} -> {mean_after}");
+
+    // Every transaction scored exactly once.
+    let scores = weir_tests::scores_by_tx(&broker.brokers, "scores");
+    assert_eq!(scores.len() as f64, n, "every transaction scored");
+    let repeated: Vec<_> = scores.iter().filter(|(_, c)| **c != 1).collect();
+    assert!(
+        repeated.is_empty(),
+        "scored more than once: {:?}",
+        &repeated[..repeated.len().min(10)]
+    );
+}
+
+/// Kills the process if the test fails before handing it over.
+struct Guard(Option<std::process::Child>);
+
+impl Guard {
+    fn take(&mut self) -> std::process::Child {
+        self.0.take().expect("taken once")
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
