@@ -323,6 +323,14 @@ impl Metrics {
         }
     }
 
+    /// Clears the latency summaries behind [`Metrics::latency_quantile_us`] and
+    /// [`Metrics::event_latency_quantile_us`] (not the Prometheus histograms, which are
+    /// cumulative by definition): starts a measurement window, e.g. after a warm-up.
+    pub fn reset_latency_summaries(&self) {
+        self.latency_us.lock().unwrap().reset();
+        self.event_latency_us.lock().unwrap().reset();
+    }
+
     /// Publishes the total paused time (from [`crate::FlowControl::paused_micros`]).
     pub fn set_paused_seconds(&self, micros: u64) {
         self.paused_seconds.set(micros as f64 / 1e6);

@@ -185,3 +185,106 @@ impl Drop for Guard {
         }
     }
 }
+
+#[test]
+fn tune_sweeps_windows_over_a_recording_and_recommends_one_within_the_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let recording = dir.path().join("recording.jsonl");
+    let out = weir_tests::run_weir(
+        &[
+            "generate",
+            "--out",
+            recording.to_str().unwrap(),
+            "--days",
+            "4",
+            "--customers",
+            "500",
+            "--terminals",
+            "1000",
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let topology = weir_tests::repo().join("topologies/fraud-scoring.toml");
+    let results = dir.path().join("tune");
+    let out = weir_tests::run_weir(
+        &[
+            "tune",
+            topology.to_str().unwrap(),
+            "--input",
+            recording.to_str().unwrap(),
+            "--max-batch-rows",
+            "16,512",
+            "--max-wait",
+            "1ms,50ms",
+            "--events",
+            "3000",
+            "--prime",
+            "200",
+            "--rate",
+            "4000",
+            "--p99",
+            "40ms",
+            "--out",
+            results.to_str().unwrap(),
+        ],
+        Duration::from_secs(300),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{stdout}");
+
+    let csv = std::fs::read_to_string(results.join("tune.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = csv.lines().skip(1).map(|l| l.split(',').collect()).collect();
+    let grid: Vec<(&str, &str)> = rows.iter().map(|r| (r[0], r[1])).collect();
+    assert_eq!(grid, [("16", "1"), ("16", "50"), ("512", "1"), ("512", "50")], "{csv}");
+    let num = |r: &[&str], i: usize| r[i].parse::<f64>().unwrap();
+    for r in &rows {
+        assert!(
+            num(r, 4) > 0.0 && num(r, 4) <= 1.05 * num(r, 3),
+            "throughput within what was offered: {r:?}"
+        );
+        assert!(num(r, 5) <= num(r, 6), "p50 <= p99: {r:?}");
+        assert!(
+            num(r, 7) >= 1.0 && num(r, 7) <= num(r, 0),
+            "mean batch rows within max_batch_rows: {r:?}"
+        );
+        assert_eq!(r[8] == "true", num(r, 6) <= 40.0, "meets_p99_target matches p99: {r:?}");
+    }
+    // A 50 ms wait fills larger batches than a 1 ms one with room for 512 rows.
+    assert!(num(&rows[3], 7) > num(&rows[2], 7), "{csv}");
+    // The recommendation: the highest throughput among the settings within the target.
+    let meeting: Vec<&Vec<&str>> = rows.iter().filter(|r| r[8] == "true").collect();
+    let recommended: Vec<&Vec<&str>> = rows.iter().filter(|r| r[9] == "true").collect();
+    if meeting.is_empty() {
+        assert!(
+            recommended.is_empty() && stdout.contains("No setting meets"),
+            "{stdout}"
+        );
+    } else {
+        assert_eq!(recommended.len(), 1, "{csv}");
+        let best = meeting.iter().map(|r| num(r, 4)).fold(0.0, f64::max);
+        assert_eq!(num(recommended[0], 4), best, "{csv}");
+        assert!(
+            stdout.contains(&format!("Recommended: max_batch_rows = {}", recommended[0][0])),
+            "{stdout}"
+        );
+    }
+    let md = std::fs::read_to_string(results.join("tune.md")).unwrap();
+    assert_eq!(
+        md.lines()
+            .filter(|l| l.starts_with("| 16 |") || l.starts_with("| 512 |"))
+            .count(),
+        4,
+        "{md}"
+    );
+    let svg = std::fs::read_to_string(results.join("tune.svg")).unwrap();
+    assert!(svg.starts_with("<svg"), "an SVG");
+    for label in ["16/1ms", "16/50ms", "512/1ms", "512/50ms"] {
+        assert!(svg.contains(label), "the plot labels {label}");
+    }
+}

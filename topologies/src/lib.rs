@@ -13,6 +13,7 @@ pub mod generate;
 pub mod http;
 pub mod reload;
 pub mod runner;
+pub mod tune;
 
 pub use config::TopologyConfig;
 pub use runner::{run_topology, RunOptions, RunReport};

@@ -156,6 +156,47 @@ enum Command {
         #[arg(long, default_value_t = 16)]
         partitions: i32,
     },
+    /// Sweep micro-batch windows over recorded traffic replayed at a fixed rate; write a table
+    /// (CSV, Markdown) and a plot (SVG) of p99 latency against throughput, and recommend the
+    /// fastest window within the p99 target.
+    Tune {
+        /// Topology file.
+        #[arg(default_value = "topologies/fraud-scoring.toml")]
+        topology: PathBuf,
+        /// Recording: JSON Lines transactions (as `weir generate --out` writes).
+        #[arg(long, conflicts_with = "brokers")]
+        input: Option<PathBuf>,
+        /// Recording: every message of --topic on these brokers, in timestamp order.
+        #[arg(long)]
+        brokers: Option<String>,
+        /// Topic of the recording (with --brokers).
+        #[arg(long, default_value = "transactions")]
+        topic: String,
+        /// Without --input or --brokers: the demo's simulated transactions.
+        #[command(flatten)]
+        sim: SimArgs,
+        /// max_batch_rows values, comma-separated.
+        #[arg(long, default_value = "64,256,1024")]
+        max_batch_rows: String,
+        /// max_wait values, comma-separated durations.
+        #[arg(long, default_value = "1ms,5ms,20ms")]
+        max_wait: String,
+        /// Offered load, events per second.
+        #[arg(long, default_value_t = 5000.0)]
+        rate: f64,
+        /// Measured events per point.
+        #[arg(long, default_value_t = 20_000)]
+        events: usize,
+        /// Events replayed and scored before measuring each point (group join, model warm-up).
+        #[arg(long, default_value_t = 500)]
+        prime: usize,
+        /// p99 latency target (Kafka message timestamp to score acknowledgement).
+        #[arg(long, default_value = "20ms")]
+        p99: String,
+        /// Output directory for tune.csv, tune.md and tune.svg.
+        #[arg(long, default_value = "tune")]
+        out: PathBuf,
+    },
     /// Measure raw ONNX Runtime, raw Kafka I/O and the pipeline, side by side.
     Bench {
         /// Topology file.
@@ -475,6 +516,66 @@ fn main() -> ExitCode {
                         "{} transactions missing, {} duplicated",
                         report.missing, report.duplicates
                     ));
+                }
+                Ok(())
+            })()
+        }
+        Command::Tune {
+            topology,
+            input,
+            brokers,
+            topic,
+            sim,
+            max_batch_rows,
+            max_wait,
+            rate,
+            events,
+            prime,
+            p99,
+            out,
+        } => {
+            init_logging("warn");
+            (|| {
+                use weir_topologies::tune::{
+                    parse_durations, parse_rows, recommendation_line, run_tune, Recording, TuneOptions,
+                };
+                let opts = TuneOptions {
+                    topology,
+                    max_batch_rows: parse_rows(&max_batch_rows).map_err(|e| e.to_string())?,
+                    max_wait: parse_durations(&max_wait).map_err(|e| e.to_string())?,
+                    rate,
+                    events,
+                    prime,
+                    p99_target: humantime::parse_duration(&p99).map_err(|e| format!("--p99 `{p99}`: {e}"))?,
+                    out,
+                    progress: true,
+                };
+                let recording = match (input, brokers) {
+                    (Some(path), _) => Recording::from_jsonl(&path),
+                    (None, Some(b)) => Recording::from_topic(&b, &topic),
+                    (None, None) => Ok(Recording::simulated(sim.config()?, events + prime)),
+                }
+                .map_err(|e| e.to_string())?;
+                let report = run_tune(&opts, &recording).map_err(|e| e.to_string())?;
+                for p in &report.points {
+                    println!(
+                        "max_batch_rows {:>5} max_wait {:>6}: offered {:>7.0}/s, scored {:>7.0} events/s, p50 {:>7.1} ms, p99 {:>7.1} ms, mean batch {:>6.1} rows{}",
+                        p.window.max_batch_rows,
+                        humantime::format_duration(p.window.max_wait).to_string(),
+                        p.offered,
+                        p.throughput,
+                        p.p50_ms,
+                        p.p99_ms,
+                        p.mean_batch_rows,
+                        if p.meets_target { "" } else { "  (over target)" }
+                    );
+                }
+                println!(
+                    "{}",
+                    recommendation_line(&report.points, report.recommended, opts.p99_target)
+                );
+                for f in &report.files {
+                    println!("wrote {}", f.display());
                 }
                 Ok(())
             })()
