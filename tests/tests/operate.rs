@@ -288,3 +288,230 @@ fn tune_sweeps_windows_over_a_recording_and_recommends_one_within_the_target() {
         assert!(svg.contains(label), "the plot labels {label}");
     }
 }
+
+/// The `weir_*` metric names weir exports (declared in core/src/metrics.rs).
+fn exported_metrics() -> std::collections::BTreeSet<String> {
+    let src = std::fs::read_to_string(weir_tests::repo().join("core/src/metrics.rs")).unwrap();
+    src.split('"')
+        .filter(|s| s.starts_with("weir_") && s.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+        .map(str::to_string)
+        .collect()
+}
+
+fn yaml(path: &std::path::Path) -> serde_norway::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_norway::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn strings(v: &serde_norway::Value) -> Vec<String> {
+    v.as_sequence()
+        .map(|s| s.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+        .unwrap_or_default()
+}
+
+/// The value following `flag` in a command line.
+fn flag(args: &[String], flag: &str) -> Option<String> {
+    args.iter().position(|a| a == flag).map(|i| args[i + 1].clone())
+}
+
+#[test]
+fn the_compose_file_names_only_files_ports_and_topologies_that_exist_and_agree() {
+    let repo = weir_tests::repo();
+    let compose = yaml(&repo.join("docker-compose.yml"));
+    let services = compose["services"].as_mapping().expect("services");
+    let service = |name: &str| &compose["services"][name];
+    for name in ["kafka", "weir", "prometheus", "grafana"] {
+        assert!(services.contains_key(name), "service {name}");
+    }
+
+    // Kafka: the official image in KRaft mode, one broker.
+    let kafka = service("kafka");
+    assert!(kafka["image"].as_str().unwrap().starts_with("apache/kafka:"));
+    assert_eq!(
+        kafka["environment"]["KAFKA_PROCESS_ROLES"].as_str(),
+        Some("broker,controller")
+    );
+    let kafka_port = "9092";
+    assert!(strings(&kafka["ports"]).contains(&format!("{kafka_port}:{kafka_port}")));
+
+    // Every bind mount's source exists in the repository, and `build: .` has a Dockerfile.
+    let mut mounts = Vec::new();
+    for (name, svc) in services {
+        let name = name.as_str().unwrap();
+        for m in strings(&svc["volumes"]) {
+            let source = m.split(':').next().unwrap().to_string();
+            assert!(
+                source.starts_with("./"),
+                "{name}: bind mounts are repository paths: {m}"
+            );
+            assert!(
+                repo.join(&source).exists(),
+                "{name} mounts {source}, which is not in the repository"
+            );
+            mounts.push((name.to_string(), m));
+        }
+        if let Some(ctx) = svc["build"].as_str() {
+            assert!(
+                repo.join(ctx).join("Dockerfile").exists(),
+                "{name}: build context {ctx} has a Dockerfile"
+            );
+        }
+    }
+    let dockerfile = std::fs::read_to_string(repo.join("Dockerfile")).unwrap();
+    for line in dockerfile
+        .lines()
+        .filter(|l| l.starts_with("COPY ") && !l.contains("--from"))
+    {
+        for src in line
+            .split_whitespace()
+            .skip(1)
+            .collect::<Vec<_>>()
+            .split_last()
+            .unwrap()
+            .1
+        {
+            assert!(
+                repo.join(src).exists(),
+                "Dockerfile copies {src}, which is not in the repository"
+            );
+        }
+    }
+    assert!(
+        dockerfile.contains("WORKDIR /weir"),
+        "the topology paths below are relative to /weir"
+    );
+
+    // weir runs a topology of the repository against the compose broker, with its metrics port
+    // published; the mounted topology file is that same file (live reload from the host).
+    let weir = service("weir");
+    let args = strings(&weir["command"]);
+    assert_eq!(args[0], "run");
+    let topology = repo.join(&args[1]);
+    let check = weir_tests::run_weir(&["check", topology.to_str().unwrap()], Duration::from_secs(60));
+    assert!(
+        check.status.success(),
+        "{}: {}",
+        args[1],
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert_eq!(flag(&args, "--brokers"), Some(format!("kafka:{kafka_port}")));
+    let listen = flag(&args, "--metrics-listen").expect("weir serves metrics");
+    let metrics_port = listen.rsplit(':').next().unwrap().to_string();
+    assert!(strings(&weir["ports"]).contains(&format!("{metrics_port}:{metrics_port}")));
+    assert!(
+        mounts
+            .iter()
+            .any(|(s, m)| s == "weir" && *m == format!("./{}:/weir/{}:ro", args[1], args[1])),
+        "{mounts:?}"
+    );
+
+    // The topics the topology reads and writes are the ones created, and the generator writes.
+    let text = std::fs::read_to_string(&topology).unwrap();
+    let cfg: toml::Table = toml::from_str(&text).unwrap();
+    let topic = |section: &str| cfg[section]["topic"].as_str().unwrap().to_string();
+    let init = strings(&service("kafka-init")["command"]).join(" ");
+    for t in [topic("source"), topic("labels"), topic("sink"), topic("dead_letter")] {
+        assert!(init.contains(&format!("{t}:")), "kafka-init creates {t}: {init}");
+    }
+    let gen = strings(&service("generator")["command"]);
+    assert_eq!(flag(&gen, "--brokers"), Some(format!("kafka:{kafka_port}")));
+    assert_eq!(flag(&gen, "--topic"), Some(topic("source")));
+    assert_eq!(flag(&gen, "--labels-topic"), Some(topic("labels")));
+
+    // Prometheus scrapes weir's metrics port.
+    let prom_mount = mounts
+        .iter()
+        .find(|(s, _)| s == "prometheus")
+        .expect("prometheus config")
+        .1
+        .clone();
+    let prom = yaml(&repo.join(prom_mount.split(':').next().unwrap()));
+    let targets: Vec<String> = prom["scrape_configs"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .flat_map(|s| {
+            s["static_configs"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .flat_map(|c| strings(&c["targets"]))
+        })
+        .collect();
+    assert_eq!(targets, [format!("weir:{metrics_port}")]);
+    let prom_port = "9090";
+    assert!(strings(&service("prometheus")["ports"]).contains(&format!("{prom_port}:{prom_port}")));
+
+    // Grafana: provisioning mounted where Grafana reads it; the datasource is the Prometheus
+    // service; the dashboard provider's path is where the dashboards are mounted.
+    let grafana_mounts: Vec<(String, String)> = mounts
+        .iter()
+        .filter(|(s, _)| s == "grafana")
+        .map(|(_, m)| {
+            let mut p = m.split(':');
+            (p.next().unwrap().to_string(), p.next().unwrap().to_string())
+        })
+        .collect();
+    let host_of = |container: &str| {
+        grafana_mounts
+            .iter()
+            .find(|(_, c)| c == container)
+            .map(|(h, _)| repo.join(h))
+            .unwrap_or_else(|| panic!("grafana mounts {container}: {grafana_mounts:?}"))
+    };
+    let provisioning = host_of("/etc/grafana/provisioning");
+    let ds = yaml(&provisioning.join("datasources/prometheus.yml"));
+    assert_eq!(
+        ds["datasources"][0]["url"].as_str(),
+        Some(format!("http://prometheus:{prom_port}").as_str())
+    );
+    let ds_uid = ds["datasources"][0]["uid"].as_str().unwrap().to_string();
+    let provider = yaml(&provisioning.join("dashboards/weir.yml"));
+    let dash_dir = provider["providers"][0]["options"]["path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dashboards = host_of(&dash_dir);
+
+    // The dashboard: valid JSON, the panels the issue names, every query on the provisioned
+    // datasource, and every metric it queries is one weir exports.
+    let dash: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dashboards.join("weir.json")).unwrap()).unwrap();
+    let panels = dash["panels"].as_array().unwrap();
+    let titles: Vec<&str> = panels.iter().filter_map(|p| p["title"].as_str()).collect();
+    for want in ["Throughput", "latency", "batch rows", "lag", "Backpressure"] {
+        assert!(
+            titles.iter().any(|t| t.to_lowercase().contains(&want.to_lowercase())),
+            "a panel for {want}: {titles:?}"
+        );
+    }
+    let exported = exported_metrics();
+    assert!(exported.contains("weir_consumer_lag_messages"), "{exported:?}");
+    let mut used = std::collections::BTreeSet::new();
+    for p in panels {
+        assert_eq!(p["datasource"]["uid"].as_str(), Some(ds_uid.as_str()), "{}", p["title"]);
+        for t in p["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("weir_") {
+                    let base = ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .find_map(|s| word.strip_suffix(s).filter(|b| exported.contains(*b)))
+                        .unwrap_or(word);
+                    assert!(
+                        exported.contains(base),
+                        "the dashboard queries {word}, which weir does not export"
+                    );
+                    used.insert(base.to_string());
+                }
+            }
+        }
+    }
+    assert!(
+        used.contains("weir_end_to_end_latency_seconds") && used.contains("weir_batch_rows"),
+        "{used:?}"
+    );
+    // Also the dashboard's p50/p99 quantiles.
+    let all = serde_json::to_string(&dash).unwrap();
+    assert!(all.contains("histogram_quantile(0.5") && all.contains("histogram_quantile(0.99"));
+}

@@ -78,6 +78,9 @@ enum Command {
         /// Start position, overriding source.start: committed, earliest, latest or RFC 3339.
         #[arg(long)]
         start: Option<String>,
+        /// Metrics endpoint address (host:port), overriding [metrics] listen.
+        #[arg(long)]
+        metrics_listen: Option<String>,
     },
     /// Replay a bounded range of the source topic through the topology: a resumable batch job.
     ///
@@ -329,10 +332,14 @@ fn main() -> ExitCode {
             brokers,
             until_end,
             start,
+            metrics_listen,
         } => {
             init_logging("info");
             (|| {
-                let cfg = TopologyConfig::load(&topology).map_err(|e| e.to_string())?;
+                let mut cfg = TopologyConfig::load(&topology).map_err(|e| e.to_string())?;
+                if let Some(addr) = metrics_listen {
+                    cfg.metrics.listen = addr;
+                }
                 let start = start
                     .as_deref()
                     .map(parse_start)
