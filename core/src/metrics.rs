@@ -74,9 +74,9 @@ pub struct Metrics {
     pub provider_fallbacks: IntCounter,
     /// `weir_model_info{version}`: 1 for the model version in use.
     pub model_info: IntGaugeVec,
-    /// `weir_backpressure_paused_seconds_total` is derived from [`crate::FlowControl`]; this gauge
-    /// holds the last value published by [`Metrics::set_paused_seconds`].
-    pub paused_seconds: prometheus::Gauge,
+    /// `weir_backpressure_paused_seconds_total` is derived from [`crate::FlowControl`]; this
+    /// counter holds the last value published by [`Metrics::set_paused_seconds`].
+    pub paused_seconds: prometheus::Counter,
     latency_us: Mutex<hdrhistogram::Histogram<u64>>,
     event_latency_us: Mutex<hdrhistogram::Histogram<u64>>,
 }
@@ -239,7 +239,7 @@ impl Metrics {
             "Requested execution providers that could not be used.",
             "inference",
         );
-        let paused_seconds = prometheus::Gauge::with_opts(opts(
+        let paused_seconds = prometheus::Counter::with_opts(opts(
             "weir_backpressure_paused_seconds_total",
             "Time sources spent paused by backpressure, summed over sources.",
             "source",
@@ -333,7 +333,11 @@ impl Metrics {
 
     /// Publishes the total paused time (from [`crate::FlowControl::paused_micros`]).
     pub fn set_paused_seconds(&self, micros: u64) {
-        self.paused_seconds.set(micros as f64 / 1e6);
+        // A counter only goes up: add what was paused since the last publication.
+        let delta = micros as f64 / 1e6 - self.paused_seconds.get();
+        if delta > 0.0 {
+            self.paused_seconds.inc_by(delta);
+        }
     }
 
     /// Total dead letters acknowledged, over all reasons.
