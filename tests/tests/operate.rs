@@ -267,8 +267,15 @@ fn tune_sweeps_windows_over_a_recording_and_recommends_one_within_the_target() {
         );
     } else {
         assert_eq!(recommended.len(), 1, "{csv}");
+        // The highest throughput within the target; within 2% of it, the lowest p99.
         let best = meeting.iter().map(|r| num(r, 4)).fold(0.0, f64::max);
-        assert_eq!(num(recommended[0], 4), best, "{csv}");
+        assert!(num(recommended[0], 4) >= 0.98 * best, "{csv}");
+        let tied_p99 = meeting
+            .iter()
+            .filter(|r| num(r, 4) >= 0.98 * best)
+            .map(|r| num(r, 6))
+            .fold(f64::MAX, f64::min);
+        assert_eq!(num(recommended[0], 6), tied_p99, "{csv}");
         assert!(
             stdout.contains(&format!("Recommended: max_batch_rows = {}", recommended[0][0])),
             "{stdout}"

@@ -187,7 +187,10 @@ mod tests {
         let server = MetricsServer::start("127.0.0.1:0", metrics.clone()).unwrap();
         let (status, body) = get(server.addr(), "/metrics");
         assert_eq!(status, 200);
-        assert!(body.contains("weir_source_events_total{operator=\"source\",topology=\"t\"} 42"), "{body}");
+        assert!(
+            body.contains("weir_source_events_total{operator=\"source\",topology=\"t\"} 42"),
+            "{body}"
+        );
         assert_eq!(get(server.addr(), "/healthz").0, 200);
         assert_eq!(get(server.addr(), "/readyz").0, 503);
         server.set_ready(true);

@@ -312,17 +312,23 @@ pub fn run_tune(opts: &TuneOptions, recording: &Recording) -> Result<TuneReport,
     })
 }
 
-/// The index of the highest-throughput point that meets the target (ties: lower p99).
+/// Throughputs within this fraction of the best count as equal (run-to-run noise: when the
+/// pipeline keeps up, every setting's throughput is the offered rate).
+pub const THROUGHPUT_TIE: f64 = 0.02;
+
+/// The recommended point: among those that meet the target, the highest throughput; throughputs
+/// within [`THROUGHPUT_TIE`] of it count as equal and the lowest p99 among them wins.
 pub fn recommend(points: &[TunePoint]) -> Option<usize> {
+    let best = points
+        .iter()
+        .filter(|p| p.meets_target)
+        .map(|p| p.throughput)
+        .fold(f64::NAN, f64::max);
     points
         .iter()
         .enumerate()
-        .filter(|(_, p)| p.meets_target)
-        .max_by(|(_, a), (_, b)| {
-            a.throughput
-                .total_cmp(&b.throughput)
-                .then(b.p99_ms.total_cmp(&a.p99_ms))
-        })
+        .filter(|(_, p)| p.meets_target && p.throughput >= best * (1.0 - THROUGHPUT_TIE))
+        .min_by(|(_, a), (_, b)| a.p99_ms.total_cmp(&b.p99_ms))
         .map(|(i, _)| i)
 }
 
@@ -567,7 +573,11 @@ fn plot_svg(points: &[TunePoint], rec: Option<usize>, target_ms: f64, rate: f64)
     {
         let root = SVGBackend::with_string(&mut svg, (900, 600)).into_drawing_area();
         let _ = root.fill(&WHITE);
-        let max_x = points.iter().map(|p| p.throughput).fold(rate, f64::max) * 1.1;
+        // Zoom on the points: below capacity they all sit near the offered rate.
+        let hi = points.iter().map(|p| p.throughput).fold(rate, f64::max);
+        let lo = points.iter().map(|p| p.throughput).fold(hi, f64::min);
+        let pad = ((hi - lo) * 0.15).max(hi * 0.01);
+        let (min_x, max_x) = ((lo - pad).max(0.0), hi + pad);
         let max_y = points.iter().map(|p| p.p99_ms).fold(target_ms, f64::max).max(1.0) * 2.0;
         let min_y = points.iter().map(|p| p.p99_ms).fold(target_ms, f64::min).max(0.5) / 2.0;
         let chart = ChartBuilder::on(&root)
@@ -578,7 +588,7 @@ fn plot_svg(points: &[TunePoint], rec: Option<usize>, target_ms: f64, rate: f64)
             .margin(20)
             .x_label_area_size(45)
             .y_label_area_size(60)
-            .build_cartesian_2d(0f64..max_x, (min_y..max_y).log_scale());
+            .build_cartesian_2d(min_x..max_x, (min_y..max_y).log_scale());
         if let Ok(mut chart) = chart {
             let _ = chart
                 .configure_mesh()
@@ -587,7 +597,7 @@ fn plot_svg(points: &[TunePoint], rec: Option<usize>, target_ms: f64, rate: f64)
                 .draw();
             let _ = chart
                 .draw_series(DashedLineSeries::new(
-                    vec![(0.0, target_ms), (max_x, target_ms)],
+                    vec![(min_x, target_ms), (max_x, target_ms)],
                     6,
                     4,
                     BLUE.stroke_width(1),
@@ -663,7 +673,8 @@ mod tests {
             point(64, 1, 8000.0, 5.0, 20.0),
             point(256, 5, 9500.0, 15.0, 20.0),
             point(1024, 20, 12000.0, 45.0, 20.0), // fastest, but over the target
-            point(256, 1, 9500.0, 12.0, 20.0),    // same throughput, lower p99: wins the tie
+            point(256, 1, 9400.0, 12.0, 20.0),    // within 2% of the best, lower p99: wins
+            point(16, 1, 9000.0, 3.0, 20.0),      // lowest p99, but 5% slower
         ];
         assert_eq!(recommend(&pts), Some(3));
         assert!(recommendation_line(&pts, Some(3), Duration::from_millis(20)).contains("max_batch_rows = 256"));
@@ -675,7 +686,7 @@ mod tests {
             })
             .collect();
         assert_eq!(recommend(&none), None);
-        assert!(recommendation_line(&none, None, Duration::from_millis(1)).contains("lowest p99 is 5.0 ms"));
+        assert!(recommendation_line(&none, None, Duration::from_millis(1)).contains("lowest p99 is 3.0 ms"));
     }
 
     #[test]
