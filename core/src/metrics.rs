@@ -78,7 +78,8 @@ pub struct Metrics {
     /// counter holds the last value published by [`Metrics::set_paused_seconds`].
     pub paused_seconds: prometheus::Counter,
     latency_us: Mutex<hdrhistogram::Histogram<u64>>,
-    event_latency_us: Mutex<hdrhistogram::Histogram<u64>>,
+    /// Milliseconds (the resolution of Kafka timestamps).
+    event_latency_ms: Mutex<hdrhistogram::Histogram<u64>>,
 }
 
 fn seconds_buckets() -> Vec<f64> {
@@ -272,8 +273,9 @@ impl Metrics {
             latency_us: Mutex::new(
                 hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
             ),
-            event_latency_us: Mutex::new(
-                hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
+            // 1 ms .. 1,000 days.
+            event_latency_ms: Mutex::new(
+                hdrhistogram::Histogram::new_with_bounds(1, 86_400_000_000, 3).expect("valid bounds"),
             ),
         }
     }
@@ -288,7 +290,7 @@ impl Metrics {
     pub fn record_acked(&self, events: impl IntoIterator<Item = (u64, Option<i64>)>) {
         let now_ms = crate::clock::wall_ms();
         let mut h = self.latency_us.lock().unwrap();
-        let mut e = self.event_latency_us.lock().unwrap();
+        let mut e = self.event_latency_ms.lock().unwrap();
         for (read_at, event_ms) in events {
             let us = crate::clock::micros_since(read_at);
             self.pipeline_latency.observe(us as f64 / 1e6);
@@ -296,7 +298,7 @@ impl Metrics {
             if let Some(t) = event_ms {
                 let ms = now_ms.saturating_sub(t).max(0) as u64;
                 self.e2e_latency.observe(ms as f64 / 1e3);
-                e.saturating_record((ms * 1000).max(1));
+                e.saturating_record(ms);
             }
         }
     }
@@ -315,11 +317,12 @@ impl Metrics {
     /// Event-time-to-acknowledgement latency quantile `q` (0..=1) in µs (millisecond resolution)
     /// over all scored events; 0 if none.
     pub fn event_latency_quantile_us(&self, q: f64) -> u64 {
-        let h = self.event_latency_us.lock().unwrap();
+        let h = self.event_latency_ms.lock().unwrap();
         if h.is_empty() {
             0
         } else {
-            h.value_at_quantile(q)
+            // Recorded in whole milliseconds (exact below 2,048 ms at 3 significant digits).
+            h.value_at_quantile(q) * 1000
         }
     }
 
@@ -328,7 +331,7 @@ impl Metrics {
     /// cumulative by definition): starts a measurement window, e.g. after a warm-up.
     pub fn reset_latency_summaries(&self) {
         self.latency_us.lock().unwrap().reset();
-        self.event_latency_us.lock().unwrap().reset();
+        self.event_latency_ms.lock().unwrap().reset();
     }
 
     /// Publishes the total paused time (from [`crate::FlowControl::paused_micros`]).
@@ -400,7 +403,7 @@ mod tests {
         assert!(m.latency_quantile_us(0.99) < 1_000_000);
         // Half the events are 1 s old, half fresh.
         let p99 = m.event_latency_quantile_us(0.99);
-        assert!((1_000_000..1_100_000).contains(&p99), "{p99}");
+        assert!((1_000_000..1_010_000).contains(&p99), "{p99}");
         assert!(m.event_latency_quantile_us(0.25) < 100_000);
         assert!(m
             .render()
