@@ -10,6 +10,7 @@ pub mod clock;
 pub mod flow;
 pub mod ledger;
 pub mod metrics;
+pub mod periodic;
 pub mod record;
 pub mod sink;
 

@@ -105,150 +105,168 @@ impl Metrics {
                 o.const_label("operator", operator)
             }
         };
-        let counter = |name: &str, help: &str, operator: &str| {
-            let c = IntCounter::with_opts(opts(name, help, operator)).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("unique metric");
-            c
+        let histogram_opts = |name: &str, help: &str, operator: &str, buckets: Vec<f64>| {
+            HistogramOpts::from(opts(name, help, operator)).buckets(buckets)
         };
-        let counter_vec = |name: &str, help: &str, operator: &str, label: &str| {
-            let c = IntCounterVec::new(opts(name, help, operator), &[label]).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("unique metric");
-            c
-        };
-        let histogram = |name: &str, help: &str, operator: &str, buckets: Vec<f64>| {
-            let mut o = HistogramOpts::new(name, help).buckets(buckets);
-            if !operator.is_empty() {
-                o = o.const_label("operator", operator);
-            }
-            let h = Histogram::with_opts(o).expect("valid metric");
-            registry.register(Box::new(h.clone())).expect("unique metric");
-            h
-        };
-        let events_in = counter("weir_source_events_total", "Events read by sources.", "source");
-        let scores_out = counter(
-            "weir_sink_scores_total",
-            "Scores acknowledged by the score sink.",
-            "score_sink",
+        let events_in = register(
+            &registry,
+            IntCounter::with_opts(opts("weir_source_events_total", "Events read by sources.", "source")),
         );
-        let dead_letters = counter_vec(
-            "weir_dead_letters_total",
-            "Dead letters acknowledged by the dead-letter sink, by reason.",
-            "dead_letter_sink",
-            "reason",
+        let scores_out = register(
+            &registry,
+            IntCounter::with_opts(opts(
+                "weir_sink_scores_total",
+                "Scores acknowledged by the score sink.",
+                "score_sink",
+            )),
         );
-        let batches = counter_vec(
-            "weir_batches_total",
-            "Micro-batches flushed, by cause (size, time, drain).",
-            "micro_batch",
-            "cause",
+        let dead_letters = register(
+            &registry,
+            IntCounterVec::new(
+                opts(
+                    "weir_dead_letters_total",
+                    "Dead letters acknowledged by the dead-letter sink, by reason.",
+                    "dead_letter_sink",
+                ),
+                &["reason"],
+            ),
         );
-        let batch_rows = histogram(
-            "weir_batch_rows",
-            "Rows per flushed micro-batch.",
-            "micro_batch",
-            vec![
-                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0,
-            ],
+        let batches = register(
+            &registry,
+            IntCounterVec::new(
+                opts(
+                    "weir_batches_total",
+                    "Micro-batches flushed, by cause (size, time, drain).",
+                    "micro_batch",
+                ),
+                &["cause"],
+            ),
         );
-        let batch_fill_wait = histogram(
-            "weir_batch_fill_wait_seconds",
-            "Time the oldest row of a micro-batch waited before the flush.",
-            "micro_batch",
-            seconds_buckets(),
+        let batch_rows = register(
+            &registry,
+            Histogram::with_opts(histogram_opts(
+                "weir_batch_rows",
+                "Rows per flushed micro-batch.",
+                "micro_batch",
+                vec![
+                    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0,
+                ],
+            )),
         );
-        let inference_seconds = histogram(
-            "weir_inference_batch_seconds",
-            "ONNX Runtime time per micro-batch.",
-            "inference",
-            seconds_buckets(),
+        let batch_fill_wait = register(
+            &registry,
+            Histogram::with_opts(histogram_opts(
+                "weir_batch_fill_wait_seconds",
+                "Time the oldest row of a micro-batch waited before the flush.",
+                "micro_batch",
+                seconds_buckets(),
+            )),
+        );
+        let inference_seconds = register(
+            &registry,
+            Histogram::with_opts(histogram_opts(
+                "weir_inference_batch_seconds",
+                "ONNX Runtime time per micro-batch.",
+                "inference",
+                seconds_buckets(),
+            )),
         );
         let mut e2e_buckets = seconds_buckets();
         e2e_buckets.extend([60.0, 300.0, 3600.0, 86400.0]);
-        let e2e_latency = histogram(
-            "weir_end_to_end_latency_seconds",
-            "Per scored event, from its Kafka message timestamp to the score sink's acknowledgement.",
-            "",
-            e2e_buckets,
+        let e2e_latency = register(
+            &registry,
+            Histogram::with_opts(histogram_opts(
+                "weir_end_to_end_latency_seconds",
+                "Per scored event, from its Kafka message timestamp to the score sink's acknowledgement.",
+                "",
+                e2e_buckets,
+            )),
         );
-        let pipeline_latency = histogram(
-            "weir_pipeline_latency_seconds",
-            "Per event, from source read to sink acknowledgement.",
-            "",
-            seconds_buckets(),
+        let pipeline_latency = register(
+            &registry,
+            Histogram::with_opts(histogram_opts(
+                "weir_pipeline_latency_seconds",
+                "Per event, from source read to sink acknowledgement.",
+                "",
+                seconds_buckets(),
+            )),
         );
-        let consumer_lag = IntGaugeVec::new(
-            opts(
-                "weir_consumer_lag_messages",
-                "Messages between the source's position and the partition's high watermark.",
-                "source",
+        let consumer_lag = register(
+            &registry,
+            IntGaugeVec::new(
+                opts(
+                    "weir_consumer_lag_messages",
+                    "Messages between the source's position and the partition's high watermark.",
+                    "source",
+                ),
+                &["topic", "partition"],
             ),
-            &["topic", "partition"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(consumer_lag.clone()))
-            .expect("unique metric");
-        let window_max_rows = IntGauge::with_opts(opts(
-            "weir_batch_window_max_rows",
-            "The micro-batch window's max_batch_rows in use.",
-            "micro_batch",
-        ))
-        .expect("valid metric");
-        registry
-            .register(Box::new(window_max_rows.clone()))
-            .expect("unique metric");
-        let window_max_wait = prometheus::Gauge::with_opts(opts(
-            "weir_batch_window_max_wait_seconds",
-            "The micro-batch window's max_wait in use.",
-            "micro_batch",
-        ))
-        .expect("valid metric");
-        registry
-            .register(Box::new(window_max_wait.clone()))
-            .expect("unique metric");
-        let config_reloads = counter_vec(
-            "weir_config_reloads_total",
-            "Live reloads of the topology file, by result (applied, rejected).",
-            "",
-            "result",
         );
-        let inflight_batches = IntGauge::with_opts(opts(
-            "weir_inflight_batches",
-            "Batches handed to inference, not yet written.",
-            "inference",
-        ))
-        .expect("valid metric");
-        registry
-            .register(Box::new(inflight_batches.clone()))
-            .expect("unique metric");
-        let execution_provider = IntGaugeVec::new(
-            Opts::new("weir_execution_provider", "1 for the execution provider in use."),
-            &["provider"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(execution_provider.clone()))
-            .expect("unique metric");
-        let model_info = IntGaugeVec::new(
-            Opts::new("weir_model_info", "1 for the model version scoring events."),
-            &["version"],
-        )
-        .expect("valid metric");
-        registry.register(Box::new(model_info.clone())).expect("unique metric");
-        let provider_fallbacks = counter(
-            "weir_execution_provider_fallbacks_total",
-            "Requested execution providers that could not be used.",
-            "inference",
+        let window_max_rows = register(
+            &registry,
+            IntGauge::with_opts(opts(
+                "weir_batch_window_max_rows",
+                "The micro-batch window's max_batch_rows in use.",
+                "micro_batch",
+            )),
         );
-        let paused_seconds = prometheus::Counter::with_opts(opts(
-            "weir_backpressure_paused_seconds_total",
-            "Time sources spent paused by backpressure, summed over sources.",
-            "source",
-        ))
-        .expect("valid metric");
-        registry
-            .register(Box::new(paused_seconds.clone()))
-            .expect("unique metric");
+        let window_max_wait = register(
+            &registry,
+            prometheus::Gauge::with_opts(opts(
+                "weir_batch_window_max_wait_seconds",
+                "The micro-batch window's max_wait in use.",
+                "micro_batch",
+            )),
+        );
+        let config_reloads = register(
+            &registry,
+            IntCounterVec::new(
+                opts(
+                    "weir_config_reloads_total",
+                    "Live reloads of the topology file, by result (applied, rejected).",
+                    "",
+                ),
+                &["result"],
+            ),
+        );
+        let inflight_batches = register(
+            &registry,
+            IntGauge::with_opts(opts(
+                "weir_inflight_batches",
+                "Batches handed to inference, not yet written.",
+                "inference",
+            )),
+        );
+        let execution_provider = register(
+            &registry,
+            IntGaugeVec::new(
+                opts("weir_execution_provider", "1 for the execution provider in use.", ""),
+                &["provider"],
+            ),
+        );
+        let model_info = register(
+            &registry,
+            IntGaugeVec::new(
+                opts("weir_model_info", "1 for the model version scoring events.", ""),
+                &["version"],
+            ),
+        );
+        let provider_fallbacks = register(
+            &registry,
+            IntCounter::with_opts(opts(
+                "weir_execution_provider_fallbacks_total",
+                "Requested execution providers that could not be used.",
+                "inference",
+            )),
+        );
+        let paused_seconds = register(
+            &registry,
+            prometheus::Counter::with_opts(opts(
+                "weir_backpressure_paused_seconds_total",
+                "Time sources spent paused by backpressure, summed over sources.",
+                "source",
+            )),
+        );
         Self {
             registry,
             events_in,
@@ -376,6 +394,17 @@ impl Metrics {
             .expect("text encoding cannot fail");
         String::from_utf8(buf).expect("text encoding is UTF-8")
     }
+}
+
+/// Registers a newly built metric in `registry` and returns it.
+///
+/// # Panics
+/// If the metric is invalid or its name is already registered: both are programming errors of
+/// [`Metrics::new`].
+fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: prometheus::Result<C>) -> C {
+    let m = metric.expect("valid metric");
+    registry.register(Box::new(m.clone())).expect("unique metric");
+    m
 }
 
 fn sum_counter_vec(v: &IntCounterVec) -> u64 {

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use weir_connectors::kafka::source::StartPosition;
 use weir_feature_store::{FeatureError, FeatureSpec, WindowedFeature};
 use weir_operators::inference::ExecutionProvider;
+use weir_operators::micro_batch::BatchWindow;
 
 /// weir's defaults for every field.
 pub const DEFAULTS_TOML: &str = include_str!("defaults.toml");
@@ -157,6 +158,16 @@ pub struct BatchingSection {
     pub max_inflight_batches: usize,
 }
 
+impl BatchingSection {
+    /// The live micro-batch window (`max_batch_rows`, `max_wait`).
+    pub fn window(&self) -> BatchWindow {
+        BatchWindow {
+            max_batch_rows: self.max_batch_rows,
+            max_wait: self.max_wait,
+        }
+    }
+}
+
 /// `[backfill]`: how `weir backfill` replays a bounded range of the source topic. The operators
 /// are the same as live; only the micro-batch window and the warm-up differ.
 #[derive(Debug, Clone, Deserialize)]
@@ -278,12 +289,25 @@ impl TopologyConfig {
     /// # Errors
     /// [`ConfigError`] naming the file and, for content errors, the field.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+        let text = std::fs::read(path).map_err(|e| ConfigError::Read {
             path: path.to_path_buf(),
             detail: e.to_string(),
         })?;
+        Self::parse_file(path, &text)
+    }
+
+    /// As [`TopologyConfig::load`], for the bytes `text` already read from `path` (the live
+    /// reloader compares them with the last version before parsing).
+    ///
+    /// # Errors
+    /// As [`TopologyConfig::load`]; text that is not UTF-8 is a [`ConfigError::Read`].
+    pub fn parse_file(path: &Path, text: &[u8]) -> Result<Self, ConfigError> {
+        let text = std::str::from_utf8(text).map_err(|e| ConfigError::Read {
+            path: path.to_path_buf(),
+            detail: format!("not UTF-8: {e}"),
+        })?;
         let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        Self::parse(&text, path, &base_dir)
+        Self::parse(text, path, &base_dir)
     }
 
     /// Parses topology TOML `text` (reported as `file`), resolving model paths against `base_dir`.

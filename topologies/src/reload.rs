@@ -26,9 +26,9 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
+use weir_core::periodic::Periodic;
 use weir_core::{FlowControl, Metrics};
 use weir_operators::micro_batch::{BatchWindow, SharedWindow};
 
@@ -105,8 +105,7 @@ impl Reloader {
         if !force && self.last_text.as_deref() == Some(text.as_slice()) {
             return None;
         }
-        self.last_text = Some(text.clone());
-        let outcome = match TopologyConfig::load(&self.path) {
+        let outcome = match TopologyConfig::parse_file(&self.path, &text) {
             Err(e) => {
                 let old = self.window.get();
                 tracing::error!(
@@ -132,10 +131,7 @@ impl Reloader {
                         "reload: max_inflight_batches (the inference queue's capacity) applies at the next restart"
                     );
                 }
-                let new = BatchWindow {
-                    max_batch_rows: cfg.batching.max_batch_rows,
-                    max_wait: cfg.batching.max_wait,
-                };
+                let new = cfg.batching.window();
                 let old = self.window.get();
                 if new == old {
                     ReloadOutcome::Unchanged
@@ -156,51 +152,26 @@ impl Reloader {
                 }
             }
         };
+        self.last_text = Some(text);
         Some(outcome)
     }
 
-    /// Runs [`Reloader::check`] every [`POLL_INTERVAL`] on its own thread, and at once when
-    /// `sighup` is set (it is cleared); stops when the returned guard is dropped.
-    pub fn spawn(mut self, sighup: Arc<AtomicBool>) -> ReloadGuard {
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let handle = std::thread::Builder::new()
-            .name("weir-reload".into())
-            .spawn(move || {
-                let mut waited = Duration::ZERO;
-                while !s.load(Ordering::Acquire) {
-                    let hup = sighup.swap(false, Ordering::AcqRel);
-                    if hup || waited >= POLL_INTERVAL {
-                        if hup {
-                            tracing::info!(path = %self.path.display(), "SIGHUP: reloading the topology file");
-                        }
-                        self.check(hup);
-                        waited = Duration::ZERO;
-                    }
-                    std::thread::sleep(Duration::from_millis(25));
-                    waited += Duration::from_millis(25);
+    /// Runs [`Reloader::check`] every [`POLL_INTERVAL`] on its own thread, and within 25 ms
+    /// when `sighup` is set (it is cleared); stops when the returned thread is dropped.
+    pub fn spawn(mut self, sighup: Arc<AtomicBool>) -> Periodic {
+        const HUP_CHECK: Duration = Duration::from_millis(25);
+        let mut waited = Duration::ZERO;
+        Periodic::spawn("weir-reload", HUP_CHECK, move || {
+            waited += HUP_CHECK;
+            let hup = sighup.swap(false, Ordering::AcqRel);
+            if hup || waited >= POLL_INTERVAL {
+                if hup {
+                    tracing::info!(path = %self.path.display(), "SIGHUP: reloading the topology file");
                 }
-            })
-            .expect("spawn reload thread");
-        ReloadGuard {
-            stop,
-            handle: Some(handle),
-        }
-    }
-}
-
-/// Stops a [`Reloader`] thread when dropped.
-pub struct ReloadGuard {
-    stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<()>>,
-}
-
-impl Drop for ReloadGuard {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
+                self.check(hup);
+                waited = Duration::ZERO;
+            }
+        })
     }
 }
 

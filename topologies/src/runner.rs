@@ -27,6 +27,7 @@ use timely::dataflow::{ProbeHandle, StreamVec};
 use weir_connectors::kafka::sink::{KafkaDeadLetterSink, KafkaScoreSink};
 use weir_connectors::kafka::source::{kafka_source, KafkaSourceConfig, SourceShared, StartPosition};
 use weir_connectors::parquet::sink::ParquetScoreSink;
+use weir_core::periodic::Periodic;
 use weir_core::{DeadLetterSink, DeliveryLedger, FeatureRow, FlowControl, Lineage, Metrics, ScoreSink};
 use weir_feature_store::{windowed_features, FeatureSpec, FeatureValues};
 use weir_operators::decode::{decode, DecodeLimits};
@@ -349,13 +350,9 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
         .clone()
         .unwrap_or_else(|| Arc::new(Metrics::new(&cfg.topology.name)));
     let workers = cfg.topology.workers;
-    let (window, max_inflight_batches) = opts.window.unwrap_or((
-        BatchWindow {
-            max_batch_rows: cfg.batching.max_batch_rows,
-            max_wait: cfg.batching.max_wait,
-        },
-        cfg.batching.max_inflight_batches,
-    ));
+    let (window, max_inflight_batches) = opts
+        .window
+        .unwrap_or((cfg.batching.window(), cfg.batching.max_inflight_batches));
     let live_window = opts
         .live_window
         .clone()
@@ -467,27 +464,21 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
     // acknowledged before the sources' final commit.
     let flusher = {
         let (flow, metrics, sink, ready) = (flow.clone(), metrics.clone(), sink.clone(), ready.clone());
-        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let d = done.clone();
-        let h = std::thread::spawn(move || {
-            let mut flushed = false;
-            while !d.load(std::sync::atomic::Ordering::Acquire) {
-                std::thread::sleep(Duration::from_millis(50));
-                if let Some(r) = &ready {
-                    // Ready while running; not while draining.
-                    r.store(!flow.shutdown_requested(), std::sync::atomic::Ordering::Release);
-                }
-                metrics.set_paused_seconds(flow.paused_micros());
-                let idle = flow.buffered_rows() == 0 && metrics.inflight_batches.get() == 0;
-                if flow.shutdown_requested() && idle && !flushed {
-                    flushed = true;
-                    if let Err(e) = sink.flush(Duration::from_secs(30)) {
-                        tracing::error!(error = %e, "sink flush at shutdown failed");
-                    }
+        let mut flushed = false;
+        Periodic::spawn("weir-flusher", Duration::from_millis(50), move || {
+            if let Some(r) = &ready {
+                // Ready while running; not while draining.
+                r.store(!flow.shutdown_requested(), std::sync::atomic::Ordering::Release);
+            }
+            metrics.set_paused_seconds(flow.paused_micros());
+            let idle = flow.buffered_rows() == 0 && metrics.inflight_batches.get() == 0;
+            if flow.shutdown_requested() && idle && !flushed {
+                flushed = true;
+                if let Err(e) = sink.flush(Duration::from_secs(30)) {
+                    tracing::error!(error = %e, "sink flush at shutdown failed");
                 }
             }
-        });
-        (done, h)
+        })
     };
 
     let mut source_config = source_config(cfg, &brokers, opts.bounded || opts.ranges.is_some(), opts.start);
@@ -579,8 +570,7 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
     let flush_result = sink.close().and(dlq.flush(Duration::from_secs(60)));
     drop(server);
     drop(lag_monitor);
-    flusher.0.store(true, std::sync::atomic::Ordering::Release);
-    let _ = flusher.1.join();
+    drop(flusher);
     let elapsed = started.elapsed();
     if let Some(e) = first_error {
         return Err(TopologyError::Worker(e));

@@ -10,12 +10,11 @@
 //! high watermark of a paused partition, which fetches nothing).
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use weir_core::periodic::Periodic;
 use weir_core::Metrics;
 
 use super::client_config;
@@ -49,8 +48,7 @@ impl ConsumerPositions {
 
 /// A thread that publishes the consumer lag every `interval`; stops when dropped.
 pub struct LagMonitor {
-    stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<()>>,
+    _thread: Periodic,
 }
 
 impl LagMonitor {
@@ -70,59 +68,31 @@ impl LagMonitor {
         let consumer: BaseConsumer = client_config(brokers, &[("enable.auto.commit", "false")], properties)
             .create()
             .map_err(ConnectorError::kafka("create lag monitor"))?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let handle = std::thread::Builder::new()
-            .name("weir-lag".into())
-            .spawn(move || {
-                let mut reported: HashSet<(String, i32)> = HashSet::new();
-                while !s.load(Ordering::Acquire) {
-                    let now = positions.snapshot();
-                    for key in reported.iter().filter(|k| !now.contains_key(*k)) {
-                        let _ = metrics
+        let mut reported: HashSet<(String, i32)> = HashSet::new();
+        let thread = Periodic::spawn("weir-lag", interval, move || {
+            let now = positions.snapshot();
+            for key in reported.iter().filter(|k| !now.contains_key(*k)) {
+                let _ = metrics
+                    .consumer_lag
+                    .remove_label_values(&[key.0.as_str(), &key.1.to_string()]);
+            }
+            reported.retain(|k| now.contains_key(k));
+            for ((topic, p), next) in &now {
+                match consumer.fetch_watermarks(topic, *p, Duration::from_secs(2)) {
+                    Ok((_, high)) => {
+                        metrics
                             .consumer_lag
-                            .remove_label_values(&[key.0.as_str(), &key.1.to_string()]);
+                            .with_label_values(&[topic.as_str(), &p.to_string()])
+                            .set((high - next).max(0));
+                        reported.insert((topic.clone(), *p));
                     }
-                    reported.retain(|k| now.contains_key(k));
-                    for ((topic, p), next) in &now {
-                        if s.load(Ordering::Acquire) {
-                            break;
-                        }
-                        match consumer.fetch_watermarks(topic, *p, Duration::from_secs(2)) {
-                            Ok((_, high)) => {
-                                metrics
-                                    .consumer_lag
-                                    .with_label_values(&[topic.as_str(), &p.to_string()])
-                                    .set((high - next).max(0));
-                                reported.insert((topic.clone(), *p));
-                            }
-                            Err(e) => {
-                                tracing::debug!(topic = %topic, partition = p, error = %e, "lag: no high watermark")
-                            }
-                        }
-                    }
-                    // Sleep in short steps so that drop stops the thread promptly.
-                    let mut slept = Duration::ZERO;
-                    while slept < interval && !s.load(Ordering::Acquire) {
-                        std::thread::sleep(Duration::from_millis(20));
-                        slept += Duration::from_millis(20);
+                    Err(e) => {
+                        tracing::debug!(topic = %topic, partition = p, error = %e, "lag: no high watermark")
                     }
                 }
-            })
-            .expect("spawn lag monitor thread");
-        Ok(Self {
-            stop,
-            handle: Some(handle),
-        })
-    }
-}
-
-impl Drop for LagMonitor {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
+            }
+        });
+        Ok(Self { _thread: thread })
     }
 }
 

@@ -444,8 +444,8 @@ pub fn kafka_source<'s>(
             let mut assigned_at: HashMap<i32, Instant> = HashMap::new();
             let mut last_wm_log = Instant::now();
             let mut max_emitted = i64::MIN;
-            // partition -> next offset to read (last read + 1), for the consumer lag
-            let mut next_offset: HashMap<i32, i64> = HashMap::new();
+            // Partitions whose positions this source published, for the consumer lag.
+            let mut published: Vec<i32> = Vec::new();
             let mut last_lag = Instant::now();
             move |output| {
                 let Some(c) = cap.as_mut() else {
@@ -531,7 +531,6 @@ pub fn kafka_source<'s>(
                                 let e = max_ts.entry(partition).or_insert((ts, polled_at));
                                 e.0 = e.0.max(ts);
                                 e.1 = polled_at;
-                                next_offset.insert(partition, offset + 1);
                                 let lineage = Lineage { partition, offset };
                                 if config.commit {
                                     // The time it enters the dataflow (late records are raised).
@@ -619,11 +618,20 @@ pub fn kafka_source<'s>(
 
                 if last_lag.elapsed() >= LAG_INTERVAL {
                     last_lag = Instant::now();
-                    let revoked: Vec<i32> = next_offset.keys().copied().filter(|p| !assigned.contains(p)).collect();
+                    let revoked: Vec<i32> = published.iter().copied().filter(|p| !assigned.contains(p)).collect();
                     shared.positions.remove(&config.topic, &revoked);
-                    next_offset.retain(|p, _| assigned.contains(p));
-                    for (p, next) in &next_offset {
-                        shared.positions.set(&config.topic, *p, *next);
+                    published.retain(|p| assigned.contains(p));
+                    // librdkafka's position: last message returned by poll + 1 (local, no
+                    // broker round trip); invalid for a partition not read yet.
+                    if let Ok(tpl) = consumer_ref.position() {
+                        for e in tpl.elements_for_topic(&config.topic) {
+                            if let (Offset::Offset(next), true) = (e.offset(), assigned.contains(&e.partition())) {
+                                shared.positions.set(&config.topic, e.partition(), next);
+                                if !published.contains(&e.partition()) {
+                                    published.push(e.partition());
+                                }
+                            }
+                        }
                     }
                 }
 

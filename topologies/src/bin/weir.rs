@@ -357,12 +357,7 @@ fn main() -> ExitCode {
                     std::thread::sleep(Duration::from_millis(20));
                 });
                 // Live reload of [batching]: file edits (polled) or SIGHUP.
-                let window = Arc::new(weir_operators::micro_batch::SharedWindow::new(
-                    weir_operators::micro_batch::BatchWindow {
-                        max_batch_rows: cfg.batching.max_batch_rows,
-                        max_wait: cfg.batching.max_wait,
-                    },
-                ));
+                let window = Arc::new(weir_operators::micro_batch::SharedWindow::new(cfg.batching.window()));
                 let metrics = Arc::new(weir_core::Metrics::new(&cfg.topology.name));
                 let sighup = Arc::new(AtomicBool::new(false));
                 let _ = signal_hook::flag::register(signal_hook::consts::SIGHUP, sighup.clone());
