@@ -417,3 +417,19 @@ pub fn sample_sum(body: &str, name: &str) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// Polls `/metrics` on `127.0.0.1:port` every 50 ms until `done(body)`, and returns that body.
+///
+/// # Panics
+/// With the last body, after `timeout`.
+pub fn wait_metrics(port: u16, timeout: Duration, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let body = http_get(port, "/metrics").map(|r| r.1).unwrap_or_default();
+        if done(&body) {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}:\n{body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -205,19 +205,17 @@ fn the_metrics_endpoint_serves_during_a_run() {
     assert!(body.contains("weir_backpressure_paused_seconds_total{"), "{body}");
     assert!(body.contains("weir_inflight_batches{"), "{body}");
     // Consumer lag: one series per partition of the transactions topic, 0 once all is read.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let lag_lines = loop {
-        let body = http_get(port, "/metrics").map(|r| r.1).unwrap_or_default();
-        let lines: Vec<String> = body
-            .lines()
+    let lag_lines = |body: &str| -> Vec<String> {
+        body.lines()
             .filter(|l| l.starts_with("weir_consumer_lag_messages{") && l.contains("topic=\"transactions\""))
             .map(str::to_string)
-            .collect();
-        if lines.len() == 4 && lines.iter().all(|l| l.ends_with(" 0")) || std::time::Instant::now() > deadline {
-            break lines;
-        }
-        std::thread::sleep(Duration::from_millis(200));
+            .collect()
     };
+    let body = weir_tests::wait_metrics(port, Duration::from_secs(10), "lag 0 on 4 partitions", |b| {
+        let lines = lag_lines(b);
+        lines.len() == 4 && lines.iter().all(|l| l.ends_with(" 0"))
+    });
+    let lag_lines = lag_lines(&body);
     assert_eq!(lag_lines.len(), 4, "{lag_lines:?}");
     assert!(lag_lines.iter().all(|l| l.ends_with(" 0")), "{lag_lines:?}");
     weir_tests::sigterm(&child);

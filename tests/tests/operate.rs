@@ -3,24 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use weir_tests::{http_get, sample_sum, topology_file};
-
-fn metrics(port: u16) -> String {
-    http_get(port, "/metrics").map(|r| r.1).unwrap_or_default()
-}
-
-/// Polls `/metrics` until `done(body)`; panics with the last body after `timeout`.
-fn wait_metrics(port: u16, timeout: Duration, what: &str, done: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let body = metrics(port);
-        if done(&body) {
-            return body;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}:\n{body}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use weir_tests::{sample_sum, topology_file, wait_metrics};
 
 fn set_batching(path: &std::path::Path, batching: &str) {
     let text = std::fs::read_to_string(path).unwrap();
