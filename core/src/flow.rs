@@ -22,6 +22,7 @@ pub struct FlowControl {
     max_in_flight_seen: AtomicUsize,
     max_in_flight: usize,
     cutoff: AtomicU64,
+    memory_pressure: AtomicBool,
 }
 
 impl FlowControl {
@@ -53,6 +54,7 @@ impl FlowControl {
             max_in_flight_seen: AtomicUsize::new(0),
             max_in_flight: max_in_flight.max(1),
             cutoff: AtomicU64::new(u64::MAX),
+            memory_pressure: AtomicBool::new(false),
         }
     }
 
@@ -116,9 +118,21 @@ impl FlowControl {
         self.max_in_flight_seen.load(Ordering::Acquire)
     }
 
+    /// Sets or clears memory pressure: while set, sources pause (the process's resident memory
+    /// went over its configured limit; see `topology.max_memory`).
+    pub fn set_memory_pressure(&self, on: bool) {
+        self.memory_pressure.store(on, Ordering::Release);
+    }
+
+    /// Whether memory pressure holds sources back.
+    pub fn memory_pressure(&self) -> bool {
+        self.memory_pressure.load(Ordering::Acquire)
+    }
+
     /// Whether sources should stop reading now.
     pub fn should_pause(&self) -> bool {
-        self.blocked.load(Ordering::Acquire) > 0
+        self.memory_pressure()
+            || self.blocked.load(Ordering::Acquire) > 0
             || self.buffered_rows() >= self.high_water.load(Ordering::Acquire)
             || self.in_flight() >= self.max_in_flight
     }

@@ -77,6 +77,18 @@ pub struct Metrics {
     /// `weir_backpressure_paused_seconds_total` is derived from [`crate::FlowControl`]; this
     /// counter holds the last value published by [`Metrics::set_paused_seconds`].
     pub paused_seconds: prometheus::Counter,
+    /// `weir_broker_reachable`: 1 while the Kafka brokers answer metadata requests (checked
+    /// about once a second), 0 while they do not.
+    pub broker_reachable: IntGauge,
+    /// `weir_recovery_replayed_events`: events a live restart replays into the feature store
+    /// (retained history before the group's commit; not scored again).
+    pub recovery_events: IntGauge,
+    /// `weir_recovery_seconds`: time from start to the end of that replay (feature state rebuilt).
+    pub recovery_seconds: prometheus::Gauge,
+    /// `weir_resident_memory_bytes`: the process's resident set size, bytes.
+    pub resident_memory: IntGauge,
+    /// `weir_memory_limit_bytes`: `topology.max_memory` (0: none).
+    pub memory_limit: IntGauge,
     latency_us: Mutex<hdrhistogram::Histogram<u64>>,
     /// Milliseconds (the resolution of Kafka timestamps).
     event_latency_ms: Mutex<hdrhistogram::Histogram<u64>>,
@@ -267,8 +279,35 @@ impl Metrics {
                 "source",
             )),
         );
+        let gauge = |name: &str, help: &str| register(&registry, IntGauge::with_opts(opts(name, help, "")));
+        let broker_reachable = gauge(
+            "weir_broker_reachable",
+            "1 while the Kafka brokers answer metadata requests, 0 while they do not.",
+        );
+        let recovery_events = gauge(
+            "weir_recovery_replayed_events",
+            "Events a live restart replays into the feature store without scoring them.",
+        );
+        let recovery_seconds = register(
+            &registry,
+            prometheus::Gauge::with_opts(opts(
+                "weir_recovery_seconds",
+                "Seconds from start until the feature state was rebuilt from retained history.",
+                "",
+            )),
+        );
+        let resident_memory = gauge("weir_resident_memory_bytes", "Resident set size of the process, bytes.");
+        let memory_limit = gauge(
+            "weir_memory_limit_bytes",
+            "topology.max_memory: sources pause above 90% of it (0: no limit).",
+        );
         Self {
             registry,
+            broker_reachable,
+            recovery_events,
+            recovery_seconds,
+            resident_memory,
+            memory_limit,
             events_in,
             scores_out,
             dead_letters,

@@ -264,4 +264,72 @@ mod tests {
             "json"
         );
     }
+
+    /// Property tests (proptest, 256 cases each by default; `PROPTEST_CASES` raises it): the
+    /// decoder is total — any bytes give a transaction that passes every rule, or a dead letter
+    /// with a known reason, the original bytes and the lineage; never a panic.
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        const REASONS: [&str; 5] = ["json", "schema", "too_large", "invalid_amount", "invalid_time"];
+
+        fn check(payload: &[u8]) -> Result<(), TestCaseError> {
+            match decode_transaction(&ev(payload), &DecodeLimits::default(), NOW) {
+                Ok((meta, tx)) => {
+                    prop_assert!(tx.amount.is_finite() && tx.amount >= 0.0);
+                    prop_assert!(tx.tx_time_ms >= 0 && tx.tx_time_ms <= NOW + 86_400_000);
+                    prop_assert_eq!(meta.lineage, Lineage { partition: 2, offset: 9 });
+                }
+                Err(e) => {
+                    prop_assert!(REASONS.contains(&e.reason.as_str()), "reason {}", e.reason);
+                    prop_assert!(!e.detail.is_empty());
+                    prop_assert_eq!(e.payload.as_slice(), payload);
+                    prop_assert_eq!(e.lineage, Lineage { partition: 2, offset: 9 });
+                }
+            }
+            Ok(())
+        }
+
+        /// A transaction's JSON with arbitrary (also invalid) values in its fields.
+        fn tx_like() -> impl Strategy<Value = String> {
+            let value = prop_oneof![
+                any::<i64>().prop_map(|v| v.to_string()),
+                any::<u64>().prop_map(|v| v.to_string()),
+                any::<f64>().prop_map(|v| format!("{v:e}")),
+                Just("NaN".to_string()),
+                Just("-1e400".to_string()),
+                Just("null".to_string()),
+                "[a-z]{0,8}".prop_map(|s| format!("\"{s}\"")),
+            ];
+            (proptest::collection::vec(value, 5), any::<bool>()).prop_map(|(v, extra)| {
+                let mut s = format!(
+                    "{{\"tx_id\":{},\"tx_time_ms\":{},\"customer_id\":{},\"terminal_id\":{},\"amount\":{}",
+                    v[0], v[1], v[2], v[3], v[4]
+                );
+                if extra {
+                    s.push_str(",\"extra\":1");
+                }
+                s.push('}');
+                s
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn arbitrary_bytes_never_panic(payload in proptest::collection::vec(any::<u8>(), 0..512)) {
+                check(&payload)?;
+            }
+
+            #[test]
+            fn transaction_shaped_json_is_accepted_only_when_valid(json in tx_like(), cut in any::<prop::sample::Index>()) {
+                check(json.as_bytes())?;
+                // Any strict prefix (a truncated message) is a dead letter.
+                let n = cut.index(json.len());
+                let r = decode_transaction(&ev(&json.as_bytes()[..n]), &DecodeLimits::default(), NOW);
+                prop_assert!(r.is_err(), "truncated at {} of {}: {}", n, json.len(), &json[..n]);
+                check(&json.as_bytes()[..n])?;
+            }
+        }
+    }
 }

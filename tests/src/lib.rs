@@ -433,3 +433,63 @@ pub fn wait_metrics(port: u16, timeout: Duration, what: &str, done: impl Fn(&str
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// One score record of a score topic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoreRecord {
+    /// The transaction.
+    pub tx_id: u64,
+    /// Source partition of the scored event.
+    pub partition: i32,
+    /// Source offset of the scored event.
+    pub offset: i64,
+    /// The score, as written (the shortest decimal of an `f32`, so equal values are equal bits).
+    pub score: f64,
+}
+
+/// Every score record of `topic`, in partition and offset order of the score topic.
+///
+/// # Panics
+/// If the topic cannot be read or a record is not a score.
+pub fn score_records(brokers: &str, topic: &str) -> Vec<ScoreRecord> {
+    read_topic(brokers, topic, Duration::from_secs(120))
+        .expect("read scores")
+        .iter()
+        .map(|r| {
+            let v: serde_json::Value =
+                serde_json::from_slice(r.payload.as_deref().expect("payload")).expect("score json");
+            ScoreRecord {
+                tx_id: v["tx_id"].as_u64().expect("tx_id"),
+                partition: v["partition"].as_i64().expect("partition") as i32,
+                offset: v["offset"].as_i64().expect("offset"),
+                score: v["score"].as_f64().expect("score"),
+            }
+        })
+        .collect()
+}
+
+/// The committed offsets of `group` on `topic`, `partition -> offset` (partitions without a
+/// commit left out).
+///
+/// # Panics
+/// If the broker does not answer.
+pub fn committed(brokers: &str, group: &str, topic: &str) -> std::collections::BTreeMap<i32, i64> {
+    weir_connectors::kafka::admin::committed_offsets(brokers, group, topic, Duration::from_secs(30))
+        .expect("committed offsets")
+        .into_iter()
+        .filter_map(|(p, o)| Some((p, o?)))
+        .collect()
+}
+
+/// A field of `/proc/<pid>/status` in KiB (`VmRSS`: resident now; `VmHWM`: the peak), or `None`
+/// once the process is gone.
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}

@@ -57,6 +57,11 @@ pub struct TopologySection {
     pub name: String,
     /// Timely worker threads (source, decode, features, micro-batching).
     pub workers: usize,
+    /// Resident memory bound, e.g. `"1GiB"` (bytesize units): above 90% of it sources pause until
+    /// every event in flight was scored (a backstop: the in-flight limits bound the buffers;
+    /// the feature store's windows grow with the traffic in them). `None`: no bound.
+    #[serde(default)]
+    pub max_memory: Option<bytesize::ByteSize>,
 }
 
 /// `[source]`: a Kafka topic.
@@ -378,6 +383,9 @@ impl TopologyConfig {
             if v == 0 {
                 return Err(self.field_error(field, "must be at least 1"));
             }
+        }
+        if self.topology.max_memory.is_some_and(|m| m.as_u64() < 64 << 20) {
+            return Err(self.field_error("topology.max_memory", "must be at least 64 MiB"));
         }
         if self.topology.workers > 64 {
             return Err(self.field_error("topology.workers", "must be at most 64"));

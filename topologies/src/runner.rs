@@ -193,6 +193,23 @@ pub fn flow_control(cfg: &TopologyConfig, max_batch_rows: usize) -> FlowControl 
     FlowControl::with_in_flight_limit(2 * cfg.topology.workers * max_batch_rows, cfg.source.max_in_flight_rows)
 }
 
+/// The memory backstop of `topology.max_memory` (`limit`, bytes), given the resident set size
+/// `rss` (bytes): above 90% of the limit, sources pause ([`FlowControl::set_memory_pressure`])
+/// until every event read was scored or dead-lettered (in flight, buffered and queued for
+/// inference all empty); then reading resumes even if the resident size has not shrunk (freed
+/// buffers are reused by the allocator rather than returned to the system).
+pub fn guard_memory(flow: &FlowControl, metrics: &Metrics, rss: u64, limit: Option<u64>) {
+    let Some(limit) = limit else { return };
+    let drained = flow.in_flight() == 0 && flow.buffered_rows() == 0 && metrics.inflight_batches.get() == 0;
+    if !flow.memory_pressure() && rss > limit / 10 * 9 {
+        flow.set_memory_pressure(true);
+        tracing::warn!(rss_bytes = rss, limit_bytes = limit, "resident memory above 90% of topology.max_memory: sources pause until the events in flight are scored");
+    } else if flow.memory_pressure() && drained {
+        flow.set_memory_pressure(false);
+        tracing::info!(rss_bytes = rss, limit_bytes = limit, "events in flight drained: sources resume");
+    }
+}
+
 /// Counts of rows the score gate kept from the micro-batchers.
 #[derive(Debug, Default)]
 pub struct GateCounts {
@@ -311,7 +328,10 @@ pub fn source_config(
         start: start.unwrap_or_else(|| cfg.start_position()),
         bounded,
         ranges: None,
-        assign: false,
+        // One process reads every partition (the feature store needs them all); no rebalances.
+        assign: true,
+        start_offsets: None,
+        commit_floor: None,
         follows: None,
         commit: true,
         idle_timeout: cfg.source.idle_timeout,
@@ -333,6 +353,8 @@ pub fn labels_source(cfg: &TopologyConfig, source: &KafkaSourceConfig) -> Option
         start: StartPosition::Earliest,
         commit: false,
         assign: true,
+        start_offsets: None,
+        commit_floor: None,
         follows: Some(source.topic.clone()),
         ..source.clone()
     })
@@ -460,17 +482,81 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
         cfg.model.version.clone(),
     );
 
+    let bounded = opts.bounded || opts.ranges.is_some();
+    let mut source_config = source_config(cfg, &brokers, bounded, opts.start);
+    if let Some(r) = &opts.ranges {
+        source_config.ranges = Some(Arc::new(r.source.clone()));
+    }
+    // A live restart replays retained history into the feature store (crate::recovery).
+    let recovery = match (bounded, source_config.start) {
+        (false, StartPosition::Committed) => crate::recovery::plan(
+            &brokers,
+            &cfg.source.topic,
+            &cfg.source.group_id,
+            cfg.backfill_warmup_ms(),
+            Duration::from_secs(30),
+        )?,
+        _ => None,
+    };
+    let mut score_filter = opts.score_filter.clone();
+    if let Some(plan) = &recovery {
+        let replay = plan.replay_events();
+        tracing::info!(
+            replay_events = replay,
+            from_ms = ?plan.from_ms,
+            start = ?plan.start,
+            committed = ?plan.committed,
+            "restart: rebuilding feature state by replaying retained history before the committed offsets (not scored again)"
+        );
+        metrics.recovery_events.set(replay);
+        source_config.start_offsets = Some(Arc::new(plan.start.clone()));
+        source_config.commit_floor = Some(Arc::new(plan.committed.clone()));
+        let plan = plan.clone();
+        score_filter = Some(Arc::new(move |l| plan.scores(l)));
+    }
     // Completes a Parquet file once shutdown drained the pipeline, so that its rows are
-    // acknowledged before the sources' final commit.
+    // acknowledged before the sources' final commit; publishes readiness: running, brokers
+    // reachable, feature state rebuilt (after a restart), not draining.
     let flusher = {
-        let (flow, metrics, sink, ready) = (flow.clone(), metrics.clone(), sink.clone(), ready.clone());
+        let (flow, metrics, sink, ready, ledger) = (flow.clone(), metrics.clone(), sink.clone(), ready.clone(), ledger.clone());
         let mut flushed = false;
+        let t0 = Instant::now();
+        let max_memory = cfg.topology.max_memory.map(|m| m.as_u64());
+        metrics.memory_limit.set(max_memory.unwrap_or(0) as i64);
+        let mut replaying: Option<BTreeMap<i32, i64>> = recovery.as_ref().map(|plan| {
+            plan.committed
+                .iter()
+                .filter(|(p, c)| plan.start.get(p).is_some_and(|s| s < c))
+                .map(|(p, c)| (*p, *c))
+                .collect()
+        });
         Periodic::spawn("weir-flusher", Duration::from_millis(50), move || {
+            if let Some(rest) = replaying.as_mut() {
+                let parts: Vec<i32> = rest.keys().copied().collect();
+                for (p, o) in ledger.committable(&parts) {
+                    if rest.get(&p).is_some_and(|c| o >= *c) {
+                        rest.remove(&p);
+                    }
+                }
+                if rest.is_empty() {
+                    replaying = None;
+                    let secs = t0.elapsed().as_secs_f64();
+                    metrics.recovery_seconds.set(secs);
+                    tracing::info!(
+                        replayed_events = metrics.recovery_events.get(),
+                        seconds = secs,
+                        "feature state rebuilt from retained history"
+                    );
+                }
+            }
             if let Some(r) = &ready {
-                // Ready while running; not while draining.
-                r.store(!flow.shutdown_requested(), std::sync::atomic::Ordering::Release);
+                let up = !flow.shutdown_requested() && replaying.is_none() && metrics.broker_reachable.get() == 1;
+                r.store(up, std::sync::atomic::Ordering::Release);
             }
             metrics.set_paused_seconds(flow.paused_micros());
+            let rss = memory_stats::memory_stats().map_or(0, |m| m.physical_mem as u64);
+            metrics.resident_memory.set(rss as i64);
+            guard_memory(&flow, &metrics, rss, max_memory);
             let idle = flow.buffered_rows() == 0 && metrics.inflight_batches.get() == 0;
             if flow.shutdown_requested() && idle && !flushed {
                 flushed = true;
@@ -480,11 +566,6 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
             }
         })
     };
-
-    let mut source_config = source_config(cfg, &brokers, opts.bounded || opts.ranges.is_some(), opts.start);
-    if let Some(r) = &opts.ranges {
-        source_config.ranges = Some(Arc::new(r.source.clone()));
-    }
     let limits = DecodeLimits {
         max_future_ms: cfg.decode.max_future.as_millis() as i64,
         max_payload_bytes: cfg.decode.max_payload_bytes,
@@ -515,7 +596,7 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
     let started = Instant::now();
     let worker_result = timely::execute(timely::Config::process(workers), {
         let (tx, dlq, flow, metrics) = (tx, dlq.clone(), flow.clone(), metrics.clone());
-        let (ledger, gate_counts, filter) = (ledger.clone(), gate_counts.clone(), opts.score_filter.clone());
+        let (ledger, gate_counts, filter) = (ledger.clone(), gate_counts.clone(), score_filter.clone());
         move |worker| -> Result<(), String> {
             let probe = ProbeHandle::new();
             let built = worker.dataflow::<u64, _, _>(|scope| -> Result<(), String> {

@@ -8,6 +8,9 @@
 //! not on a timely worker, so a slow broker never stalls the dataflow; and they keep working
 //! while backpressure has paused the partitions (librdkafka's own statistics stop updating the
 //! high watermark of a paused partition, which fetches nothing).
+//!
+//! The same thread checks that the brokers answer (a metadata request per tick, 1 s timeout) and
+//! publishes it as `weir_broker_reachable`, which the topology's readiness follows.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -54,7 +57,8 @@ pub struct LagMonitor {
 impl LagMonitor {
     /// Starts the monitor for the sources publishing into `positions`, asking `brokers` for high
     /// watermarks (one request per partition per `interval`, 2 s timeout each; a failed request
-    /// leaves that partition's gauge as it was).
+    /// leaves that partition's gauge as it was), after a metadata request that sets
+    /// `weir_broker_reachable` (while it fails, no watermark is asked for).
     ///
     /// # Errors
     /// [`ConnectorError::Kafka`] if the client cannot be created (bad properties).
@@ -69,7 +73,29 @@ impl LagMonitor {
             .create()
             .map_err(ConnectorError::kafka("create lag monitor"))?;
         let mut reported: HashSet<(String, i32)> = HashSet::new();
+        // Broker health: a metadata request (librdkafka never answers it from its cache).
+        let check = |consumer: &BaseConsumer, metrics: &Metrics, was: Option<bool>| -> bool {
+            let up = match consumer.fetch_metadata(None, Duration::from_secs(1)) {
+                Ok(_) => true,
+                Err(e) => {
+                    if was != Some(false) {
+                        tracing::warn!(error = %e, "Kafka brokers unreachable; not ready until they answer");
+                    }
+                    false
+                }
+            };
+            if up && was == Some(false) {
+                tracing::info!("Kafka brokers reachable again");
+            }
+            metrics.broker_reachable.set(up as i64);
+            up
+        };
+        let mut reachable = check(&consumer, &metrics, None);
         let thread = Periodic::spawn("weir-lag", interval, move || {
+            reachable = check(&consumer, &metrics, Some(reachable));
+            if !reachable {
+                return;
+            }
             let now = positions.snapshot();
             for key in reported.iter().filter(|k| !now.contains_key(*k)) {
                 let _ = metrics
@@ -146,5 +172,6 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         }
         assert_eq!(gauge(), 0);
+        assert_eq!(metrics.broker_reachable.get(), 1);
     }
 }

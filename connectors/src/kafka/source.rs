@@ -1,11 +1,16 @@
 //! The Kafka source: a timely operator that reads one topic.
 //!
-//! **Live** (`bounded = false`, `assign = false`): every timely worker runs one consumer in the consumer group
-//! `group_id`, so Kafka's group protocol spreads partitions over workers (and over processes
-//! sharing the group). Offsets are committed only from the [`DeliveryLedger`]: the position after
-//! the contiguous run of events whose scores or dead letters were acknowledged by a sink
-//! (at-least-once, no gaps). Commits happen every `commit_interval`, before partitions are
-//! revoked, and at shutdown after in-flight events drained.
+//! **Live** (`bounded = false`, `commit = true`): offsets are committed to the consumer group
+//! `group_id` only from the [`DeliveryLedger`]: the position after the contiguous run of events
+//! whose scores or dead letters were acknowledged by a sink (at-least-once, no gaps). Commits
+//! happen every `commit_interval`, before partitions are revoked, and at shutdown after in-flight
+//! events drained. With `assign = true` (what `weir run` uses) worker `i` of `n` takes the
+//! partitions at positions `i, i + n, ...` directly and never rebalances: the feature store must
+//! see every partition of the topic in one process, and a rebalance inside the process would
+//! hand a partition to a worker that reads again, from the last commit, events the feature store
+//! already counted. `start_offsets` can start partitions before the commit (a restart replaying
+//! history, see `commit_floor`). With `assign = false` every worker joins the group and Kafka's
+//! group protocol spreads partitions over workers (and processes).
 //!
 //! **Bounded** (`bounded = true`): partitions are assigned directly (worker `i` of `n` takes the
 //! partitions at positions `i, i + n, ...` of the sorted partition list), read from the start
@@ -101,8 +106,16 @@ pub struct KafkaSourceConfig {
     /// nothing and expects nothing (see [`WatermarkBoard`]).
     pub follows: Option<String>,
     /// Assign partitions directly (worker `i` of `n` takes every `n`-th) instead of joining the
-    /// consumer group; implied by `bounded`. For side inputs every process reads whole.
+    /// consumer group; implied by `bounded`. Side inputs, and live sources since the feature
+    /// store needs every partition of the topic in one process (see the module doc), read whole.
     pub assign: bool,
+    /// With `assign`: where listed partitions start reading, overriding `start` (a live restart
+    /// replaying retained history into the feature store: see `weir_topologies::recovery`).
+    pub start_offsets: Option<Arc<BTreeMap<i32, i64>>>,
+    /// Offsets are never committed at or below these positions, `partition -> offset` (the
+    /// group's commits when a live restart began replaying before them, so that a crash during
+    /// the replay does not move the group back).
+    pub commit_floor: Option<Arc<BTreeMap<i32, i64>>>,
     /// Track offsets in the ledger and commit them (live mode). `false` for side inputs such as
     /// fraud labels, which no sink acknowledges.
     pub commit: bool,
@@ -196,6 +209,8 @@ pub struct SourceContext {
     started: Mutex<HashSet<i32>>,
     /// Positions last sent in an asynchronous commit (to skip unchanged ones).
     last_sent: Mutex<HashMap<i32, i64>>,
+    /// Commits at or below these positions are skipped (see [`KafkaSourceConfig::commit_floor`]).
+    floor: Option<Arc<BTreeMap<i32, i64>>>,
     worker: usize,
 }
 
@@ -207,6 +222,9 @@ impl SourceContext {
     /// failed asynchronous commit is repaired.
     fn commit_acked(&self, consumer: &BaseConsumer<Self>, partitions: &[i32], mode: CommitMode) {
         let mut offsets = self.ledger.committable(partitions);
+        if let Some(floor) = &self.floor {
+            offsets.retain(|(p, o)| floor.get(p).is_none_or(|f| o > f));
+        }
         {
             let mut last = self.last_sent.lock().unwrap();
             if matches!(mode, CommitMode::Async) {
@@ -347,6 +365,7 @@ pub fn kafka_source<'s>(
         assigned: Mutex::new(Vec::new()),
         started: Mutex::new(HashSet::new()),
         last_sent: Mutex::new(HashMap::new()),
+        floor: config.commit_floor.clone(),
         worker,
     };
     let consumer: BaseConsumer<SourceContext> = client_config(
@@ -409,6 +428,14 @@ pub fn kafka_source<'s>(
                 };
                 tpl.set_partition_offset(&config.topic, e.partition(), o)
                     .map_err(ConnectorError::kafka("assign"))?;
+            }
+        }
+        if let Some(starts) = &config.start_offsets {
+            for p in &mine {
+                if let Some(o) = starts.get(p) {
+                    tpl.set_partition_offset(&config.topic, *p, Offset::Offset(*o))
+                        .map_err(ConnectorError::kafka("assign"))?;
+                }
             }
         }
         consumer.assign(&tpl).map_err(ConnectorError::kafka("assign"))?;

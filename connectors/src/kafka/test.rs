@@ -24,6 +24,8 @@ fn config(brokers: &str, bounded: bool, group: &str) -> KafkaSourceConfig {
         ranges: None,
         commit: true,
         assign: false,
+        start_offsets: None,
+        commit_floor: None,
         follows: None,
         idle_timeout: Duration::from_millis(500),
         max_poll_records: 100,

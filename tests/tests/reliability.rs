@@ -1,0 +1,636 @@
+//! Reliability on a real broker (nisshi processes, the `weir` binary): crashes, broker restarts,
+//! bad input, overload, model trouble, graceful shutdown. Nothing may be lost.
+//!
+//! Each test prints what it measured (`reliability:` lines; `cargo test -- --nocapture`).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use weir_connectors::kafka::admin::BulkProducer;
+use weir_tests::{
+    committed, create_topics, free_port, http_get, proc_status_kib, read_topic, run_weir, sample_sum, score_records,
+    sigterm, topology_file, wait_metrics, wait_with_timeout, watermarks, weir, NisshiBroker,
+};
+
+const TX: &str = "transactions";
+
+/// Creates the topology's topics (4 partitions; one for dead letters) and generates `days` of
+/// simulated transactions onto them (about 9,700 a day).
+fn generate(brokers: &str, days: u32) {
+    create_topics(
+        brokers,
+        &[
+            (TX, 4),
+            ("fraud-labels", 4),
+            ("scores", 4),
+            ("scores-reference", 4),
+            ("transactions-dlq", 1),
+        ],
+    );
+    let out = run_weir(
+        &["generate", "--brokers", brokers, "--days", &days.to_string()],
+        Duration::from_secs(300),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// `(partition, offset)` of every record of the transactions topic, with its payload.
+fn source_records(brokers: &str) -> BTreeMap<(i32, i64), Vec<u8>> {
+    read_topic(brokers, TX, Duration::from_secs(120))
+        .expect("read transactions")
+        .into_iter()
+        .map(|r| ((r.partition, r.offset), r.payload.unwrap_or_default()))
+        .collect()
+}
+
+/// Spawns `weir run topology [args]` with its log in `log`.
+fn spawn_run(topology: &Path, args: &[&str], log: &Path) -> Child {
+    weir()
+        .arg("run")
+        .arg(topology)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(File::create(log).expect("log file"))
+        .spawn()
+        .expect("spawn weir run")
+}
+
+/// Waits until `done()` or panics after `timeout`, checking that `child` is still running.
+fn wait_for(child: &mut Child, log: &Path, timeout: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            panic!(
+                "weir exited ({status}) while waiting for {what}:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// SIGTERM, then waits for exit: returns how long it took. Asserts exit status 0.
+fn stop_gracefully(child: Child, log: &Path) -> Duration {
+    let t0 = Instant::now();
+    sigterm(&child);
+    let out = wait_with_timeout(child, Duration::from_secs(60));
+    let took = t0.elapsed();
+    let log_text = std::fs::read_to_string(log).unwrap_or_default();
+    assert!(out.status.success(), "SIGTERM exits 0 ({}):\n{log_text}", out.status);
+    assert!(!log_text.contains("panicked"), "no panic:\n{log_text}");
+    took
+}
+
+fn score_records_count(brokers: &str, topic: &str) -> i64 {
+    watermarks(brokers, topic, Duration::from_secs(10))
+        .map(|w| w.iter().map(|(_, lo, hi)| hi - lo).sum())
+        .unwrap_or(0)
+}
+
+/// The value of `field=` in the last log line containing `message`.
+fn log_field(log: &Path, message: &str, field: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let line = text.lines().rev().find(|l| l.contains(message))?;
+    let start = line.find(&format!("{field}="))? + field.len() + 1;
+    line[start..].split_whitespace().next()?.parse().ok()
+}
+
+/// (1) pipeline crash, (2) feature state after a crash, (7) graceful shutdown.
+///
+/// 200,000+ transactions on nisshi. A reference run scores them without interruption; then
+/// another group scores them while being SIGKILLed four times at random points (three while it
+/// scores, one at a random time after a start, which may fall in the replay), restarted each time,
+/// and finally stopped with SIGTERM. Checks: every transaction scored at least once; every
+/// duplicate is an event scored but not committed before a kill, and their number is exactly the
+/// events in flight at the kills; commits never move back; every score (duplicates included)
+/// equals the uninterrupted run's bit for bit (the feature state was rebuilt by replaying the
+/// retained history); SIGTERM exits 0 promptly with every offset committed.
+#[test]
+fn sigkilled_runs_restart_without_loss_and_score_like_an_uninterrupted_run() {
+    let broker = NisshiBroker::start();
+    let b = broker.brokers.clone();
+    generate(&b, 21);
+    let sources = source_records(&b);
+    let ids: HashSet<u64> = score_ids(&sources);
+    assert!(ids.len() >= 200_000, "{} transactions", ids.len());
+    let dir = tempfile::tempdir().unwrap();
+
+    // Reference: one uninterrupted run (bounded: to the end of the topic).
+    let ref_dir = dir.path().join("reference");
+    std::fs::create_dir_all(&ref_dir).unwrap();
+    let reference_topo = topology_file(&ref_dir, &b, "reference", "", "");
+    let text = std::fs::read_to_string(&reference_topo).unwrap();
+    assert!(text.contains("topic = \"scores\""));
+    std::fs::write(&reference_topo, text.replace("topic = \"scores\"", "topic = \"scores-reference\"")).unwrap();
+    let t0 = Instant::now();
+    let out = run_weir(
+        &["run", reference_topo.to_str().unwrap(), "--until-end"],
+        Duration::from_secs(600),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let reference_secs = t0.elapsed().as_secs_f64();
+    let reference: HashMap<u64, f64> = score_records(&b, "scores-reference")
+        .into_iter()
+        .map(|r| (r.tx_id, r.score))
+        .collect();
+    assert_eq!(reference.len(), ids.len(), "the reference scored every transaction once");
+
+    // The crashing run.
+    let topo = topology_file(dir.path(), &b, "crash", "start = \"committed\"", "");
+    let seed: u64 = std::env::var("WEIR_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64);
+    eprintln!("reliability: kill points from seed {seed} (WEIR_TEST_SEED={seed} repeats them)");
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    // Per kill: (score records per source event at the kill, committed offsets after it).
+    let mut kills: Vec<(HashMap<(i32, i64), usize>, BTreeMap<i32, i64>)> = Vec::new();
+    let mut recoveries = Vec::new();
+    for k in 0..4 {
+        let log = dir.path().join(format!("run-{k}.log"));
+        let before = score_records_count(&b, "scores");
+        let mut child = spawn_run(&topo, &[], &log);
+        let delay = if k < 3 {
+            // While it scores: after its first new score, a random moment later.
+            wait_for(&mut child, &log, Duration::from_secs(120), "a new score", || {
+                score_records_count(&b, "scores") > before
+            });
+            Duration::from_millis(rng.random_range(100..1500))
+        } else {
+            // Anywhere after start, the replay included.
+            Duration::from_millis(rng.random_range(200..2500))
+        };
+        std::thread::sleep(delay);
+        assert!(child.try_wait().unwrap().is_none(), "run {k} exited before its kill");
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let commits = committed(&b, "crash", TX);
+        let mut counts: HashMap<(i32, i64), usize> = HashMap::new();
+        for r in score_records(&b, "scores") {
+            *counts.entry((r.partition, r.offset)).or_default() += 1;
+        }
+        if k < 3 {
+            assert!(counts.len() < ids.len(), "kill {k} happened while scoring");
+        }
+        if let Some(s) = log_field(&log, "feature state rebuilt", "seconds") {
+            recoveries.push(s);
+        }
+        eprintln!(
+            "reliability: kill {k} after {delay:?}: {} of {} events scored, {} committed",
+            counts.len(),
+            ids.len(),
+            commits.values().sum::<i64>()
+        );
+        if let Some((_, prev)) = kills.last() {
+            for (p, o) in prev {
+                assert!(commits.get(p).is_some_and(|c| c >= o), "partition {p}: commit moved back from {o}");
+            }
+        }
+        kills.push((counts, commits));
+    }
+
+    // The last restart runs until every transaction is scored, then SIGTERM.
+    let log = dir.path().join("run-final.log");
+    let mut child = spawn_run(&topo, &[], &log);
+    wait_for(&mut child, &log, Duration::from_secs(300), "every transaction scored", || {
+        score_records_count(&b, "scores") as usize >= ids.len()
+            && score_records(&b, "scores").iter().map(|r| r.tx_id).collect::<HashSet<_>>().len() == ids.len()
+    });
+    let shutdown = stop_gracefully(child, &log);
+    let final_recovery = log_field(&log, "feature state rebuilt", "seconds").expect("the last run rebuilt its state");
+    let replayed = log_field(&log, "feature state rebuilt", "replayed_events").unwrap_or(0.0);
+    recoveries.push(final_recovery);
+
+    // At least once.
+    let records = score_records(&b, "scores");
+    let scored: HashSet<u64> = records.iter().map(|r| r.tx_id).collect();
+    assert_eq!(scored.len(), ids.len(), "every transaction scored");
+    assert!(scored.is_subset(&ids));
+    // Duplicates: exactly the events scored but not committed at each kill.
+    let mut counts: HashMap<(i32, i64), usize> = HashMap::new();
+    for r in &records {
+        *counts.entry((r.partition, r.offset)).or_default() += 1;
+    }
+    let duplicates: usize = counts.values().map(|n| n - 1).sum();
+    let mut in_flight_at_kills = 0;
+    let mut prev: HashMap<(i32, i64), usize> = HashMap::new();
+    for (at_kill, commits) in &kills {
+        for (key, n) in at_kill {
+            let new = n - prev.get(key).copied().unwrap_or(0);
+            if commits.get(&key.0).is_none_or(|c| key.1 >= *c) {
+                in_flight_at_kills += new;
+            }
+        }
+        prev = at_kill.clone();
+    }
+    for (key, n) in &counts {
+        if *n > 1 {
+            assert!(
+                kills.iter().any(|(at, c)| at.contains_key(key) && c.get(&key.0).is_none_or(|o| key.1 >= *o)),
+                "event {key:?} scored {n} times but was never in flight at a kill"
+            );
+        }
+    }
+    assert_eq!(
+        duplicates, in_flight_at_kills,
+        "duplicates are exactly the events scored but uncommitted at the kills"
+    );
+    // Feature state: every score equals the uninterrupted run's, bit for bit.
+    let differ: Vec<_> = records.iter().filter(|r| reference[&r.tx_id] != r.score).take(5).collect();
+    assert!(differ.is_empty(), "scores differ from the uninterrupted run: {differ:?}");
+    // Graceful shutdown committed everything.
+    let ends: BTreeMap<i32, i64> = watermarks(&b, TX, Duration::from_secs(10))
+        .unwrap()
+        .into_iter()
+        .map(|(p, _, hi)| (p, hi))
+        .collect();
+    assert_eq!(committed(&b, "crash", TX), ends, "SIGTERM committed every offset");
+    assert!(shutdown < Duration::from_secs(10), "SIGTERM took {shutdown:?}");
+    eprintln!(
+        "reliability: {} transactions, 4 SIGKILLs, {duplicates} duplicates (= events in flight at the kills), \
+         {} scores all equal to the uninterrupted run's ({reference_secs:.1} s); feature state rebuilt by replay in {recoveries:?} s \
+         (last: {replayed} events); SIGTERM exit 0 in {:.2} s",
+        ids.len(),
+        records.len(),
+        shutdown.as_secs_f64()
+    );
+}
+
+fn score_ids(sources: &BTreeMap<(i32, i64), Vec<u8>>) -> HashSet<u64> {
+    sources
+        .values()
+        .filter_map(|p| serde_json::from_slice::<serde_json::Value>(p).ok()?["tx_id"].as_u64())
+        .collect()
+}
+
+/// (3) broker restart: nisshi with sqlite storage is killed and restarted mid-stream.
+#[test]
+fn a_broker_restart_mid_stream_loses_nothing_and_readiness_follows_the_broker() {
+    let mut broker = NisshiBroker::start_sqlite();
+    let b = broker.brokers.clone();
+    generate(&b, 4);
+    let ids = score_ids(&source_records(&b));
+    let dir = tempfile::tempdir().unwrap();
+    let topo = topology_file(dir.path(), &b, "broker-restart", "", "max_batch_rows = 64\nmax_wait = \"5ms\"");
+    let port = free_port();
+    let log = dir.path().join("run.log");
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = spawn_run(&topo, &["--metrics-listen", &listen], &log);
+    wait_for(&mut child, &log, Duration::from_secs(60), "ready", || {
+        http_get(port, "/readyz").is_some_and(|(s, _)| s == 200)
+    });
+    wait_for(&mut child, &log, Duration::from_secs(120), "2,000 scores", || {
+        score_records_count(&b, "scores") >= 2_000
+    });
+    broker.kill();
+    let killed = Instant::now();
+    wait_for(&mut child, &log, Duration::from_secs(10), "/readyz 503", || {
+        http_get(port, "/readyz").is_some_and(|(s, _)| s == 503)
+    });
+    let noticed = killed.elapsed();
+    let body = wait_metrics(port, Duration::from_secs(5), "weir_broker_reachable 0", |m| {
+        m.lines().any(|l| l.starts_with("weir_broker_reachable{") && l.ends_with(" 0"))
+    });
+    let scored_at_kill = sample_sum(&body, "weir_sink_scores_total");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(http_get(port, "/readyz").map(|r| r.0), Some(503), "not ready while the broker is gone");
+    assert!(child.try_wait().unwrap().is_none(), "weir survives the broker's absence");
+    broker.restart();
+    let restarted = Instant::now();
+    wait_for(&mut child, &log, Duration::from_secs(60), "ready again", || {
+        http_get(port, "/readyz").is_some_and(|(s, _)| s == 200)
+    });
+    let ready_again = restarted.elapsed();
+    wait_for(&mut child, &log, Duration::from_secs(300), "every transaction scored", || {
+        score_records_count(&b, "scores") as usize >= ids.len()
+            && score_records(&b, "scores").iter().map(|r| r.tx_id).collect::<HashSet<_>>().len() == ids.len()
+    });
+    let shutdown = stop_gracefully(child, &log);
+    let records = score_records(&b, "scores");
+    let scored: HashSet<u64> = records.iter().map(|r| r.tx_id).collect();
+    assert_eq!(scored, ids, "every transaction scored, nothing else");
+    eprintln!(
+        "reliability: broker killed after {scored_at_kill} of {} scores, /readyz 503 after {noticed:?}, \
+         broker down 3 s, ready {ready_again:?} after its restart; {} score records ({} duplicates); SIGTERM exit 0 in {shutdown:?}",
+        ids.len(),
+        records.len(),
+        records.len() - ids.len()
+    );
+}
+
+/// One malformed event of the corpus: its payload and the dead-letter reason it must get.
+struct Bad {
+    payload: Vec<u8>,
+    reason: &'static str,
+}
+
+fn corpus(ts: i64) -> Vec<Bad> {
+    let tx = |fields: &str| format!("{{\"tx_id\":{fields}}}").into_bytes();
+    let bad = |payload: Vec<u8>, reason| Bad { payload, reason };
+    let good_rest = format!("\"tx_time_ms\":{ts},\"customer_id\":1,\"terminal_id\":2,\"amount\":10.0");
+    let mut c = vec![
+        bad(format!("{{\"tx_id\":910000001,\"tx_time_ms\":{ts},\"custo").into_bytes(), "json"),
+        bad(b"{".to_vec(), "json"),
+        bad(Vec::new(), "json"),
+        bad(b"[1,2,3]".to_vec(), "schema"),
+        bad(b"null".to_vec(), "schema"),
+        bad(tx(&format!("\"abc\",{good_rest}")), "schema"),
+        bad(
+            tx(&format!("910000002,\"tx_time_ms\":{ts},\"customer_id\":1,\"terminal_id\":2,\"amount\":\"12.5\"")),
+            "schema",
+        ),
+        bad(tx(&format!("910000003,\"tx_time_ms\":{ts},\"customer_id\":1,\"terminal_id\":2")), "schema"),
+        bad(tx(&format!("910000004,{good_rest},\"coupon\":\"SAVE10\"")), "schema"),
+        bad(
+            tx(&format!("910000005,\"tx_time_ms\":{ts},\"customer_id\":\"{}\",\"terminal_id\":2,\"amount\":1.0", "x".repeat(30_000))),
+            "schema",
+        ),
+        bad(tx(&format!("910000006,{good_rest},\"note\":\"{}\"", "y".repeat(200_000))), "too_large"),
+        bad(
+            tx(&format!("910000007,\"tx_time_ms\":{ts},\"customer_id\":1,\"terminal_id\":2,\"amount\":NaN")),
+            "json",
+        ),
+        bad(
+            tx(&format!("910000008,\"tx_time_ms\":{ts},\"customer_id\":1,\"terminal_id\":2,\"amount\":1e999")),
+            "json",
+        ),
+        bad(
+            tx(&format!("910000009,\"tx_time_ms\":{ts},\"customer_id\":1,\"terminal_id\":2,\"amount\":-5.0")),
+            "invalid_amount",
+        ),
+        bad(
+            tx("910000010,\"tx_time_ms\":4102444800000,\"customer_id\":1,\"terminal_id\":2,\"amount\":3.0"),
+            "invalid_time",
+        ),
+        bad(
+            tx("910000011,\"tx_time_ms\":-86400000,\"customer_id\":1,\"terminal_id\":2,\"amount\":3.0"),
+            "invalid_time",
+        ),
+    ];
+    let mut utf8 = format!("{{\"tx_id\":910000012,\"tx_time_ms\":{ts},\"customer_id\":1,\"terminal_id\":2,\"amount\":1.0,\"x\":\"").into_bytes();
+    utf8.extend_from_slice(&[0xff, 0xfe, 0xc3, 0x28]);
+    utf8.extend_from_slice(b"\"}");
+    c.push(bad(utf8, "json"));
+    c.push(bad(vec![0x00, 0x9f, 0x92, 0x96, 0xff], "json"));
+    c
+}
+
+/// (4) bad input: a corpus of malformed events among good ones.
+#[test]
+fn every_malformed_event_lands_in_the_dead_letter_topic_with_its_reason_and_offset() {
+    let broker = NisshiBroker::start();
+    let b = broker.brokers.clone();
+    generate(&b, 3);
+    let last_ts = read_topic(&b, TX, Duration::from_secs(60))
+        .unwrap()
+        .iter()
+        .filter_map(|r| r.timestamp_ms)
+        .max()
+        .unwrap();
+    let corpus = corpus(last_ts);
+    // Among good ones: each malformed event follows a copy of a good one (same partition by key).
+    let good = read_topic(&b, TX, Duration::from_secs(60)).unwrap();
+    let producer = BulkProducer::new(&b, &BTreeMap::new()).unwrap();
+    for (i, bad) in corpus.iter().enumerate() {
+        let key = format!("bad-{i}");
+        let mut g: serde_json::Value = serde_json::from_slice(good[i].payload.as_deref().unwrap()).unwrap();
+        g["tx_id"] = serde_json::json!(920_000_000 + i as u64);
+        g["tx_time_ms"] = serde_json::json!(last_ts);
+        producer
+            .send(TX, Some(key.as_bytes()), &serde_json::to_vec(&g).unwrap(), Some(last_ts))
+            .unwrap();
+        producer.send(TX, Some(key.as_bytes()), &bad.payload, Some(last_ts)).unwrap();
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+    let sources = source_records(&b);
+    let bad_payloads: HashMap<&[u8], &Bad> = corpus.iter().map(|c| (c.payload.as_slice(), c)).collect();
+    assert_eq!(bad_payloads.len(), corpus.len(), "distinct payloads");
+
+    let dir = tempfile::tempdir().unwrap();
+    let topo = topology_file(dir.path(), &b, "bad-input", "", "");
+    let out = run_weir(&["run", topo.to_str().unwrap(), "--until-end"], Duration::from_secs(300));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let letters = read_topic(&b, "transactions-dlq", Duration::from_secs(60)).unwrap();
+    assert_eq!(letters.len(), corpus.len(), "one dead letter per malformed event, no more");
+    let mut seen = HashSet::new();
+    for l in &letters {
+        let header = |k: &str| String::from_utf8(l.headers.get(k).cloned().unwrap_or_default()).unwrap();
+        let payload = l.payload.clone().unwrap_or_default();
+        let bad = bad_payloads
+            .get(payload.as_slice())
+            .unwrap_or_else(|| panic!("unexpected dead letter {}", String::from_utf8_lossy(&payload)));
+        assert_eq!(header("weir.dlq.reason"), bad.reason, "reason of {}", String::from_utf8_lossy(&payload[..payload.len().min(80)]));
+        assert!(!header("weir.dlq.detail").is_empty());
+        assert_eq!(header("weir.source.topic"), TX);
+        let at = (header("weir.source.partition").parse().unwrap(), header("weir.source.offset").parse().unwrap());
+        assert_eq!(sources.get(&at), Some(&payload), "the source offset {at:?} holds the malformed event");
+        seen.insert(at);
+    }
+    assert_eq!(seen.len(), corpus.len());
+    // Every good event scored, once.
+    let scored: HashMap<(i32, i64), usize> = score_records(&b, "scores").into_iter().fold(HashMap::new(), |mut m, r| {
+        *m.entry((r.partition, r.offset)).or_default() += 1;
+        m
+    });
+    let good_events: Vec<_> = sources.keys().filter(|k| !seen.contains(k)).collect();
+    let missing = good_events.iter().filter(|k| !scored.contains_key(k)).count();
+    assert_eq!(missing, 0, "good events without a score");
+    assert_eq!(scored.len(), good_events.len());
+    let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
+    for c in &corpus {
+        *reasons.entry(c.reason).or_default() += 1;
+    }
+    eprintln!(
+        "reliability: {} malformed events among {} good ones: all dead-lettered with reason and source offset ({reasons:?}), every good one scored",
+        corpus.len(),
+        good_events.len()
+    );
+}
+
+fn model_topology(dir: &Path, brokers: &str, group: &str, model: &Path, features: Option<&str>) -> PathBuf {
+    let topo = topology_file(dir, brokers, group, "", "max_batch_rows = 64\nmax_wait = \"5ms\"");
+    let mut text = std::fs::read_to_string(&topo).unwrap();
+    let line = text.lines().find(|l| l.starts_with("path = ") && l.contains("model.onnx")).unwrap().to_string();
+    text = text.replace(&line, &format!("path = \"{}\"", model.display()));
+    if let Some(f) = features {
+        let start = text.find("features = [").unwrap();
+        let end = start + text[start..].find(']').unwrap() + 1;
+        text.replace_range(start..end, f);
+    }
+    std::fs::write(&topo, text).unwrap();
+    topo
+}
+
+/// (6) model trouble: corrupt and incompatible models fail start-up with a clear message; a batch
+/// that fails inference at run time goes to the dead-letter topic with the error.
+#[test]
+fn model_trouble_fails_start_up_clearly_or_dead_letters_the_failed_batch() {
+    let broker = NisshiBroker::start();
+    let b = broker.brokers.clone();
+    generate(&b, 2);
+    let dir = tempfile::tempdir().unwrap();
+
+    // Corrupt: bytes that are not an ONNX model.
+    let corrupt = dir.path().join("corrupt.onnx");
+    std::fs::write(&corrupt, b"\x08\x07this is not a protobuf model \xff\xff\xff").unwrap();
+    let topo = model_topology(dir.path(), &b, "corrupt", &corrupt, None);
+    let out = run_weir(&["run", topo.to_str().unwrap()], Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!("cannot load model `{}`", corrupt.display())),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    // Incompatible: a valid model whose inputs are not the topology's features.
+    let fixture = weir_tests::repo().join("tests/fixtures/out_of_range.onnx");
+    let topo = model_topology(dir.path(), &b, "incompatible", &fixture, Some("features = [\"amount\", \"tx_during_weekend\"]"));
+    let out = run_weir(&["run", topo.to_str().unwrap()], Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains(&fixture.display().to_string()) && stderr.contains("model.features"), "{stderr}");
+    assert_eq!(score_records_count(&b, "scores"), 0, "nothing was scored");
+
+    // Runtime failure: the fixture fails on a batch holding an amount of 2,000 or more.
+    let last_ts = read_topic(&b, TX, Duration::from_secs(60))
+        .unwrap()
+        .iter()
+        .filter_map(|r| r.timestamp_ms)
+        .max()
+        .unwrap();
+    let producer = BulkProducer::new(&b, &BTreeMap::new()).unwrap();
+    let poison: Vec<u64> = (0..3).map(|i| 930_000_000 + i).collect();
+    for id in &poison {
+        let tx = serde_json::json!({"tx_id": id, "tx_time_ms": last_ts, "customer_id": 1, "terminal_id": 2, "amount": 5000.0});
+        producer
+            .send(TX, Some(id.to_string().as_bytes()), &serde_json::to_vec(&tx).unwrap(), Some(last_ts))
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+    let ids = score_ids(&source_records(&b));
+    let topo = model_topology(dir.path(), &b, "runtime", &fixture, None);
+    let out = run_weir(&["run", topo.to_str().unwrap(), "--until-end"], Duration::from_secs(300));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the pipeline survives a failed batch: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let letters = read_topic(&b, "transactions-dlq", Duration::from_secs(60)).unwrap();
+    let mut failed = HashSet::new();
+    for l in &letters {
+        assert_eq!(l.headers.get("weir.dlq.reason").map(Vec::as_slice), Some(&b"inference"[..]));
+        let detail = String::from_utf8_lossy(l.headers.get("weir.dlq.detail").unwrap()).to_string();
+        assert!(detail.contains("out of bounds") || detail.contains("out of range") || detail.contains("idx"), "{detail}");
+        let v: serde_json::Value = serde_json::from_slice(l.payload.as_deref().unwrap()).unwrap();
+        assert_eq!(v["features"].as_array().map(Vec::len), Some(15), "the letter keeps the features");
+        failed.insert(v["tx_id"].as_u64().unwrap());
+    }
+    for id in &poison {
+        assert!(failed.contains(id), "the failing transaction {id} is dead-lettered");
+    }
+    assert!(failed.len() <= poison.len() * 64, "only the failed batches ({} letters)", failed.len());
+    let scored: HashSet<u64> = score_records(&b, "scores").into_iter().map(|r| r.tx_id).collect();
+    assert!(scored.is_disjoint(&failed));
+    let union: HashSet<u64> = scored.union(&failed).copied().collect();
+    assert_eq!(union, ids, "every transaction is scored or dead-lettered");
+    eprintln!(
+        "reliability: corrupt and incompatible models refused at start-up; {} poisoned transactions failed {} rows of batches, all dead-lettered with the error; {} scored",
+        poison.len(),
+        failed.len(),
+        scored.len()
+    );
+}
+
+/// (5) overload: transactions arrive much faster than the pipeline scores them.
+#[test]
+fn overload_grows_lag_not_memory_and_drops_nothing() {
+    let broker = NisshiBroker::start();
+    let b = broker.brokers.clone();
+    create_topics(
+        &b,
+        &[(TX, 4), ("fraud-labels", 4), ("scores", 4), ("transactions-dlq", 1)],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let limit_mib = 512u64;
+    let topo = topology_file(dir.path(), &b, "overload", "max_in_flight_rows = 20000", "max_batch_rows = 256\nmax_wait = \"5ms\"\nmax_inflight_batches = 2");
+    let text = std::fs::read_to_string(&topo).unwrap();
+    assert!(text.contains("max_memory = \"1GiB\""));
+    std::fs::write(&topo, text.replace("max_memory = \"1GiB\"", &format!("max_memory = \"{limit_mib}MiB\""))).unwrap();
+    let port = free_port();
+    let log = dir.path().join("run.log");
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = spawn_run(&topo, &["--metrics-listen", &listen], &log);
+    let pid = child.id();
+    wait_for(&mut child, &log, Duration::from_secs(60), "ready", || {
+        http_get(port, "/readyz").is_some_and(|(s, _)| s == 200)
+    });
+    // 21 days (200k+ transactions) produced as fast as the broker takes them.
+    let t0 = Instant::now();
+    let generator = weir()
+        .args(["generate", "--brokers", &b, "--days", "21"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut generator = Some(generator);
+    let mut produced_secs = 0.0;
+    let mut max_lag = 0.0f64;
+    let mut max_rss_kib = 0;
+    let mut lag_after_production = None;
+    loop {
+        if let Some(g) = generator.as_mut() {
+            if g.try_wait().unwrap().is_some() {
+                let out = wait_with_timeout(generator.take().unwrap(), Duration::from_secs(5));
+                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                produced_secs = t0.elapsed().as_secs_f64();
+            }
+        }
+        let body = http_get(port, "/metrics").map(|r| r.1).unwrap_or_default();
+        let lag = sample_sum(&body, "weir_consumer_lag_messages");
+        max_lag = max_lag.max(lag);
+        if generator.is_none() && lag_after_production.is_none() {
+            lag_after_production = Some(lag);
+        }
+        max_rss_kib = max_rss_kib.max(proc_status_kib(pid, "VmRSS").unwrap_or(0));
+        assert!(child.try_wait().unwrap().is_none(), "weir exited under overload");
+        let scored = sample_sum(&body, "weir_sink_scores_total");
+        if generator.is_none() && lag == 0.0 && scored > 0.0 {
+            let ids = score_ids(&source_records(&b));
+            if scored as usize >= ids.len() {
+                break;
+            }
+        }
+        assert!(t0.elapsed() < Duration::from_secs(400), "lag did not drain:\n{body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let drained_secs = t0.elapsed().as_secs_f64();
+    let peak_kib = proc_status_kib(pid, "VmHWM").unwrap_or(max_rss_kib).max(max_rss_kib);
+    let shutdown = stop_gracefully(child, &log);
+    let ids = score_ids(&source_records(&b));
+    let scored: HashSet<u64> = score_records(&b, "scores").into_iter().map(|r| r.tx_id).collect();
+    assert_eq!(scored, ids, "nothing dropped");
+    assert!(max_lag > 10_000.0, "the producer outran the pipeline (max lag {max_lag})");
+    assert!(
+        peak_kib < limit_mib * 1024,
+        "peak resident memory {peak_kib} KiB over the {limit_mib} MiB bound"
+    );
+    eprintln!(
+        "reliability: overload: {} transactions produced in {produced_secs:.1} s, scored by {drained_secs:.1} s; \
+         max lag {max_lag}, lag when production ended {lag_after_production:?}, drained to 0; \
+         peak RSS {} MiB under max_memory {limit_mib} MiB; SIGTERM exit 0 in {shutdown:?}",
+        ids.len(),
+        peak_kib / 1024
+    );
+}
