@@ -332,8 +332,8 @@ pub fn tx_ids(brokers: &str, topic: &str) -> Vec<u64> {
         .collect()
 }
 
-/// Creates `topics` (`(name, partitions)`) on a real broker with Kafka's CreateTopics. Topics
-/// that exist already are left as they are.
+/// Creates `topics` (`(name, partitions)`) on a real broker with Kafka's CreateTopics, kept
+/// forever (`retention.ms = -1`). Topics that exist already are left as they are.
 ///
 /// # Panics
 /// If the broker refuses or does not answer within 30 s.
@@ -347,7 +347,9 @@ pub fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
         .expect("admin client");
     let new: Vec<NewTopic> = topics
         .iter()
-        .map(|(name, parts)| NewTopic::new(name, *parts, TopicReplication::Fixed(1)))
+        // The generated data is from 2018: with the default retention (7 days by message
+        // timestamp) nisshi deletes it when it restarts.
+        .map(|(name, parts)| NewTopic::new(name, *parts, TopicReplication::Fixed(1)).set("retention.ms", "-1"))
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     // librdkafka completes the future on its own thread: poll it with a no-op waker.
