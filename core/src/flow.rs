@@ -131,10 +131,22 @@ impl FlowControl {
 
     /// Whether sources should stop reading now.
     pub fn should_pause(&self) -> bool {
+        self.downstream_pressure() || self.in_flight_full()
+    }
+
+    /// Whether what follows the feature store holds sources back: memory pressure, a blocked
+    /// hand-off to inference, or micro-batchers at their high water.
+    pub fn downstream_pressure(&self) -> bool {
         self.memory_pressure()
             || self.blocked.load(Ordering::Acquire) > 0
             || self.buffered_rows() >= self.high_water.load(Ordering::Acquire)
-            || self.in_flight() >= self.max_in_flight
+    }
+
+    /// Whether `max_in_flight` events are between the sources and inference. Most of them wait
+    /// in the feature store for the watermark: a source then reads only the partitions that hold
+    /// the watermark back (watermark alignment), whose events release the others.
+    pub fn in_flight_full(&self) -> bool {
+        self.in_flight() >= self.max_in_flight
     }
 
     /// Adds time a source spent paused, in µs.

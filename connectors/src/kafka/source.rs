@@ -27,10 +27,14 @@
 //! full); if the episode lasts `pause_after` (an episode ends after 20 ms without pressure) the
 //! consumer's partitions are paused until it ends, so that polling can go on serving the group
 //! protocol without receiving messages. Either way lag grows instead of memory. A message returned while
-//! pausing is still emitted, never dropped. A partition held back this way still turns idle
-//! after `idle_timeout`: if partitions are skewed in event time and the in-flight limit is
-//! reached, events read afterwards from a lagging partition can be late (processed at the
-//! watermark; see the feature store). Raise `max_in_flight_rows` above the skew to avoid it.
+//! pausing is still emitted, never dropped. A partition held back this way does not turn idle
+//! (it has unread messages), unless the pipeline stalls: if partitions are skewed in event time
+//! and the in-flight limit is reached, the rows in flight may wait for a watermark that only the
+//! paused laggard can advance; after 30 s without any event leaving the pipeline (a busy feature
+//! store can take seconds over a large backlog, which must not count), silent
+//! partitions turn idle again (logged as a warning), and events read afterwards from the laggard
+//! can be late (processed at the watermark; see the feature store). Raise `max_in_flight_rows`
+//! above the skew to avoid it.
 //!
 //! **Ranges** (`ranges = Some(..)`, a backfill): as bounded, but each partition is read over an
 //! explicit offset range `[start, stop)` resolved beforehand (e.g. from timestamps).
@@ -48,8 +52,10 @@
 //!
 //! **Time**: timely timestamps are event time (Kafka message timestamp), ms since the Unix epoch.
 //! The operator's capability follows a watermark: per partition, the largest timestamp seen minus
-//! `allowed_lateness_ms`; partitions that finished their range or were silent for `idle_timeout`
-//! do not count (as Flink's `withIdleness`; silence after a shutdown request does not count), and the minimum is taken over every worker of the
+//! `allowed_lateness_ms`; partitions that finished their range, or reached their end (partition
+//! EOF) and then stayed silent for `idle_timeout`, do not count (as Flink's `withIdleness`, but a
+//! partition with unread messages never turns idle, except under backpressure; silence after a
+//! shutdown request does not count), and the minimum is taken over every worker of the
 //! process through a [`WatermarkBoard`], so an idle worker does not hold the others back. When no
 //! partition counts, everything read is complete (largest seen + 1). Records are emitted at the
 //! capability's time and carry their own event time.
@@ -337,6 +343,10 @@ fn consumer_defaults(group_id: &str) -> Vec<(&str, &str)> {
     ]
 }
 
+/// Backpressure with no event leaving the pipeline for this long lets silent partitions turn
+/// idle (see the module doc).
+const STALL_AFTER: Duration = Duration::from_secs(30);
+
 /// A backpressure episode ends after this long without pressure (hysteresis: a hand-off that
 /// blocks on every batch is one episode, not many short ones).
 const CALM_AFTER: Duration = Duration::from_millis(20);
@@ -467,6 +477,15 @@ pub fn kafka_source<'s>(
             let mut frozen: Option<u64> = None;
             // partition -> (largest timestamp seen, when the last message arrived)
             let mut max_ts: HashMap<i32, (i64, Instant)> = HashMap::new();
+            // Partitions that reached their end (librdkafka's partition EOF) since their last
+            // message: only these can turn idle, unless backpressure holds the source back.
+            let mut caught_up: HashSet<i32> = HashSet::new();
+            // partition -> what it held the watermark at, last activation (holding partitions only)
+            let mut last_holding: HashMap<i32, i64> = HashMap::new();
+            // Partitions paused by watermark alignment.
+            let mut aligned: Vec<i32> = Vec::new();
+            let mut in_flight_seen = (usize::MAX, Instant::now());
+            let mut stall_logged = false;
             // partition -> when it was first seen assigned
             let mut assigned_at: HashMap<i32, Instant> = HashMap::new();
             let mut last_wm_log = Instant::now();
@@ -484,7 +503,38 @@ pub fn kafka_source<'s>(
                 let shutting_down = shared.flow.shutdown_requested();
                 // A side input (no commits: labels) is not held back: the main events in flight
                 // may be waiting for its watermark, which only reading it advances.
-                let want_pause = shutting_down || (config.commit && shared.flow.should_pause());
+                let want_pause = shutting_down || (config.commit && shared.flow.downstream_pressure());
+                // Watermark alignment (as Flink's split alignment): with the in-flight limit
+                // reached, rows wait in the feature store for the watermark, which only the
+                // partitions holding it back can advance; the others pause, those keep reading.
+                let align = !want_pause && config.commit && shared.flow.in_flight_full();
+                let ahead: Vec<i32> = match (align, last_holding.values().min()) {
+                    (true, Some(&min)) => assigned
+                        .iter()
+                        .copied()
+                        .filter(|p| last_holding.get(p).is_none_or(|h| *h > min))
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                if paused.is_none() && ahead != aligned {
+                    let tpl = |parts: &[i32]| {
+                        let mut t = TopicPartitionList::new();
+                        for p in parts {
+                            t.add_partition(&config.topic, *p);
+                        }
+                        t
+                    };
+                    let resume: Vec<i32> = aligned.iter().copied().filter(|p| !ahead.contains(p)).collect();
+                    if !resume.is_empty() {
+                        let _ = consumer.resume(&tpl(&resume));
+                    }
+                    let pause: Vec<i32> = ahead.iter().copied().filter(|p| !aligned.contains(p)).collect();
+                    if !pause.is_empty() {
+                        let _ = consumer.pause(&tpl(&pause));
+                    }
+                    tracing::debug!(worker, topic = %config.topic, paused = ?ahead, "watermark alignment");
+                    aligned = ahead;
+                }
                 let now = Instant::now();
 
                 // Backpressure. Brief pressure: stop polling (librdkafka's local queue, bounded by
@@ -505,6 +555,8 @@ pub fn kafka_source<'s>(
                         if let Ok(a) = consumer_ref.assignment() {
                             let _ = consumer_ref.resume(&a);
                         }
+                        // Alignment pauses again next time if still needed.
+                        aligned.clear();
                     }
                 } else if let Some(since) = pressure_since {
                     let long = shutting_down || now - since >= config.pause_after;
@@ -533,6 +585,7 @@ pub fn kafka_source<'s>(
                         match consumer_ref.poll(Duration::ZERO) {
                             None => break,
                             Some(Err(KafkaError::PartitionEOF(p))) => {
+                                caught_up.insert(p);
                                 if let Some(b) = bounded.as_mut() {
                                     b.remaining.remove(&p);
                                 }
@@ -554,6 +607,7 @@ pub fn kafka_source<'s>(
                                         _ => continue, // past the range
                                     }
                                 }
+                                caught_up.remove(&partition);
                                 let ts = m.timestamp().to_millis().unwrap_or_else(clock::wall_ms);
                                 let e = max_ts.entry(partition).or_insert((ts, polled_at));
                                 e.0 = e.0.max(ts);
@@ -600,20 +654,41 @@ pub fn kafka_source<'s>(
                 for p in &assigned {
                     assigned_at.entry(*p).or_insert(now);
                 }
+                // Stalled: held back with no event leaving the pipeline for STALL_AFTER (rows wait
+                // for a watermark that only reading a paused partition would advance).
+                let in_flight = shared.flow.in_flight();
+                if in_flight != in_flight_seen.0 {
+                    in_flight_seen = (in_flight, now);
+                }
+                let stalled = (want_pause || align) && !shutting_down && now - in_flight_seen.1 >= STALL_AFTER;
+                if stalled && !stall_logged {
+                    stall_logged = true;
+                    tracing::warn!(worker, topic = %config.topic, in_flight, "backpressure stalled the watermark: silent partitions now turn idle, and their later events are late (raise source.max_in_flight_rows)");
+                } else if !stalled {
+                    stall_logged = false;
+                }
                 let mut holding: Option<i64> = None;
                 let mut seen_max: Option<i64> = None;
+                last_holding.clear();
                 for p in &assigned {
                     let finished = bounded.as_ref().is_some_and(|b| !b.remaining.contains_key(p));
+                    // Silence counts as idleness only at the partition's end (or under
+                    // backpressure, see the module doc): a partition with unread messages holds
+                    // the watermark however slow its fetches, so that results do not depend on
+                    // timing (a live run, a restart and a backfill see the same event order).
+                    let may_idle = caught_up.contains(p) || stalled;
                     match max_ts.get(p) {
                         Some(&(ts, last)) => {
                             seen_max = Some(seen_max.map_or(ts, |m| m.max(ts)));
-                            if !finished && now - last < config.idle_timeout {
+                            if !finished && (now - last < config.idle_timeout || !may_idle) {
                                 let h = ts - config.allowed_lateness_ms;
                                 holding = Some(holding.map_or(h, |m| m.min(h)));
+                                last_holding.insert(*p, h);
                             }
                         }
-                        None if !finished && now - assigned_at[p] < config.idle_timeout => {
+                        None if !finished && (now - assigned_at[p] < config.idle_timeout || !may_idle) => {
                             holding = Some(i64::MIN);
+                            last_holding.insert(*p, i64::MIN);
                         }
                         None => {}
                     }
