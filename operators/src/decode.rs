@@ -279,13 +279,25 @@ mod tests {
                 Ok((meta, tx)) => {
                     prop_assert!(tx.amount.is_finite() && tx.amount >= 0.0);
                     prop_assert!(tx.tx_time_ms >= 0 && tx.tx_time_ms <= NOW + 86_400_000);
-                    prop_assert_eq!(meta.lineage, Lineage { partition: 2, offset: 9 });
+                    prop_assert_eq!(
+                        meta.lineage,
+                        Lineage {
+                            partition: 2,
+                            offset: 9
+                        }
+                    );
                 }
                 Err(e) => {
                     prop_assert!(REASONS.contains(&e.reason.as_str()), "reason {}", e.reason);
                     prop_assert!(!e.detail.is_empty());
                     prop_assert_eq!(e.payload.as_slice(), payload);
-                    prop_assert_eq!(e.lineage, Lineage { partition: 2, offset: 9 });
+                    prop_assert_eq!(
+                        e.lineage,
+                        Lineage {
+                            partition: 2,
+                            offset: 9
+                        }
+                    );
                 }
             }
             Ok(())

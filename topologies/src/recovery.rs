@@ -50,7 +50,9 @@ impl RecoveryPlan {
 
     /// Whether the event at `lineage` is scored (at or after its partition's commit).
     pub fn scores(&self, lineage: Lineage) -> bool {
-        self.committed.get(&lineage.partition).is_none_or(|c| lineage.offset >= *c)
+        self.committed
+            .get(&lineage.partition)
+            .is_none_or(|c| lineage.offset >= *c)
     }
 }
 
@@ -141,10 +143,22 @@ mod tests {
             from_ms: Some(0),
         };
         assert_eq!(plan.replay_events(), 15 + 3);
-        assert!(!plan.scores(Lineage { partition: 0, offset: 24 }));
-        assert!(plan.scores(Lineage { partition: 0, offset: 25 }));
-        assert!(!plan.scores(Lineage { partition: 1, offset: 0 }));
+        assert!(!plan.scores(Lineage {
+            partition: 0,
+            offset: 24
+        }));
+        assert!(plan.scores(Lineage {
+            partition: 0,
+            offset: 25
+        }));
+        assert!(!plan.scores(Lineage {
+            partition: 1,
+            offset: 0
+        }));
         // No commit: everything in the partition is scored.
-        assert!(plan.scores(Lineage { partition: 2, offset: 7 }));
+        assert!(plan.scores(Lineage {
+            partition: 2,
+            offset: 7
+        }));
     }
 }

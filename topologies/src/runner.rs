@@ -203,10 +203,18 @@ pub fn guard_memory(flow: &FlowControl, metrics: &Metrics, rss: u64, limit: Opti
     let drained = flow.in_flight() == 0 && flow.buffered_rows() == 0 && metrics.inflight_batches.get() == 0;
     if !flow.memory_pressure() && rss > limit / 10 * 9 {
         flow.set_memory_pressure(true);
-        tracing::warn!(rss_bytes = rss, limit_bytes = limit, "resident memory above 90% of topology.max_memory: sources pause until the events in flight are scored");
+        tracing::warn!(
+            rss_bytes = rss,
+            limit_bytes = limit,
+            "resident memory above 90% of topology.max_memory: sources pause until the events in flight are scored"
+        );
     } else if flow.memory_pressure() && drained {
         flow.set_memory_pressure(false);
-        tracing::info!(rss_bytes = rss, limit_bytes = limit, "events in flight drained: sources resume");
+        tracing::info!(
+            rss_bytes = rss,
+            limit_bytes = limit,
+            "events in flight drained: sources resume"
+        );
     }
 }
 
@@ -518,7 +526,13 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
     // acknowledged before the sources' final commit; publishes readiness: running, brokers
     // reachable, feature state rebuilt (after a restart), not draining.
     let flusher = {
-        let (flow, metrics, sink, ready, ledger) = (flow.clone(), metrics.clone(), sink.clone(), ready.clone(), ledger.clone());
+        let (flow, metrics, sink, ready, ledger) = (
+            flow.clone(),
+            metrics.clone(),
+            sink.clone(),
+            ready.clone(),
+            ledger.clone(),
+        );
         let mut flushed = false;
         let t0 = Instant::now();
         let max_memory = cfg.topology.max_memory.map(|m| m.as_u64());
