@@ -187,6 +187,15 @@ impl WatermarkBoard {
         };
         topic_wm(topic).or_else(|| follows.and_then(topic_wm))
     }
+
+    /// The smallest watermark any worker's partitions of `topic` hold (`None` when none holds).
+    pub fn holding(&self, topic: &str) -> Option<i64> {
+        let e = self.entries.lock().unwrap();
+        e.iter()
+            .filter(|((t, _), _)| t == topic)
+            .filter_map(|(_, (h, _))| *h)
+            .min()
+    }
 }
 
 /// Shared state the source needs from its topology.
@@ -484,6 +493,8 @@ pub fn kafka_source<'s>(
             let mut last_holding: HashMap<i32, i64> = HashMap::new();
             // Partitions paused by watermark alignment.
             let mut aligned: Vec<i32> = Vec::new();
+            // The process-wide watermark of this topic at the last activation, if any partition held it.
+            let mut last_wm: Option<i64> = None;
             let mut in_flight_seen = (usize::MAX, Instant::now());
             let mut stall_logged = false;
             // partition -> when it was first seen assigned
@@ -508,11 +519,13 @@ pub fn kafka_source<'s>(
                 // reached, rows wait in the feature store for the watermark, which only the
                 // partitions holding it back can advance; the others pause, those keep reading.
                 let align = !want_pause && config.commit && shared.flow.in_flight_full();
-                let ahead: Vec<i32> = match (align, last_holding.values().min()) {
-                    (true, Some(&min)) => assigned
+                // Ahead: every partition not holding the process-wide watermark (the laggard may be
+                // another worker's, in which case all of this worker's partitions wait).
+                let ahead: Vec<i32> = match (align, last_wm) {
+                    (true, Some(wm)) => assigned
                         .iter()
                         .copied()
-                        .filter(|p| last_holding.get(p).is_none_or(|h| *h > min))
+                        .filter(|p| last_holding.get(p).is_none_or(|h| *h > wm))
                         .collect(),
                     _ => Vec::new(),
                 };
@@ -703,6 +716,7 @@ pub fn kafka_source<'s>(
                     .watermarks
                     .publish(&config.topic, worker, holding, seen_max, config.follows.as_deref())
                     .unwrap_or(i64::MIN);
+                last_wm = shared.watermarks.holding(&config.topic);
                 if shutting_down {
                     // Freeze: from here on the capability stays where it is until it is dropped.
                     if frozen.is_none() {
