@@ -149,6 +149,12 @@ impl FlowControl {
         self.in_flight() >= self.max_in_flight
     }
 
+    /// Whether twice `max_in_flight` events are in flight: the hard stop, past what watermark
+    /// alignment may read from the laggards; every partition pauses.
+    pub fn in_flight_hard_full(&self) -> bool {
+        self.in_flight() >= self.max_in_flight.saturating_mul(2)
+    }
+
     /// Adds time a source spent paused, in µs.
     pub fn add_paused_micros(&self, us: u64) {
         self.paused_micros.fetch_add(us, Ordering::Relaxed);

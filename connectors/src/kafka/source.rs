@@ -514,7 +514,8 @@ pub fn kafka_source<'s>(
                 let shutting_down = shared.flow.shutdown_requested();
                 // A side input (no commits: labels) is not held back: the main events in flight
                 // may be waiting for its watermark, which only reading it advances.
-                let want_pause = shutting_down || (config.commit && shared.flow.downstream_pressure());
+                let want_pause = shutting_down
+                    || (config.commit && (shared.flow.downstream_pressure() || shared.flow.in_flight_hard_full()));
                 // Watermark alignment (as Flink's split alignment): with the in-flight limit
                 // reached, rows wait in the feature store for the watermark, which only the
                 // partitions holding it back can advance; the others pause, those keep reading.
