@@ -82,6 +82,19 @@ fn wait_for(child: &mut Child, log: &Path, timeout: Duration, what: &str, mut do
     }
 }
 
+/// Waits (up to 300 s) until the `scores` topic holds a score for `n` distinct transactions.
+fn wait_all_scored(child: &mut Child, log: &Path, brokers: &str, n: usize) {
+    wait_for(child, log, Duration::from_secs(300), "every transaction scored", || {
+        score_records_count(brokers, "scores") as usize >= n
+            && score_records(brokers, "scores")
+                .iter()
+                .map(|r| r.tx_id)
+                .collect::<HashSet<_>>()
+                .len()
+                == n
+    });
+}
+
 /// SIGTERM, then waits for exit: returns how long it took. Asserts exit status 0.
 fn stop_gracefully(child: Child, log: &Path) -> Duration {
     let t0 = Instant::now();
@@ -234,21 +247,7 @@ fn sigkilled_runs_restart_without_loss_and_score_like_an_uninterrupted_run() {
     // The last restart runs until every transaction is scored, then SIGTERM.
     let log = dir.path().join("run-final.log");
     let mut child = spawn_run(&topo, &[], &log);
-    wait_for(
-        &mut child,
-        &log,
-        Duration::from_secs(300),
-        "every transaction scored",
-        || {
-            score_records_count(&b, "scores") as usize >= ids.len()
-                && score_records(&b, "scores")
-                    .iter()
-                    .map(|r| r.tx_id)
-                    .collect::<HashSet<_>>()
-                    .len()
-                    == ids.len()
-        },
-    );
+    wait_all_scored(&mut child, &log, &b, ids.len());
     let shutdown = stop_gracefully(child, &log);
     let final_recovery = log_field(&log, "feature state rebuilt", "seconds").expect("the last run rebuilt its state");
     let replayed = log_field(&log, "feature state rebuilt", "replayed_events").unwrap_or(0.0);
@@ -391,21 +390,7 @@ fn a_broker_restart_mid_stream_loses_nothing_and_readiness_follows_the_broker() 
         http_get(port, "/readyz").is_some_and(|(s, _)| s == 200)
     });
     let ready_again = restarted.elapsed();
-    wait_for(
-        &mut child,
-        &log,
-        Duration::from_secs(300),
-        "every transaction scored",
-        || {
-            score_records_count(&b, "scores") as usize >= ids.len()
-                && score_records(&b, "scores")
-                    .iter()
-                    .map(|r| r.tx_id)
-                    .collect::<HashSet<_>>()
-                    .len()
-                    == ids.len()
-        },
-    );
+    wait_all_scored(&mut child, &log, &b, ids.len());
     let shutdown = stop_gracefully(child, &log);
     let records = score_records(&b, "scores");
     let scored: HashSet<u64> = records.iter().map(|r| r.tx_id).collect();

@@ -40,6 +40,15 @@ pub struct RecoveryPlan {
 }
 
 impl RecoveryPlan {
+    /// No replay: every partition starts at the group's commit.
+    fn at_commit(committed: BTreeMap<i32, i64>) -> Self {
+        Self {
+            start: committed.clone(),
+            committed,
+            from_ms: None,
+        }
+    }
+
     /// Events replayed without scoring: `committed - start`, summed over partitions.
     pub fn replay_events(&self) -> i64 {
         self.committed
@@ -80,11 +89,7 @@ pub fn plan(
         return Ok(None);
     }
     if warmup_ms <= 0 {
-        return Ok(Some(RecoveryPlan {
-            start: committed.clone(),
-            committed,
-            from_ms: None,
-        }));
+        return Ok(Some(RecoveryPlan::at_commit(committed)));
     }
     let marks: BTreeMap<i32, (i64, i64)> = watermarks(brokers, topic, timeout)?
         .into_iter()
@@ -103,11 +108,7 @@ pub fn plan(
         .min()
         .map(|t| t - warmup_ms);
     let Some(from_ms) = from_ms else {
-        return Ok(Some(RecoveryPlan {
-            start: committed.clone(),
-            committed,
-            from_ms: None,
-        }));
+        return Ok(Some(RecoveryPlan::at_commit(committed)));
     };
     let found = match offsets_for_time(brokers, topic, from_ms, timeout) {
         Ok(found) => found,
