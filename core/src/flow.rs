@@ -142,17 +142,18 @@ impl FlowControl {
             || self.buffered_rows() >= self.high_water.load(Ordering::Acquire)
     }
 
-    /// Whether `max_in_flight` events are between the sources and inference. Most of them wait
-    /// in the feature store for the watermark: a source then reads only the partitions that hold
-    /// the watermark back (watermark alignment), whose events release the others.
+    /// Whether `max_in_flight` events are between the sources and inference: sources pause.
     pub fn in_flight_full(&self) -> bool {
         self.in_flight() >= self.max_in_flight
     }
 
-    /// Whether twice `max_in_flight` events are in flight: the hard stop, past what watermark
-    /// alignment may read from the laggards; every partition pauses.
-    pub fn in_flight_hard_full(&self) -> bool {
-        self.in_flight() >= self.max_in_flight.saturating_mul(2)
+    /// Whether half of `max_in_flight` events are in flight. Most of them wait in the feature
+    /// store for the watermark: from here a source reads only the partitions that hold the
+    /// watermark back (watermark alignment), whose events release the others. The other half
+    /// of the limit is left to those partitions, so that the limit itself never stops the
+    /// reads the watermark waits for (see the Kafka source).
+    pub fn should_align(&self) -> bool {
+        self.in_flight() >= self.max_in_flight / 2
     }
 
     /// Adds time a source spent paused, in µs.
@@ -239,6 +240,9 @@ mod tests {
         assert!(flow.should_pause());
         flow.remove_in_flight(4);
         assert!(!flow.should_pause());
+        assert!(flow.should_align(), "8 of 12 in flight: past half the limit");
+        flow.remove_in_flight(3);
+        assert!(!flow.should_align());
         assert_eq!(flow.max_in_flight(), 12);
     }
 

@@ -82,6 +82,18 @@ fn wait_for(child: &mut Child, log: &Path, timeout: Duration, what: &str, mut do
     }
 }
 
+/// Runs `weir run TOPOLOGY --until-end` (up to 300 s) and asserts it exits 0 without a panic
+/// (`what` prefixes the failure message, followed by weir's stderr).
+fn run_until_end(topo: &Path, what: &str) {
+    let out = run_weir(
+        &["run", topo.to_str().unwrap(), "--until-end"],
+        Duration::from_secs(300),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{what}{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 /// Waits (up to 300 s) until the `scores` topic holds a score for `n` distinct transactions.
 fn wait_all_scored(child: &mut Child, log: &Path, brokers: &str, n: usize) {
     wait_for(child, log, Duration::from_secs(300), "every transaction scored", || {
@@ -524,13 +536,7 @@ fn every_malformed_event_lands_in_the_dead_letter_topic_with_its_reason_and_offs
 
     let dir = tempfile::tempdir().unwrap();
     let topo = topology_file(dir.path(), &b, "bad-input", "", "");
-    let out = run_weir(
-        &["run", topo.to_str().unwrap(), "--until-end"],
-        Duration::from_secs(300),
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
+    run_until_end(&topo, "");
 
     let letters = read_topic(&b, "transactions-dlq", Duration::from_secs(60)).unwrap();
     assert_eq!(
@@ -669,13 +675,7 @@ fn model_trouble_fails_start_up_clearly_or_dead_letters_the_failed_batch() {
     producer.flush(Duration::from_secs(30)).unwrap();
     let ids = score_ids(&source_records(&b));
     let topo = model_topology(dir.path(), &b, "runtime", &fixture, None);
-    let out = run_weir(
-        &["run", topo.to_str().unwrap(), "--until-end"],
-        Duration::from_secs(300),
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "the pipeline survives a failed batch: {stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
+    run_until_end(&topo, "the pipeline survives a failed batch: ");
     let letters = read_topic(&b, "transactions-dlq", Duration::from_secs(60)).unwrap();
     let mut failed = HashSet::new();
     for l in &letters {

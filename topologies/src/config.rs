@@ -81,7 +81,8 @@ pub struct SourceSection {
     /// Interval between offset commits.
     #[serde(with = "humantime_serde")]
     pub commit_interval: Duration,
-    /// Backpressure lasting this long pauses the partitions (shorter: reading just stops).
+    /// Backpressure lasting this long counts as a pause episode (reading stops at once either way;
+    /// a source that subscribed to its group, rather than assigning partitions, pauses them then).
     #[serde(with = "humantime_serde")]
     pub pause_after: Duration,
     /// Most events between the source and inference (decoding, waiting in the feature store for

@@ -57,7 +57,8 @@ pub struct LagMonitor {
 impl LagMonitor {
     /// Starts the monitor for the sources publishing into `positions`, asking `brokers` for high
     /// watermarks (one request per partition per `interval`, 2 s timeout each; a failed request
-    /// leaves that partition's gauge as it was), after a metadata request that sets
+    /// leaves that partition's gauge, and those after it this tick, as they were), after a
+    /// metadata request that sets
     /// `weir_broker_reachable` (while it fails, no watermark is asked for).
     ///
     /// # Errors
@@ -113,7 +114,10 @@ impl LagMonitor {
                         reported.insert((topic.clone(), *p));
                     }
                     Err(e) => {
-                        tracing::debug!(topic = %topic, partition = p, error = %e, "lag: no high watermark")
+                        // Likely the brokers went away: the next tick's metadata request says so
+                        // (asking every other partition first would delay it by 2 s each).
+                        tracing::debug!(topic = %topic, partition = p, error = %e, "lag: no high watermark");
+                        break;
                     }
                 }
             }

@@ -22,19 +22,37 @@
 //! until its dataflow is dropped; callers step their workers until every source finished, so no
 //! worker leaves the consumer group while another is still committing.
 //!
+//! **Partition queues**: partitions assigned directly (every mode but `assign = false`) each get
+//! their own librdkafka queue, so the operator chooses which partitions it reads without pausing
+//! them (a pause drops what librdkafka prefetched, and a resume waits up to a second for the
+//! broker thread's next round). librdkafka stops fetching a partition once its queue holds
+//! `queued.max.messages.kbytes` (4 MiB by default). The main queue is still polled, for callbacks.
+//!
 //! **Backpressure**: before reading, the operator checks [`FlowControl::should_pause`]; while it
-//! holds, the operator stops reading (librdkafka stops fetching once its bounded local queue is
-//! full); if the episode lasts `pause_after` (an episode ends after 20 ms without pressure) the
-//! consumer's partitions are paused until it ends, so that polling can go on serving the group
-//! protocol without receiving messages. Either way lag grows instead of memory. A message returned while
-//! pausing is still emitted, never dropped. A partition held back this way does not turn idle
-//! (it has unread messages), unless the pipeline stalls: if partitions are skewed in event time
-//! and the in-flight limit is reached, the rows in flight may wait for a watermark that only the
-//! paused laggard can advance; after 30 s without any event leaving the pipeline (a busy feature
-//! store can take seconds over a large backlog, which must not count), silent
-//! partitions turn idle again (logged as a warning), and events read afterwards from the laggard
-//! can be late (processed at the watermark; see the feature store). Raise `max_in_flight_rows`
-//! above the skew to avoid it.
+//! holds, the operator stops reading its partition queues (librdkafka stops fetching once they
+//! are full, and keeps what it fetched), so lag grows instead of memory. An episode lasting
+//! `pause_after` (an episode ends after 20 ms without pressure) counts as a pause; a subscribed
+//! consumer (`assign = false`, no queues of its own) pauses its partitions then, so that polling
+//! can go on serving the group protocol without receiving messages. A message returned while
+//! pausing is still emitted, never dropped.
+//!
+//! **Watermark alignment** (as Flink's split alignment): the rows in flight mostly wait in the
+//! feature store for the watermark, which only the partitions holding it back can advance. Once
+//! half of the in-flight limit is reached ([`FlowControl::should_align`]), the operator reads only
+//! the partitions at the process-wide watermark (the laggard may be another worker's: then this
+//! worker reads none) and leaves the others in their queues. The partitions ahead therefore hold
+//! at most half the limit, and the laggards' reads (released as the watermark passes them) have
+//! the other half, so the limit itself does not stop the reads the watermark waits for. A worker
+//! that has not published its watermark yet holds everything back ([`WatermarkBoard`]).
+//!
+//! **Stall escape**: a partition held back by backpressure or alignment does not turn idle (it
+//! has unread messages), unless the pipeline stalls: if, despite alignment, the rows in flight
+//! wait for a watermark that only an unread partition can advance (e.g. more partitions, times
+//! `max_poll_records`, than half the limit), then after 30 s without any event leaving the
+//! pipeline (a busy feature store can take seconds over a large backlog, which must not count),
+//! silent partitions turn idle again (logged as a warning), and events read afterwards from the
+//! laggard can be late (processed at the watermark; see the feature store). Raise
+//! `max_in_flight_rows` to avoid it.
 //!
 //! **Ranges** (`ranges = Some(..)`, a backfill): as bounded, but each partition is read over an
 //! explicit offset range `[start, stop)` resolved beforehand (e.g. from timestamps).
@@ -64,8 +82,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
+use rdkafka::message::BorrowedMessage;
 use rdkafka::message::Message;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -132,10 +152,11 @@ pub struct KafkaSourceConfig {
     pub max_poll_records: usize,
     /// Interval between offset commits (live mode).
     pub commit_interval: Duration,
-    /// How long a backpressure episode must last before the partitions are paused. Shorter
-    /// pressure only stops polling: librdkafka then stops fetching once its local queue
-    /// (`queued.max.messages.kbytes`) is full, and keeps what it prefetched. A pause drops the
-    /// prefetched messages, which are fetched again on resume.
+    /// How long a backpressure episode must last to count as a pause. Reading stops at once
+    /// either way: librdkafka stops fetching once a partition's queue
+    /// (`queued.max.messages.kbytes`) is full, and keeps what it prefetched. Only a subscribed
+    /// consumer (`assign = false`) also pauses its partitions then (a pause drops the prefetched
+    /// messages, which are fetched again on resume).
     pub pause_after: Duration,
     /// Watermark lag behind the largest timestamp seen, ms.
     pub allowed_lateness_ms: i64,
@@ -149,13 +170,28 @@ pub struct KafkaSourceConfig {
 /// deliver) and the largest timestamp it read.
 type WorkerWatermark = (Option<i64>, Option<i64>);
 
+/// A topic's watermarks across the workers of a process, as [`WatermarkBoard::publish`] returns
+/// them (ms since the Unix epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicWatermark {
+    /// The topic's watermark: the smallest held by any worker, or one past the largest timestamp
+    /// read when no worker holds it; `None` while nothing is known.
+    pub watermark: Option<i64>,
+    /// The smallest watermark any worker's partitions of the topic hold (`i64::MIN` for a
+    /// partition, or a worker, that has read nothing yet); `None` when none holds. Watermark
+    /// alignment reads only the partitions at this value.
+    pub holding: Option<i64>,
+}
+
 /// Watermarks published by every source worker of a process, per topic, so that an idle worker
 /// does not hold the others back.
 ///
 /// For each topic: if any worker has a partition still expected to deliver, the topic's
 /// watermark is the minimum of those; otherwise it is one past the largest timestamp any worker
-/// read (everything read is complete). A side input that has read nothing and expects nothing
-/// follows the topic it names (its main input); a main input never follows another topic.
+/// read (everything read is complete). A worker that has not published yet (its source has not
+/// run: workers start at different moments) holds the watermark at `i64::MIN`: until then, the
+/// others cannot know what its partitions hold. A side input that has read nothing and expects
+/// nothing follows the topic it names (its main input); a main input never follows another topic.
 #[derive(Debug, Default)]
 pub struct WatermarkBoard {
     /// (topic, worker) -> (holding, largest seen)
@@ -163,38 +199,42 @@ pub struct WatermarkBoard {
 }
 
 impl WatermarkBoard {
-    /// Publishes worker `worker`'s view of `topic` and returns the topic's watermark (ms), or
-    /// `None` while nothing is known. `follows`: the main topic a side input falls back to.
+    /// Publishes worker `worker`'s (of `peers`) view of `topic` and returns the topic's
+    /// watermarks. `follows`: the main topic a side input falls back to.
     pub fn publish(
         &self,
         topic: &str,
         worker: usize,
+        peers: usize,
         holding: Option<i64>,
         seen: Option<i64>,
         follows: Option<&str>,
-    ) -> Option<i64> {
+    ) -> TopicWatermark {
         let mut e = self.entries.lock().unwrap();
         e.insert((topic.to_string(), worker), (holding, seen));
+        let topic_holding = |t: &str| -> Option<i64> {
+            let mine = e.iter().filter(|((tt, _), _)| tt == t);
+            if mine.clone().count() < peers {
+                return Some(i64::MIN);
+            }
+            mine.filter_map(|(_, (h, _))| *h).min()
+        };
         let topic_wm = |t: &str| -> Option<i64> {
-            let mine = e.iter().filter(|((tt, _), _)| tt == t).map(|(_, v)| *v);
-            let holding = mine.clone().filter_map(|(h, _)| h).min();
-            let seen = mine.filter_map(|(_, s)| s).max();
-            match (holding, seen) {
+            let seen = e
+                .iter()
+                .filter(|((tt, _), _)| tt == t)
+                .filter_map(|(_, (_, s))| *s)
+                .max();
+            match (topic_holding(t), seen) {
                 (Some(h), _) => Some(h),
                 (None, Some(s)) => Some(s + 1),
                 (None, None) => None,
             }
         };
-        topic_wm(topic).or_else(|| follows.and_then(topic_wm))
-    }
-
-    /// The smallest watermark any worker's partitions of `topic` hold (`None` when none holds).
-    pub fn holding(&self, topic: &str) -> Option<i64> {
-        let e = self.entries.lock().unwrap();
-        e.iter()
-            .filter(|((t, _), _)| t == topic)
-            .filter_map(|(_, (h, _))| *h)
-            .min()
+        TopicWatermark {
+            watermark: topic_wm(topic).or_else(|| follows.and_then(topic_wm)),
+            holding: topic_holding(topic),
+        }
     }
 }
 
@@ -347,8 +387,9 @@ fn consumer_defaults(group_id: &str) -> Vec<(&str, &str)> {
         ("session.timeout.ms", "10000"),
         ("heartbeat.interval.ms", "1000"),
         ("fetch.wait.max.ms", "10"),
-        // Bounds librdkafka's prefetch queue: 16 MiB per consumer.
-        ("queued.max.messages.kbytes", "16384"),
+        // Bounds librdkafka's prefetch queue: 4 MiB per partition read directly (its own queue),
+        // per consumer otherwise.
+        ("queued.max.messages.kbytes", "4096"),
     ]
 }
 
@@ -359,6 +400,21 @@ const STALL_AFTER: Duration = Duration::from_secs(30);
 /// A backpressure episode ends after this long without pressure (hysteresis: a hand-off that
 /// blocks on every batch is one episode, not many short ones).
 const CALM_AFTER: Duration = Duration::from_millis(20);
+
+/// Gives each of `partitions` its own queue, so that the source chooses which partitions it reads
+/// (watermark alignment) without pausing them: a pause drops what librdkafka prefetched and a
+/// resume waits for the broker thread's next round (up to a second). Returns `partition -> queue`
+/// (a partition librdkafka does not know is left on the main queue). Must follow `assign`.
+fn split_queues(
+    consumer: &Arc<BaseConsumer<SourceContext>>,
+    topic: &str,
+    partitions: &[i32],
+) -> BTreeMap<i32, PartitionQueue<SourceContext>> {
+    partitions
+        .iter()
+        .filter_map(|p| consumer.split_partition_queue(topic, *p).map(|q| (*p, q)))
+        .collect()
+}
 
 struct Bounded {
     /// partition -> stop offset (exclusive); removed when reached.
@@ -387,15 +443,19 @@ pub fn kafka_source<'s>(
         floor: config.commit_floor.clone(),
         worker,
     };
-    let consumer: BaseConsumer<SourceContext> = client_config(
-        &config.brokers,
-        &consumer_defaults(&config.group_id),
-        &config.properties,
-    )
-    .create_with_context(context)
-    .map_err(ConnectorError::kafka("create consumer"))?;
+    let consumer: Arc<BaseConsumer<SourceContext>> = Arc::new(
+        client_config(
+            &config.brokers,
+            &consumer_defaults(&config.group_id),
+            &config.properties,
+        )
+        .create_with_context(context)
+        .map_err(ConnectorError::kafka("create consumer"))?,
+    );
 
     let mut bounded = None;
+    // Partitions assigned directly have their own queues (see `split_queues`).
+    let mut queues = BTreeMap::new();
     if let Some(ranges) = &config.ranges {
         let mine: Vec<i32> = ranges
             .iter()
@@ -413,6 +473,7 @@ pub fn kafka_source<'s>(
                 .map_err(ConnectorError::kafka("assign"))?;
         }
         consumer.assign(&tpl).map_err(ConnectorError::kafka("assign"))?;
+        queues = split_queues(&consumer, &config.topic, &mine);
         *consumer.context().assigned.lock().unwrap() = mine.clone();
         tracing::info!(worker, topic = %config.topic, partitions = ?mine, "offset ranges assigned");
         bounded = Some(Bounded { remaining });
@@ -458,6 +519,7 @@ pub fn kafka_source<'s>(
             }
         }
         consumer.assign(&tpl).map_err(ConnectorError::kafka("assign"))?;
+        queues = split_queues(&consumer, &config.topic, &mine);
         *consumer.context().assigned.lock().unwrap() = mine.clone();
         tracing::info!(worker, topic = %config.topic, partitions = ?mine, stop = ?remaining, bounded = config.bounded, "partitions assigned directly");
         if config.bounded {
@@ -495,6 +557,8 @@ pub fn kafka_source<'s>(
             let mut aligned: Vec<i32> = Vec::new();
             // The process-wide watermark of this topic at the last activation, if any partition held it.
             let mut last_wm: Option<i64> = None;
+            // Which partition queue is read first (rotates, for fairness).
+            let mut turn = 0usize;
             let mut in_flight_seen = (usize::MAX, Instant::now());
             let mut stall_logged = false;
             // partition -> when it was first seen assigned
@@ -514,12 +578,12 @@ pub fn kafka_source<'s>(
                 let shutting_down = shared.flow.shutdown_requested();
                 // A side input (no commits: labels) is not held back: the main events in flight
                 // may be waiting for its watermark, which only reading it advances.
-                let want_pause = shutting_down
-                    || (config.commit && (shared.flow.downstream_pressure() || shared.flow.in_flight_hard_full()));
-                // Watermark alignment (as Flink's split alignment): with the in-flight limit
+                let want_pause = shutting_down || (config.commit && shared.flow.should_pause());
+                // Watermark alignment (as Flink's split alignment): with half the in-flight limit
                 // reached, rows wait in the feature store for the watermark, which only the
-                // partitions holding it back can advance; the others pause, those keep reading.
-                let align = !want_pause && config.commit && shared.flow.in_flight_full();
+                // partitions holding it back can advance; the others pause, those keep reading
+                // into the other half (see the module doc).
+                let align = !want_pause && config.commit && shared.flow.should_align();
                 // Ahead: every partition not holding the process-wide watermark (the laggard may be
                 // another worker's, in which case all of this worker's partitions wait).
                 let ahead: Vec<i32> = match (align, last_wm) {
@@ -530,7 +594,7 @@ pub fn kafka_source<'s>(
                         .collect(),
                     _ => Vec::new(),
                 };
-                if paused.is_none() && ahead != aligned {
+                if queues.is_empty() && paused.is_none() && ahead != aligned {
                     let tpl = |parts: &[i32]| {
                         let mut t = TopicPartitionList::new();
                         for p in parts {
@@ -547,15 +611,16 @@ pub fn kafka_source<'s>(
                         let _ = consumer.pause(&tpl(&pause));
                     }
                     tracing::debug!(worker, topic = %config.topic, paused = ?ahead, "watermark alignment");
-                    aligned = ahead;
+                    aligned = ahead.clone();
                 }
                 let now = Instant::now();
 
-                // Backpressure. Brief pressure: stop polling (librdkafka's local queue, bounded by
-                // queued.max.messages.kbytes, keeps what it fetched). Pressure lasting PAUSE_AFTER:
-                // pause the partitions, so that fetching stops and poll() can keep serving
-                // callbacks. (A pause drops librdkafka's prefetched messages, which are fetched again
-                // on resume; pausing on every short spike would cost a round trip each time.)
+                // Backpressure: stop reading the partitions (their queues, bounded by
+                // queued.max.messages.kbytes, keep what librdkafka fetched). Pressure lasting
+                // pause_after is a pause episode; without partition queues (subscribed) the
+                // partitions are then paused, so that fetching stops and poll() can keep serving
+                // callbacks. (A pause drops librdkafka's prefetched messages, which are fetched
+                // again on resume; pausing on every short spike would cost a round trip each time.)
                 if want_pause {
                     last_pressure = now;
                     pressure_since.get_or_insert(now);
@@ -565,7 +630,7 @@ pub fn kafka_source<'s>(
                     if let Some(since) = pressure_since.take() {
                         shared.flow.add_paused_micros(since.elapsed().as_micros() as u64);
                     }
-                    if paused.take().is_some() {
+                    if paused.take().is_some() && queues.is_empty() {
                         if let Ok(a) = consumer_ref.assignment() {
                             let _ = consumer_ref.resume(&a);
                         }
@@ -575,8 +640,12 @@ pub fn kafka_source<'s>(
                 } else if let Some(since) = pressure_since {
                     let long = shutting_down || now - since >= config.pause_after;
                     if long && paused.is_none_or(|(_, n)| n != assigned.len()) {
-                        if let Ok(a) = consumer_ref.assignment() {
-                            let _ = consumer_ref.pause(&a);
+                        // Partitions with their own queue are simply not read: librdkafka stops
+                        // fetching once their queues are full, and keeps what it fetched.
+                        if queues.is_empty() {
+                            if let Ok(a) = consumer_ref.assignment() {
+                                let _ = consumer_ref.pause(&a);
+                            }
                         }
                         if paused.is_none() {
                             shared.flow.add_pause();
@@ -589,24 +658,21 @@ pub fn kafka_source<'s>(
                 {
                     let mut session = output.session(&*c);
                     let polled_at = Instant::now();
-                    // Paused: one poll serves callbacks (a message it returns is still emitted).
-                    let budget = match (paused.is_some(), want_pause) {
-                        (true, _) => 1,
-                        (false, true) => 0,
-                        (false, false) => config.max_poll_records,
-                    };
-                    for _ in 0..budget {
-                        match consumer_ref.poll(Duration::ZERO) {
-                            None => break,
+                    let cap_time = *c.time();
+                    // Handles one poll result; `false`: that queue has nothing more now.
+                    let mut handle = |r: Option<Result<BorrowedMessage<'_>, KafkaError>>| -> bool {
+                        match r {
+                            None => false,
                             Some(Err(KafkaError::PartitionEOF(p))) => {
                                 caught_up.insert(p);
                                 if let Some(b) = bounded.as_mut() {
                                     b.remaining.remove(&p);
                                 }
+                                true
                             }
                             Some(Err(e)) => {
                                 tracing::warn!(worker, error = %e, "consumer error");
-                                break;
+                                false
                             }
                             Some(Ok(m)) => {
                                 let partition = m.partition();
@@ -618,7 +684,7 @@ pub fn kafka_source<'s>(
                                                 b.remaining.remove(&partition);
                                             }
                                         }
-                                        _ => continue, // past the range
+                                        _ => return true, // past the range
                                     }
                                 }
                                 caught_up.remove(&partition);
@@ -629,7 +695,7 @@ pub fn kafka_source<'s>(
                                 let lineage = Lineage { partition, offset };
                                 if config.commit {
                                     // The time it enters the dataflow (late records are raised).
-                                    shared.ledger.register(lineage, (ts.max(0) as u64).max(*c.time()));
+                                    shared.ledger.register(lineage, (ts.max(0) as u64).max(cap_time));
                                 }
                                 session.give(SourceEvent {
                                     lineage,
@@ -639,6 +705,41 @@ pub fn kafka_source<'s>(
                                     read_at_us: clock::now_micros(),
                                 });
                                 emitted += 1;
+                                true
+                            }
+                        }
+                    };
+                    // Paused: one poll serves callbacks (a message it returns is still emitted).
+                    let mut budget = match (paused.is_some(), want_pause) {
+                        (true, _) => 1,
+                        (false, true) => 0,
+                        (false, false) => config.max_poll_records,
+                    };
+                    // The main queue: callbacks, and the messages of partitions without a queue of
+                    // their own (subscribed, or fetched before the split).
+                    while budget > 0 {
+                        budget -= 1;
+                        if !handle(consumer_ref.poll(Duration::ZERO)) {
+                            break;
+                        }
+                    }
+                    // Each partition's queue in turn, skipping those ahead (watermark alignment:
+                    // they keep what librdkafka prefetched, no pause and no fetch round trip).
+                    let reading = paused.is_none() && !want_pause;
+                    let readable: Vec<i32> = match reading {
+                        true => queues.keys().copied().filter(|p| !ahead.contains(p)).collect(),
+                        false => Vec::new(),
+                    };
+                    if !readable.is_empty() {
+                        turn = (turn + 1) % readable.len();
+                    }
+                    for (i, p) in readable.iter().cycle().skip(turn).take(readable.len()).enumerate() {
+                        let mut share = budget.div_ceil(readable.len() - i);
+                        while share > 0 {
+                            share -= 1;
+                            budget -= 1;
+                            if !handle(queues[p].poll(Duration::ZERO)) {
+                                break;
                             }
                         }
                     }
@@ -713,11 +814,16 @@ pub fn kafka_source<'s>(
                     (Some(s), e) if e > i64::MIN => Some(s.max(e)),
                     (s, _) => s,
                 };
-                let wm = shared
-                    .watermarks
-                    .publish(&config.topic, worker, holding, seen_max, config.follows.as_deref())
-                    .unwrap_or(i64::MIN);
-                last_wm = shared.watermarks.holding(&config.topic);
+                let board = shared.watermarks.publish(
+                    &config.topic,
+                    worker,
+                    peers,
+                    holding,
+                    seen_max,
+                    config.follows.as_deref(),
+                );
+                let wm = board.watermark.unwrap_or(i64::MIN);
+                last_wm = board.holding;
                 if shutting_down {
                     // Freeze: from here on the capability stays where it is until it is dropped.
                     if frozen.is_none() {
@@ -785,6 +891,7 @@ pub fn kafka_source<'s>(
                         shared.watermarks.publish(
                             &config.topic,
                             worker,
+                            peers,
                             None,
                             max_ts.values().map(|v| v.0).max(),
                             None,

@@ -235,17 +235,25 @@ fn score_sink_acknowledges_delivered_scores() {
 
 #[test]
 fn watermark_board_does_not_let_idle_workers_hold_back_the_others() {
-    use super::source::WatermarkBoard;
+    use super::source::{TopicWatermark, WatermarkBoard};
     let b = WatermarkBoard::default();
+    let wm = |watermark, holding| TopicWatermark { watermark, holding };
+    // Worker 1 has not run yet: what its partitions hold is unknown, so it holds everything back.
+    assert_eq!(
+        b.publish("tx", 0, 2, Some(100), Some(100), None),
+        wm(Some(i64::MIN), Some(i64::MIN))
+    );
     // Worker 0 still expects data up to 100, worker 1 is idle having read up to 500.
-    assert_eq!(b.publish("tx", 0, Some(100), Some(100), None), Some(100));
-    assert_eq!(b.publish("tx", 1, None, Some(500), None), Some(100));
+    assert_eq!(b.publish("tx", 1, 2, None, Some(500), None), wm(Some(100), Some(100)));
     // Worker 0 goes idle too: everything read (up to 500) is complete.
-    assert_eq!(b.publish("tx", 0, None, Some(120), None), Some(501));
+    assert_eq!(b.publish("tx", 0, 2, None, Some(120), None), wm(Some(501), None));
     // A side input that has read nothing follows its main topic...
-    assert_eq!(b.publish("labels", 0, None, None, Some("tx")), Some(501));
+    assert_eq!(b.publish("labels", 0, 1, None, None, Some("tx")), wm(Some(501), None));
     // ... unless it holds (a partition not yet past its initial idle timeout).
-    assert_eq!(b.publish("labels", 1, Some(i64::MIN), None, Some("tx")), Some(i64::MIN));
+    assert_eq!(
+        b.publish("labels", 1, 2, Some(i64::MIN), None, Some("tx")),
+        wm(Some(i64::MIN), Some(i64::MIN))
+    );
     // A main topic that knows nothing never follows another.
-    assert_eq!(b.publish("other", 0, None, None, None), None);
+    assert_eq!(b.publish("other", 0, 1, None, None, None), wm(None, None));
 }
