@@ -131,20 +131,10 @@ impl FlowControl {
 
     /// Whether sources should stop reading now.
     pub fn should_pause(&self) -> bool {
-        self.downstream_pressure() || self.in_flight_full()
-    }
-
-    /// Whether what follows the feature store holds sources back: memory pressure, a blocked
-    /// hand-off to inference, or micro-batchers at their high water.
-    pub fn downstream_pressure(&self) -> bool {
         self.memory_pressure()
             || self.blocked.load(Ordering::Acquire) > 0
             || self.buffered_rows() >= self.high_water.load(Ordering::Acquire)
-    }
-
-    /// Whether `max_in_flight` events are between the sources and inference: sources pause.
-    pub fn in_flight_full(&self) -> bool {
-        self.in_flight() >= self.max_in_flight
+            || self.in_flight() >= self.max_in_flight
     }
 
     /// Whether half of `max_in_flight` events are in flight. Most of them wait in the feature

@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng};
 use weir_connectors::kafka::admin::BulkProducer;
 use weir_tests::{
     committed, create_topics, free_port, http_get, proc_status_kib, read_topic, run_weir, sample_sum, score_records,
-    sigterm, topology_file, wait_metrics, wait_with_timeout, watermarks, weir, NisshiBroker,
+    sigterm, topology_file, wait_metrics, wait_with_timeout, watermarks, weir, NisshiBroker, ScoreRecord,
 };
 
 const TX: &str = "transactions";
@@ -105,6 +105,15 @@ fn wait_all_scored(child: &mut Child, log: &Path, brokers: &str, n: usize) {
                 .len()
                 == n
     });
+}
+
+/// Score records per source event `(partition, offset)`.
+fn records_per_event(records: &[ScoreRecord]) -> HashMap<(i32, i64), usize> {
+    let mut counts = HashMap::new();
+    for r in records {
+        *counts.entry((r.partition, r.offset)).or_default() += 1;
+    }
+    counts
 }
 
 /// SIGTERM, then waits for exit: returns how long it took. Asserts exit status 0.
@@ -221,10 +230,7 @@ fn sigkilled_runs_restart_without_loss_and_score_like_an_uninterrupted_run() {
         child.wait().unwrap();
         std::thread::sleep(Duration::from_millis(300));
         let commits = committed(&b, "crash", TX);
-        let mut counts: HashMap<(i32, i64), usize> = HashMap::new();
-        for r in score_records(&b, "scores") {
-            *counts.entry((r.partition, r.offset)).or_default() += 1;
-        }
+        let counts = records_per_event(&score_records(&b, "scores"));
         if k < 3 {
             assert!(days < 21 || counts.len() < ids.len(), "kill {k} happened while scoring");
         }
@@ -271,10 +277,7 @@ fn sigkilled_runs_restart_without_loss_and_score_like_an_uninterrupted_run() {
     assert_eq!(scored.len(), ids.len(), "every transaction scored");
     assert!(scored.is_subset(&ids));
     // Duplicates: exactly the events scored but not committed at each kill.
-    let mut counts: HashMap<(i32, i64), usize> = HashMap::new();
-    for r in &records {
-        *counts.entry((r.partition, r.offset)).or_default() += 1;
-    }
+    let counts = records_per_event(&records);
     let duplicates: usize = counts.values().map(|n| n - 1).sum();
     let mut in_flight_at_kills = 0;
     let mut prev: HashMap<(i32, i64), usize> = HashMap::new();
@@ -572,13 +575,7 @@ fn every_malformed_event_lands_in_the_dead_letter_topic_with_its_reason_and_offs
     }
     assert_eq!(seen.len(), corpus.len());
     // Every good event scored, once.
-    let scored: HashMap<(i32, i64), usize> =
-        score_records(&b, "scores")
-            .into_iter()
-            .fold(HashMap::new(), |mut m, r| {
-                *m.entry((r.partition, r.offset)).or_default() += 1;
-                m
-            });
+    let scored = records_per_event(&score_records(&b, "scores"));
     let good_events: Vec<_> = sources.keys().filter(|k| !seen.contains(k)).collect();
     let missing = good_events.iter().filter(|k| !scored.contains_key(k)).count();
     assert_eq!(missing, 0, "good events without a score");

@@ -144,22 +144,11 @@ mod tests {
             from_ms: Some(0),
         };
         assert_eq!(plan.replay_events(), 15 + 3);
-        assert!(!plan.scores(Lineage {
-            partition: 0,
-            offset: 24
-        }));
-        assert!(plan.scores(Lineage {
-            partition: 0,
-            offset: 25
-        }));
-        assert!(!plan.scores(Lineage {
-            partition: 1,
-            offset: 0
-        }));
+        let scores = |partition, offset| plan.scores(Lineage { partition, offset });
+        assert!(!scores(0, 24));
+        assert!(scores(0, 25));
+        assert!(!scores(1, 0));
         // No commit: everything in the partition is scored.
-        assert!(plan.scores(Lineage {
-            partition: 2,
-            offset: 7
-        }));
+        assert!(scores(2, 7));
     }
 }

@@ -219,21 +219,22 @@ impl WatermarkBoard {
             }
             mine.filter_map(|(_, (h, _))| *h).min()
         };
-        let topic_wm = |t: &str| -> Option<i64> {
+        let topic_wm = |t: &str, holding: Option<i64>| -> Option<i64> {
             let seen = e
                 .iter()
                 .filter(|((tt, _), _)| tt == t)
                 .filter_map(|(_, (_, s))| *s)
                 .max();
-            match (topic_holding(t), seen) {
+            match (holding, seen) {
                 (Some(h), _) => Some(h),
                 (None, Some(s)) => Some(s + 1),
                 (None, None) => None,
             }
         };
+        let holding = topic_holding(topic);
         TopicWatermark {
-            watermark: topic_wm(topic).or_else(|| follows.and_then(topic_wm)),
-            holding: topic_holding(topic),
+            watermark: topic_wm(topic, holding).or_else(|| follows.and_then(|f| topic_wm(f, topic_holding(f)))),
+            holding,
         }
     }
 }
