@@ -36,6 +36,26 @@ pub enum ConnectorError {
         /// What went wrong, and what to do instead.
         detail: String,
     },
+    /// A client configuration that weir refuses (it would break a delivery guarantee).
+    #[error("{context}: {detail}")]
+    Config {
+        /// The property, and the client it was given to.
+        context: String,
+        /// Why weir refuses it.
+        detail: String,
+    },
+    /// The brokers did not answer.
+    #[error("cannot reach the Kafka broker(s) at `{brokers}` ({field}) within {timeout:?}: {detail}; check the address and that a broker listens there")]
+    Unreachable {
+        /// The bootstrap servers tried.
+        brokers: String,
+        /// Where they were configured (`source.brokers`, `--brokers`).
+        field: String,
+        /// How long weir waited.
+        timeout: std::time::Duration,
+        /// The client's message.
+        detail: String,
+    },
     /// File I/O or Parquet encoding failed.
     #[error("{context}: {detail}")]
     File {

@@ -129,10 +129,12 @@ impl FlowControl {
         self.memory_pressure.load(Ordering::Acquire)
     }
 
-    /// Whether sources should stop reading now.
+    /// Whether sources should stop reading now. Memory pressure is not a reason to stop: the
+    /// events in flight wait for a watermark that only reading can advance (a full stop
+    /// deadlocked, then let partitions turn idle and features depend on timing); it makes the
+    /// sources align instead ([`should_align`](Self::should_align)).
     pub fn should_pause(&self) -> bool {
-        self.memory_pressure()
-            || self.blocked.load(Ordering::Acquire) > 0
+        self.blocked.load(Ordering::Acquire) > 0
             || self.buffered_rows() >= self.high_water.load(Ordering::Acquire)
             || self.in_flight() >= self.max_in_flight
     }
@@ -142,8 +144,22 @@ impl FlowControl {
     /// watermark back (watermark alignment), whose events release the others. The other half
     /// of the limit is left to those partitions, so that the limit itself never stops the
     /// reads the watermark waits for (see the Kafka source).
+    ///
+    /// Memory pressure ([`set_memory_pressure`](Self::set_memory_pressure)) aligns too: the
+    /// partitions ahead stop, the laggards' reads release the rows held for the watermark, and
+    /// the order events are processed in stays the one the watermark gives (features do not
+    /// depend on timing).
     pub fn should_align(&self) -> bool {
-        self.in_flight() >= self.max_in_flight / 2
+        self.memory_pressure() || self.in_flight() >= self.max_in_flight / 2
+    }
+
+    /// Most events a source may have read and not yet seen acknowledged by a sink (the delivery
+    /// ledger's pending entries) before it stops reading: twice the in-flight limit. Events
+    /// past inference (queued, in the producer, failed and being dead-lettered) count here, so
+    /// that a sink that stops acknowledging stops the sources instead of growing the ledger
+    /// without bound.
+    pub fn max_unacked(&self) -> usize {
+        self.max_in_flight.saturating_mul(2)
     }
 
     /// Adds time a source spent paused, in µs.
@@ -234,6 +250,18 @@ mod tests {
         flow.remove_in_flight(3);
         assert!(!flow.should_align());
         assert_eq!(flow.max_in_flight(), 12);
+        assert_eq!(flow.max_unacked(), 24);
+    }
+
+    #[test]
+    fn memory_pressure_aligns_the_sources_instead_of_stopping_them() {
+        // Issue 13, item 4: a full stop under memory pressure deadlocked with the watermark.
+        let flow = FlowControl::with_in_flight_limit(100, 1000);
+        flow.set_memory_pressure(true);
+        assert!(!flow.should_pause(), "reading must go on: the watermark needs it");
+        assert!(flow.should_align(), "only the partitions holding the watermark read");
+        flow.set_memory_pressure(false);
+        assert!(!flow.should_align());
     }
 
     #[test]

@@ -42,6 +42,12 @@ pub struct Metrics {
     pub scores_out: IntCounter,
     /// `weir_dead_letters_total{reason}`: dead letters acknowledged by the dead-letter sink.
     pub dead_letters: IntCounterVec,
+    /// `weir_dead_letters_unwritten_total`: dead letters the dead-letter topic refused even
+    /// truncated (their events stay unacknowledged and are read again after a restart).
+    pub dead_letters_unwritten: IntCounter,
+    /// `weir_dead_letters_truncated_total`: dead letters written with a truncated payload (the
+    /// original did not fit the producer's or the broker's record size limit).
+    pub dead_letters_truncated: IntCounter,
     /// `weir_batches_total{cause}`: micro-batches flushed, by cause (size, time, drain).
     pub batches: IntCounterVec,
     /// `weir_batch_rows`: rows per flushed micro-batch.
@@ -130,6 +136,22 @@ impl Metrics {
                 "weir_sink_scores_total",
                 "Scores acknowledged by the score sink.",
                 "score_sink",
+            )),
+        );
+        let dead_letters_unwritten = register(
+            &registry,
+            IntCounter::with_opts(opts(
+                "weir_dead_letters_unwritten_total",
+                "Dead letters the dead-letter topic refused even truncated; their events stay uncommitted.",
+                "dead_letter_sink",
+            )),
+        );
+        let dead_letters_truncated = register(
+            &registry,
+            IntCounter::with_opts(opts(
+                "weir_dead_letters_truncated_total",
+                "Dead letters written with a truncated payload (the original was over the record size limit).",
+                "dead_letter_sink",
             )),
         );
         let dead_letters = register(
@@ -311,6 +333,8 @@ impl Metrics {
             events_in,
             scores_out,
             dead_letters,
+            dead_letters_unwritten,
+            dead_letters_truncated,
             batches,
             batch_rows,
             batch_fill_wait,

@@ -22,6 +22,9 @@ pub struct SourceEvent {
     pub key: Option<Vec<u8>>,
     /// Message payload bytes; `None` for a Kafka tombstone.
     pub payload: Option<Vec<u8>>,
+    /// Message headers in order, `(name, value)` (a header's value may be null); empty when the
+    /// message has none. A dead letter carries them unchanged.
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
     /// Event time: the message timestamp, milliseconds since the Unix epoch (UTC).
     pub timestamp_ms: i64,
     /// When the source read the event, from [`crate::clock::now_micros`] (µs).
@@ -81,8 +84,12 @@ pub struct DeadLetter {
     pub detail: String,
     /// The original message key, if any.
     pub key: Option<Vec<u8>>,
-    /// The original payload bytes (possibly not UTF-8).
-    pub payload: Vec<u8>,
+    /// The original payload bytes (possibly not UTF-8); `None` for a tombstone (null value),
+    /// which the dead letter keeps null.
+    pub payload: Option<Vec<u8>>,
+    /// The original message headers, in order (the sink writes them before its own `weir.*`
+    /// headers).
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
     /// When the source read the event ([`crate::clock::now_micros`], µs).
     pub read_at_us: u64,
 }

@@ -57,6 +57,11 @@ pub trait ScoreSink: Send + Sync {
 
     /// A short description for logs and summaries, e.g. `kafka:scores` or `parquet:out/x.parquet`.
     fn describe(&self) -> String;
+
+    /// Where records this sink fails *after* `write` returned (a delivery report with a
+    /// permanent error) go, so that their events are still acknowledged and commits move on.
+    /// The default ignores it: a sink whose failures all surface from `write` needs none.
+    fn set_dead_letters(&self, _dead_letters: std::sync::Arc<dyn DeadLetterSink>) {}
 }
 
 /// Where dead letters go (a Kafka topic).

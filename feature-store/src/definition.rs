@@ -27,7 +27,9 @@ pub enum Feature {
     TxHour,
     /// 1 on Saturday and Sunday (UTC), else 0.
     TxDuringWeekend,
-    /// 1 if hour of day <= 6 (UTC), else 0.
+    /// 1 if the integer hour of day (UTC) is at most 6, i.e. from 00:00:00 to 06:59:59.999,
+    /// else 0: the handbook's `TX_DURING_NIGHT` (`tx_datetime.hour <= 6`, chapter 3, "Baseline
+    /// feature transformation").
     TxDuringNight,
 }
 
@@ -61,7 +63,7 @@ impl Feature {
                 let weekday = (tx_time_ms.div_euclid(DAY_MS) + 3).rem_euclid(7);
                 (weekday >= 5) as u8 as f64
             }
-            Feature::TxDuringNight => (hour <= 6.0) as u8 as f64,
+            Feature::TxDuringNight => (tx_time_ms.rem_euclid(DAY_MS) / 3_600_000 <= 6) as u8 as f64,
         }
     }
 }
@@ -279,8 +281,8 @@ impl FeatureSpec {
     }
 
     /// The feature values of a transaction given its accumulator totals (`acc[slot]`, 0 for an
-    /// empty window), `[n_features] f64`.
-    pub fn values(&self, tx_time_ms: i64, amount: f64, acc: &[i64]) -> Vec<f64> {
+    /// empty window; amounts in micro-units), `[n_features] f64`.
+    pub fn values(&self, tx_time_ms: i64, amount: f64, acc: &[i128]) -> Vec<f64> {
         self.columns
             .iter()
             .map(|c| match c {
@@ -364,4 +366,37 @@ pub fn handbook_features() -> Vec<WindowedFeature> {
         });
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_night_flag_follows_the_handbook_integer_hour() {
+        // Issue 13, item 7: the handbook's TX_DURING_NIGHT is `hour <= 6` on the integer hour.
+        let day = 1_522_540_800_000i64; // 2018-04-01T00:00:00Z
+        let at = |h: i64, m: i64, s: i64| Feature::TxDuringNight.compute(day + ((h * 60 + m) * 60 + s) * 1000, 1.0);
+        assert_eq!(at(0, 0, 0), 1.0);
+        assert_eq!(at(6, 0, 1), 1.0, "06:00:01 is night");
+        assert_eq!(at(6, 59, 59), 1.0);
+        assert_eq!(at(7, 0, 0), 0.0);
+        assert_eq!(at(23, 59, 59), 0.0);
+    }
+
+    #[test]
+    fn window_sums_of_large_accepted_amounts_do_not_wrap() {
+        // Issue 13, item 6: two amounts of 6e12 gave a mean of -3.2e12 (i64 micro-units).
+        let spec = FeatureSpec::new(&["customer_id_avg_amount_1day_window"], &handbook_features()).unwrap();
+        let slots = spec.accumulators().len();
+        let mut acc = vec![0i128; slots];
+        for (slot, a) in spec.accumulators().iter().enumerate() {
+            acc[slot] = match a.kind {
+                AccKind::TxCount => 2,
+                AccKind::AmountMicros => 2 * amount_micros(6e12) as i128,
+                AccKind::FraudCount => 0,
+            };
+        }
+        assert_eq!(spec.values(0, 6e12, &acc), vec![6e12]);
+    }
 }

@@ -72,7 +72,7 @@ type Key = (u8, u64);
 /// A query: `(tx_id, partition, offset, time)`; unique per event read.
 type Query = (u64, i32, i64, u64);
 /// A join result as a differential update: `((query, slot, total), time, diff)`.
-type Answer = ((Query, u16, i64), u64, isize);
+type Answer = ((Query, u16, i128), u64, isize);
 
 /// Stamps each record with its event time in ms, raised to the stream's current capability time
 /// if it is behind (late).
@@ -130,9 +130,9 @@ pub fn windowed_features<'s>(
     let tx_contrib = timed.clone().flat_map(move |((_, tx), t)| {
         let mut out = Vec::with_capacity(2 * tx_accs.len());
         for (slot, a) in tx_accs.iter().enumerate() {
-            let v: isize = match a.kind {
+            let v: i128 = match a.kind {
                 AccKind::TxCount => 1,
-                AccKind::AmountMicros => amount_micros(tx.amount) as isize,
+                AccKind::AmountMicros => amount_micros(tx.amount) as i128,
                 AccKind::FraudCount => continue,
             };
             if v == 0 {
@@ -147,7 +147,8 @@ pub fn windowed_features<'s>(
         }
         out
     });
-    let mut contrib: differential_dataflow::collection::vec::Collection<'s, u64, (Key, u16), isize> =
+    // i128 sums: no accepted amount (decode.max_amount) and no window length can overflow them.
+    let mut contrib: differential_dataflow::collection::vec::Collection<'s, u64, (Key, u16), i128> =
         tx_contrib.as_collection();
 
     // Contributions of labels.
@@ -168,8 +169,8 @@ pub fn windowed_features<'s>(
                 let end = t_tx + a.delay_ms + a.window_ms;
                 if start < end {
                     let key = (entity_code(a.entity), entity_id(a.entity, l.customer_id, l.terminal_id));
-                    out.push(((key, slot as u16), start, 1isize));
-                    out.push(((key, slot as u16), end, -1isize));
+                    out.push(((key, slot as u16), start, 1i128));
+                    out.push(((key, slot as u16), end, -1i128));
                 }
             }
             out
@@ -195,7 +196,7 @@ pub fn windowed_features<'s>(
             out
         })
         .as_collection();
-    let answers = queries.join_map(totals, |_key, q: &Query, &(slot, total)| (*q, slot, total as i64));
+    let answers = queries.join_map(totals, |_key, q: &Query, &(slot, total)| (*q, slot, total));
 
     assemble(timed, answers.inner, spec)
 }
@@ -203,7 +204,7 @@ pub fn windowed_features<'s>(
 struct Pending {
     base: Option<(RowMeta, Transaction)>,
     /// (slot, total) -> accumulated diff, at the query's time.
-    parts: HashMap<(u16, i64), isize>,
+    parts: HashMap<(u16, i128), isize>,
 }
 
 /// Collects each transaction's totals as of its time and emits its feature vector once both
@@ -276,7 +277,7 @@ fn assemble<'s>(
                     for q in queries {
                         let Some(p) = pending.remove(&q) else { continue };
                         let Some((meta, tx)) = p.base else { continue };
-                        let mut acc = vec![0i64; n_slots];
+                        let mut acc = vec![0i128; n_slots];
                         for ((slot, total), diff) in p.parts {
                             if diff > 0 {
                                 acc[slot as usize] = total;

@@ -1,12 +1,22 @@
 //! Decode: JSON bytes to [`Transaction`], or a [`DeadLetter`] naming what is wrong.
 //!
 //! A transaction is rejected (never silently dropped) when:
-//! - the payload is missing (tombstone), not UTF-8 or not JSON (`reason = "json"`), has a
-//!   missing, unknown or wrongly typed field (`"schema"`);
-//! - the amount is not finite or negative (`"invalid_amount"`; JSON has no NaN, but a huge
-//!   number overflows to infinity);
-//! - the transaction time is before 1970 or more than `max_future_ms` after the read time
-//!   (`"invalid_time"`).
+//! - the payload is missing (tombstone), not UTF-8 or not JSON (`reason = "json"`), is not a
+//!   JSON object (an array would otherwise fill the fields in order), or has a missing, unknown
+//!   or wrongly typed field (`"schema"`);
+//! - the amount is not finite, negative or above `max_amount` (`"invalid_amount"`; JSON has no
+//!   NaN, but a huge number overflows to infinity);
+//! - the transaction time is before 1970, more than `max_future_ms` after the read time, or more
+//!   than `allowed_future_ms` after its message timestamp (`"invalid_time"`).
+//!
+//! **Event time.** The watermark follows the Kafka message timestamps, so a transaction stamped
+//! after its own message (producer clock skew) would wait for a watermark that may never come
+//! (its partition's commits with it). Such a transaction, up to `allowed_future_ms` ahead, is
+//! windowed at its message timestamp ([`RowMeta::event_time_ms`]); its per-transaction features
+//! (hour, weekend, night) still use `tx_time_ms`. Both are properties of the record, so live,
+//! restarted and backfill runs compute the same values. Further ahead it is a dead letter.
+//!
+//! A dead letter keeps the original key, value (a tombstone stays null) and headers.
 //!
 //! ```
 //! use weir_operators::decode::{decode_transaction, DecodeLimits};
@@ -15,6 +25,7 @@
 //!     lineage: Lineage { partition: 0, offset: 7 },
 //!     key: None,
 //!     payload: Some(br#"{"tx_id":1,"tx_time_ms":1522540800000,"customer_id":3,"terminal_id":4,"amount":12.5}"#.to_vec()),
+//!     headers: vec![],
 //!     timestamp_ms: 1522540800000,
 //!     read_at_us: 0,
 //! };
@@ -34,15 +45,23 @@ use weir_core::{DeadLetter, Label, RowMeta, SourceEvent, Transaction};
 pub struct DecodeLimits {
     /// Largest accepted distance of a transaction time into the future of the read time, ms.
     pub max_future_ms: i64,
+    /// Largest accepted distance of a transaction time after its Kafka message timestamp, ms
+    /// (see the module doc, "Event time").
+    pub allowed_future_ms: i64,
     /// Largest accepted payload, bytes.
     pub max_payload_bytes: usize,
+    /// Largest accepted amount, currency units. The feature store sums amounts exactly in
+    /// micro-units (i128), so no accepted value can overflow a window's sum.
+    pub max_amount: f64,
 }
 
 impl Default for DecodeLimits {
     fn default() -> Self {
         Self {
             max_future_ms: 86_400_000,
+            allowed_future_ms: 60_000,
             max_payload_bytes: 64 * 1024,
+            max_amount: 1e9,
         }
     }
 }
@@ -53,7 +72,8 @@ fn dead(ev: &SourceEvent, reason: &str, detail: String) -> DeadLetter {
         reason: reason.to_string(),
         detail,
         key: ev.key.clone(),
-        payload: ev.payload.clone().unwrap_or_default(),
+        payload: ev.payload.clone(),
+        headers: ev.headers.clone(),
         read_at_us: ev.read_at_us,
     }
 }
@@ -64,6 +84,19 @@ fn parse_json<T: serde::de::DeserializeOwned>(ev: &SourceEvent) -> Result<T, Dea
     let Some(payload) = ev.payload.as_deref() else {
         return Err(dead(ev, "json", "empty payload (tombstone)".into()));
     };
+    // serde fills a struct from a JSON array too (`[1, 2, ...]` in field order): only objects
+    // are events. Anything else that is not JSON falls through to the parser's message.
+    match payload.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'[') => {
+            return Err(dead(ev, "schema", "a JSON array, expected a JSON object".into()));
+        }
+        Some(c) if c.is_ascii_digit() || matches!(c, b'-' | b'"' | b't' | b'f' | b'n') => {
+            if serde_json::from_slice::<serde::de::IgnoredAny>(payload).is_ok() {
+                return Err(dead(ev, "schema", "a JSON scalar, expected a JSON object".into()));
+            }
+        }
+        _ => {}
+    }
     serde_json::from_slice(payload).map_err(|e| {
         let reason = match e.classify() {
             serde_json::error::Category::Data => "schema",
@@ -104,6 +137,13 @@ pub fn decode_transaction(
             format!("amount {} is not a finite non-negative number", tx.amount),
         ));
     }
+    if tx.amount > limits.max_amount {
+        return Err(dead(
+            ev,
+            "invalid_amount",
+            format!("amount {} is above decode.max_amount ({})", tx.amount, limits.max_amount),
+        ));
+    }
     if tx.tx_time_ms < 0 {
         return Err(dead(
             ev,
@@ -121,10 +161,23 @@ pub fn decode_transaction(
             ),
         ));
     }
+    let ahead = tx.tx_time_ms.saturating_sub(ev.timestamp_ms);
+    if ahead > limits.allowed_future_ms {
+        return Err(dead(
+            ev,
+            "invalid_time",
+            format!(
+                "tx_time_ms {} is {} ms after its message timestamp {}, more than decode.allowed_future ({} ms): \
+                 the watermark follows message timestamps, so its windows could not be computed",
+                tx.tx_time_ms, ahead, ev.timestamp_ms, limits.allowed_future_ms
+            ),
+        ));
+    }
     let meta = RowMeta {
         lineage: ev.lineage,
         tx_id: tx.tx_id,
-        event_time_ms: tx.tx_time_ms,
+        // Windowed at its message timestamp when stamped after it (see the module doc).
+        event_time_ms: tx.tx_time_ms.min(ev.timestamp_ms.max(0)),
         read_at_us: ev.read_at_us,
     };
     Ok((meta, tx))
@@ -183,7 +236,8 @@ mod tests {
             },
             key: Some(b"k".to_vec()),
             payload: Some(payload.to_vec()),
-            timestamp_ms: 0,
+            headers: vec![("trace".into(), Some(b"abc".to_vec())), ("null".into(), None)],
+            timestamp_ms: NOW,
             read_at_us: 5,
         }
     }
@@ -200,7 +254,8 @@ mod tests {
             },
             "dead letter keeps its lineage"
         );
-        assert_eq!(e.payload, p, "dead letter keeps the original bytes");
+        assert_eq!(e.payload.as_deref(), Some(p), "dead letter keeps the original bytes");
+        assert_eq!(e.headers, ev(p).headers, "dead letter keeps the original headers");
         e.reason
     }
 
@@ -257,12 +312,59 @@ mod tests {
         assert_eq!(reason(huge.as_bytes()), "too_large");
         let mut tomb = ev(b"");
         tomb.payload = None;
+        let letter = decode_transaction(&tomb, &DecodeLimits::default(), NOW).unwrap_err();
+        assert_eq!(letter.reason, "json");
+        assert_eq!(letter.payload, None, "a tombstone's dead letter stays a tombstone (null value)");
+        assert_eq!(letter.headers.len(), 2);
+    }
+
+    #[test]
+    fn only_json_objects_are_transactions() {
+        // Issue 13, item 8: serde fills a struct from a sequence.
+        assert_eq!(reason(b"[1,1522540800000,3,4,12.5]"), "schema");
+        assert_eq!(reason(b"  [5, 1000, 1, 2, 1.0]"), "schema");
+        assert_eq!(reason(b"12"), "schema");
+        assert_eq!(reason(br#""text""#), "schema");
+        assert_eq!(reason(b"null"), "schema");
+        assert_eq!(reason(b"[1,2"), "schema");
+    }
+
+    #[test]
+    fn amounts_above_the_limit_are_dead_letters() {
+        // Issue 13, item 6: 6e12 + 6e12 overflowed the window sums.
         assert_eq!(
-            decode_transaction(&tomb, &DecodeLimits::default(), NOW)
-                .unwrap_err()
-                .reason,
-            "json"
+            reason(br#"{"tx_id":5,"tx_time_ms":1000,"customer_id":1,"terminal_id":2,"amount":6e12}"#),
+            "invalid_amount"
         );
+        let ok = decode_transaction(
+            &ev(br#"{"tx_id":5,"tx_time_ms":1000,"customer_id":1,"terminal_id":2,"amount":1e9}"#),
+            &DecodeLimits::default(),
+            NOW,
+        );
+        assert!(ok.is_ok(), "max_amount itself is accepted");
+    }
+
+    #[test]
+    fn a_transaction_after_its_message_timestamp_is_windowed_at_it_or_dead_lettered() {
+        // Issue 13, item 1: now + 12 h among traffic stamped in 2018 waited forever for the
+        // watermark (message timestamps) and blocked its partition's commits.
+        let stamped = |tx_time: i64, msg_ts: i64| {
+            let mut e = ev(format!(
+                r#"{{"tx_id":5,"tx_time_ms":{tx_time},"customer_id":1,"terminal_id":2,"amount":1}}"#
+            )
+            .as_bytes());
+            e.timestamp_ms = msg_ts;
+            decode_transaction(&e, &DecodeLimits::default(), NOW)
+        };
+        let t2018 = 1_522_540_800_000;
+        let far = stamped(NOW + 12 * 3_600_000, t2018).unwrap_err();
+        assert_eq!(far.reason, "invalid_time");
+        assert!(far.detail.contains("decode.allowed_future"), "{}", far.detail);
+        let (meta, tx) = stamped(t2018 + 30_000, t2018).unwrap();
+        assert_eq!(meta.event_time_ms, t2018, "windowed at its message timestamp");
+        assert_eq!(tx.tx_time_ms, t2018 + 30_000, "its own time is kept for per-transaction features");
+        let (meta, _) = stamped(t2018 - 5_000, t2018).unwrap();
+        assert_eq!(meta.event_time_ms, t2018 - 5_000, "an earlier transaction keeps its time");
     }
 
     /// Property tests (proptest, 256 cases each by default; `PROPTEST_CASES` raises it): the
@@ -279,6 +381,8 @@ mod tests {
                 Ok((meta, tx)) => {
                     prop_assert!(tx.amount.is_finite() && tx.amount >= 0.0);
                     prop_assert!(tx.tx_time_ms >= 0 && tx.tx_time_ms <= NOW + 86_400_000);
+                    prop_assert!(tx.amount <= DecodeLimits::default().max_amount);
+                    prop_assert!(meta.event_time_ms <= tx.tx_time_ms && meta.event_time_ms <= NOW);
                     prop_assert_eq!(
                         meta.lineage,
                         Lineage {
@@ -290,7 +394,7 @@ mod tests {
                 Err(e) => {
                     prop_assert!(REASONS.contains(&e.reason.as_str()), "reason {}", e.reason);
                     prop_assert!(!e.detail.is_empty());
-                    prop_assert_eq!(e.payload.as_slice(), payload);
+                    prop_assert_eq!(e.payload.as_deref(), Some(payload));
                     prop_assert_eq!(
                         e.lineage,
                         Lineage {

@@ -231,7 +231,7 @@ impl OnnxScorer {
                             // Once per process, not once per session.
                             static LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
                             if !LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                                tracing::warn!(provider = "cuda", error = %e, "execution provider unavailable; trying the next one");
+                                tracing::debug!(provider = "cuda", error = %e, "execution provider unavailable; trying the next one");
                             }
                             builder = e.recover();
                         }
@@ -386,7 +386,114 @@ impl Scorer for OnnxScorer {
     }
 }
 
-/// Threads that take batches from the micro-batchers' queue, score them and write the scores.
+/// The dead letter of one row that could not be scored or written: its features (`[n_features]
+/// f32`, model order) and `tx_id` as JSON, since the original event is no longer held.
+fn row_letter(meta: &weir_core::RowMeta, features: &[f32], reason: &str, detail: String) -> DeadLetter {
+    DeadLetter {
+        lineage: meta.lineage,
+        reason: reason.into(),
+        detail,
+        key: Some(meta.tx_id.to_string().into_bytes()),
+        payload: Some(
+            serde_json::to_vec(&serde_json::json!({
+                "tx_id": meta.tx_id,
+                "event_time_ms": meta.event_time_ms,
+                "features": features.iter().map(|f| if f.is_finite() { serde_json::json!(f) } else { serde_json::json!(f.to_string()) }).collect::<Vec<_>>(),
+            }))
+            .unwrap_or_default(),
+        ),
+        headers: Vec::new(),
+        read_at_us: meta.read_at_us,
+    }
+}
+
+/// Attempts of a score sink's `write` before its rows are dead-lettered (an enqueue error is
+/// usually permanent: a record the client refuses).
+const SINK_ATTEMPTS: u32 = 3;
+
+/// Writes the scores of `batch` (or dead-letters its rows), so that every row ends acknowledged
+/// by a sink and its partition's commits move on:
+/// - an inference error dead-letters the whole batch (`reason = "inference"`);
+/// - a non-finite score (NaN, ±inf: a model fed extreme inputs) is not a probability and not
+///   valid JSON: that row is dead-lettered (`"inference"`, detail names the value), the others
+///   are written;
+/// - a sink that rejects the batch [`SINK_ATTEMPTS`] times has its rows dead-lettered
+///   (`"sink"`, with the sink's error). Rows it wrote before failing may then have both a
+///   score and a dead letter (at-least-once).
+///
+/// A dead letter the dead-letter sink rejects too is logged with its lineage; its event stays
+/// unacknowledged (read again after a restart) and the sources stop once
+/// [`weir_core::FlowControl::max_unacked`] such events accumulate.
+pub fn deliver(
+    batch: &Batch,
+    result: Result<Vec<f32>, InferenceError>,
+    sink: &dyn ScoreSink,
+    dead_letters: &dyn DeadLetterSink,
+    version: &str,
+) {
+    let letter_out = |letter: DeadLetter| {
+        if let Err(e) = dead_letters.send(letter) {
+            tracing::error!(error = %e, "dead-letter sink rejected a letter; its event stays unacknowledged");
+        }
+    };
+    let result = result.and_then(|scores| match scores.len() == batch.len() {
+        true => Ok(scores),
+        false => Err(InferenceError::Run(format!(
+            "the scorer returned {} scores for {} rows",
+            scores.len(),
+            batch.len()
+        ))),
+    });
+    let scores = match result {
+        Ok(scores) => scores,
+        Err(e) => {
+            tracing::error!(error = %e, rows = batch.len(), "inference failed; sending the batch to the dead-letter queue");
+            for (meta, features) in batch.rows.iter().zip(batch.features.rows()) {
+                letter_out(row_letter(meta, &features.to_vec(), "inference", e.to_string()));
+            }
+            return;
+        }
+    };
+    let (mut rows, mut good) = (Vec::with_capacity(batch.len()), Vec::with_capacity(batch.len()));
+    for ((meta, features), score) in batch.rows.iter().zip(batch.features.rows()).zip(&scores) {
+        if score.is_finite() {
+            rows.push(*meta);
+            good.push(*score);
+        } else {
+            tracing::warn!(tx_id = meta.tx_id, partition = meta.lineage.partition, offset = meta.lineage.offset, score = %score, "non-finite score dead-lettered");
+            letter_out(row_letter(
+                meta,
+                &features.to_vec(),
+                "inference",
+                format!("the model returned a non-finite score ({score}) for this row"),
+            ));
+        }
+    }
+    if rows.is_empty() {
+        return;
+    }
+    let mut last_error = None;
+    for attempt in 1..=SINK_ATTEMPTS {
+        match sink.write(&rows, &good, version) {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, attempt, rows = rows.len(), "score sink rejected a batch");
+                last_error = Some(e);
+                std::thread::sleep(std::time::Duration::from_millis(10 << attempt));
+            }
+        }
+    }
+    let e = last_error.expect("at least one attempt");
+    tracing::error!(error = %e, rows = rows.len(), "score sink rejected a batch {SINK_ATTEMPTS} times; dead-lettering its rows");
+    let by_lineage: std::collections::HashMap<_, _> =
+        batch.rows.iter().zip(batch.features.rows()).map(|(m, f)| (m.lineage, f.to_vec())).collect();
+    for meta in &rows {
+        letter_out(row_letter(meta, &by_lineage[&meta.lineage], "sink", e.to_string()));
+    }
+}
+
+/// Threads that take batches from the micro-batchers' queue, score them and write the scores
+/// (see [`deliver`]).
 pub struct InferencePool {
     handles: Vec<JoinHandle<()>>,
 }
@@ -418,34 +525,7 @@ impl InferencePool {
                             let t0 = Instant::now();
                             let result = scorer.score(batch.features.view());
                             metrics.inference_seconds.observe(t0.elapsed().as_secs_f64());
-                            match result {
-                                Ok(scores) => {
-                                    if let Err(e) = sink.write(&batch.rows, &scores, &version) {
-                                        // Not acknowledged, so not committed: re-read after restart.
-                                        tracing::error!(error = %e, rows = batch.len(), "score sink rejected a batch");
-                                    }
-                                }
-                                Err(e) => {
-                                    tracing::error!(error = %e, rows = batch.len(), "inference failed; sending the batch to the dead-letter queue");
-                                    for (meta, features) in batch.rows.iter().zip(batch.features.rows()) {
-                                        let letter = DeadLetter {
-                                            lineage: meta.lineage,
-                                            reason: "inference".into(),
-                                            detail: e.to_string(),
-                                            key: None,
-                                            payload: serde_json::to_vec(&serde_json::json!({
-                                                "tx_id": meta.tx_id,
-                                                "features": features.to_vec(),
-                                            }))
-                                            .unwrap_or_default(),
-                                            read_at_us: meta.read_at_us,
-                                        };
-                                        if let Err(e) = dead_letters.send(letter) {
-                                            tracing::error!(error = %e, "dead-letter sink rejected a letter");
-                                        }
-                                    }
-                                }
-                            }
+                            deliver(&batch, result, &*sink, &*dead_letters, &version);
                             metrics.inflight_batches.dec();
                         }
                     })
@@ -460,5 +540,107 @@ impl InferencePool {
         for h in self.handles {
             let _ = h.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use std::time::Duration;
+    use weir_core::{Lineage, RowMeta, SinkError};
+
+    #[derive(Default)]
+    struct Recorder {
+        scores: Mutex<Vec<(u64, f32)>>,
+        letters: Mutex<Vec<DeadLetter>>,
+        fail_writes: bool,
+    }
+
+    impl ScoreSink for Recorder {
+        fn write(&self, rows: &[RowMeta], scores: &[f32], _: &str) -> Result<(), SinkError> {
+            if self.fail_writes {
+                return Err(SinkError::Enqueue {
+                    sink: "test".into(),
+                    detail: "refused".into(),
+                });
+            }
+            let mut s = self.scores.lock().unwrap();
+            s.extend(rows.iter().zip(scores).map(|(r, v)| (r.tx_id, *v)));
+            Ok(())
+        }
+        fn flush(&self, _: Duration) -> Result<(), SinkError> {
+            Ok(())
+        }
+        fn describe(&self) -> String {
+            "test".into()
+        }
+    }
+
+    impl DeadLetterSink for Recorder {
+        fn send(&self, letter: DeadLetter) -> Result<(), SinkError> {
+            self.letters.lock().unwrap().push(letter);
+            Ok(())
+        }
+        fn flush(&self, _: Duration) -> Result<(), SinkError> {
+            Ok(())
+        }
+    }
+
+    fn batch(n: usize) -> Batch {
+        Batch {
+            rows: (0..n)
+                .map(|i| RowMeta {
+                    lineage: Lineage {
+                        partition: 0,
+                        offset: i as i64,
+                    },
+                    tx_id: i as u64,
+                    event_time_ms: 0,
+                    read_at_us: 0,
+                })
+                .collect(),
+            features: ndarray::Array2::from_elem((n, 2), 1e30f32),
+            cause: weir_core::metrics::FlushCause::Size,
+        }
+    }
+
+    #[test]
+    fn non_finite_scores_are_dead_lettered_never_written() {
+        // Issue 13, item 5: a NaN was written as `"score":NaN`, invalid JSON.
+        let (sink, dlq) = (Recorder::default(), Recorder::default());
+        deliver(&batch(4), Ok(vec![0.5, f32::NAN, f32::INFINITY, 0.25]), &sink, &dlq, "v");
+        assert_eq!(*sink.scores.lock().unwrap(), vec![(0, 0.5), (3, 0.25)]);
+        let letters = dlq.letters.lock().unwrap();
+        assert_eq!(letters.len(), 2);
+        assert!(letters.iter().all(|l| l.reason == "inference" && l.detail.contains("non-finite")));
+        assert_eq!(
+            letters.iter().map(|l| l.lineage.offset).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        let v: serde_json::Value = serde_json::from_slice(letters[0].payload.as_deref().unwrap()).unwrap();
+        assert_eq!(v["tx_id"], 1);
+    }
+
+    #[test]
+    fn a_batch_the_sink_rejects_is_dead_lettered_so_commits_move_on() {
+        // Issue 13, item 3: a failed row was only logged; the ledger's prefix stopped there.
+        let sink = Recorder {
+            fail_writes: true,
+            ..Recorder::default()
+        };
+        let dlq = Recorder::default();
+        deliver(&batch(3), Ok(vec![0.1, 0.2, 0.3]), &sink, &dlq, "v");
+        let letters = dlq.letters.lock().unwrap();
+        assert_eq!(letters.len(), 3, "every row ends somewhere");
+        assert!(letters.iter().all(|l| l.reason == "sink" && l.detail.contains("refused")));
+    }
+
+    #[test]
+    fn a_scorer_returning_too_few_scores_dead_letters_the_batch() {
+        let (sink, dlq) = (Recorder::default(), Recorder::default());
+        deliver(&batch(3), Ok(vec![0.1]), &sink, &dlq, "v");
+        assert!(sink.scores.lock().unwrap().is_empty());
+        assert_eq!(dlq.letters.lock().unwrap().len(), 3);
     }
 }

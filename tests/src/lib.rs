@@ -144,12 +144,22 @@ pub fn nisshi_bin() -> PathBuf {
     cached.unwrap_or_else(|| PathBuf::from("nisshi"))
 }
 
-/// A free TCP port on 127.0.0.1 (bound, then released).
+/// A free TCP port on 127.0.0.1 (bound, then released), below Linux's ephemeral range
+/// (32768-60999), so that an outgoing connection cannot take it between this call and the
+/// server's bind; each call of a test process takes the next port from a start that depends on
+/// the process id, so parallel tests (and test binaries) do not pick the same one.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let _ = NEXT.compare_exchange(0, 20_000 + (std::process::id() * 61) % 10_000, Ordering::SeqCst, Ordering::SeqCst);
+    for _ in 0..2_000 {
+        let p = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = (20_000 + (p - 20_000) % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between 20000 and 32000");
 }
 
 /// A real Kafka-compatible broker: a nisshi process on a free port, killed on drop. Storage is in

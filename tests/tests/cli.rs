@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use weir_tests::{http_get, repo, run_weir, sample_sum, topology_file};
+use weir_tests::{free_port, http_get, repo, run_weir, sample_sum, topology_file, wait_with_timeout, weir};
 
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -225,4 +225,136 @@ fn the_metrics_endpoint_serves_during_a_run() {
         http_get(port, "/metrics").is_none(),
         "the endpoint stops with the topology"
     );
+}
+
+/// A port nothing listens on (bound, then released).
+fn closed_port_brokers() -> String {
+    format!("127.0.0.1:{}", free_port())
+}
+
+#[test]
+fn an_unreachable_broker_is_named_with_its_field() {
+    // Issue 13, item 13: 30 s of silence, then `BrokerTransportFailure` naming neither the
+    // address nor `source.brokers`.
+    let dir = tempfile::tempdir().unwrap();
+    let brokers = closed_port_brokers();
+    let path = topology_file(dir.path(), &brokers, "g", "", "");
+    let out = run_weir(&["run", "--until-end", path.to_str().unwrap()], Duration::from_secs(120));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains(&brokers) && err.contains("source.brokers"), "{err}");
+    assert!(err.contains("cannot reach"), "{err}");
+    // Overridden on the command line: the flag is named instead.
+    let other = closed_port_brokers();
+    let out = run_weir(
+        &["run", "--until-end", "--brokers", &other, path.to_str().unwrap()],
+        Duration::from_secs(120),
+    );
+    let err = stderr(&out);
+    assert!(err.contains(&other) && err.contains("--brokers"), "{err}");
+    // Live: it keeps retrying, saying so, and stops cleanly on SIGTERM.
+    let log = dir.path().join("live.log");
+    let child = weir()
+        .args(["run", path.to_str().unwrap()])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("Kafka brokers unreachable; retrying") {
+            assert!(text.contains(&brokers) && text.contains("source.brokers"), "{text}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no retry warning:\n{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    weir_tests::sigterm(&child);
+    let out = wait_with_timeout(child, Duration::from_secs(120));
+    assert!(!out.status.success(), "a run that never reached its broker does not claim success");
+}
+
+#[test]
+fn check_builds_the_kafka_clients_and_names_a_bogus_property() {
+    // Issue 13, item 14: a bogus librdkafka property passed `weir check`.
+    let dir = tempfile::tempdir().unwrap();
+    let path = topology_file(dir.path(), "127.0.0.1:1", "g", "", "");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "[sink.properties]",
+        "[sink.properties]\n\"linger.mss\" = \"5\"",
+    );
+    std::fs::write(&path, text).unwrap();
+    for cmd in ["check", "run"] {
+        let out = run_weir(&[cmd, path.to_str().unwrap()], Duration::from_secs(60));
+        assert_eq!(out.status.code(), Some(2), "{cmd}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains("sink.properties") && err.contains("linger.mss"), "{cmd}: {err}");
+    }
+}
+
+#[test]
+fn tools_find_their_default_topology_from_any_directory_and_start_quietly() {
+    // Issue 13, item 16: the default topology was relative to the working directory; ONNX
+    // Runtime printed ~86 INFO lines and a CUDA WARN on every start of a CPU-only machine.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = weir()
+        .current_dir(elsewhere.path())
+        .env("ORT_DYLIB_PATH", repo().join(".ort/libonnxruntime.so"))
+        .env_remove("WEIR_LOG")
+        .args(["bench-features", "--events", "2000", "--customers", "50", "--terminals", "100"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("events/s"));
+    let out = weir()
+        .env_remove("WEIR_LOG")
+        .args(["check", "topologies/fraud-scoring.toml"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(!err.contains("WARN") && !err.contains("ERROR"), "a CPU-only machine is the normal case:\n{err}");
+    assert!(err.lines().count() <= 2, "quiet start:\n{err}");
+    let out = weir()
+        .env_remove("WEIR_LOG")
+        .args(["run", "--until-end", "--brokers", "127.0.0.1:1", "topologies/fraud-scoring.toml"])
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    let model_lines = err.lines().filter(|l| l.contains("model loaded")).count();
+    assert_eq!(model_lines, 1, "one INFO line names the provider:\n{err}");
+    assert!(err.lines().filter(|l| l.contains(" INFO ") && l.contains("ort")).count() == 0, "{err}");
+}
+
+#[test]
+fn the_generator_fails_when_the_broker_refuses_records_and_realtime_labels_wait_until_due() {
+    // Issue 13, item 15: `--realtime` stamped labels now + 7 days, nisshi refused them
+    // (InvalidTimestamp) and the generator still exited 0.
+    let broker = weir_tests::NisshiBroker::start();
+    let b = broker.brokers.clone();
+    let small = ["--days", "1", "--customers", "40", "--terminals", "80"];
+    // Simulated days a month ahead: every record is stamped in the future and refused.
+    let future = humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(30 * 86_400)).to_string();
+    let mut args = vec!["generate", "--brokers", &b, "--topic", "refused", "--labels-topic", "refused-labels", "--start", &future];
+    args.extend(small);
+    let out = run_weir(&args, Duration::from_secs(300));
+    assert_eq!(out.status.code(), Some(2), "a generator that failed to deliver exits non-zero: {}", stderr(&out));
+    assert!(stderr(&out).contains("not delivered"), "{}", stderr(&out));
+    // Realtime: transactions now, labels only once due (never, within this run).
+    let mut args = vec!["generate", "--brokers", &b, "--realtime", "--rate", "2000"];
+    args.extend(small);
+    let out = run_weir(&args, Duration::from_secs(300));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    let sent: u64 = text
+        .split("generated ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("summary: {text}"));
+    assert!(sent > 0);
+    let txs = weir_tests::read_topic(&b, "transactions", Duration::from_secs(60)).unwrap();
+    assert_eq!(txs.len() as u64, sent, "every transaction the summary counts was delivered");
+    assert!(text.contains(&format!("0 labels ({sent} not yet due, not sent)")), "{text}");
 }

@@ -118,10 +118,12 @@ fn a_killed_topology_restarts_from_committed_offsets_and_loses_nothing() {
         assert!(first.try_wait().unwrap().is_none(), "first run exited early");
         std::thread::sleep(Duration::from_millis(20));
     }
-    // Let it run (and commit every 100 ms) for a while, then SIGKILL.
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(first.try_wait().unwrap().is_none(), "first run exited early");
-    first.kill().unwrap(); // SIGKILL
+    // Once it has committed something (every 100 ms), SIGKILL (a no-op if it already ended).
+    while committed_total(&broker.brokers, "kill-restart") <= 0 {
+        assert!(Instant::now() < deadline + Duration::from_secs(120), "the first run committed nothing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = first.kill(); // SIGKILL
     let _ = first.wait();
     let at_kill = scored_count(&broker.brokers);
     // The first run committed offsets while it ran (only for acknowledged scores).

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use weir_connectors::kafka::admin::{offsets_for_time, timestamps_at, watermarks};
 use weir_connectors::parquet::sink::score_file_lineages;
-use weir_core::{clock, DeliveryLedger, Lineage, Metrics};
+use weir_core::{clock, DeliveryLedger, FlowControl, Lineage, Metrics};
 use weir_operators::micro_batch::BatchWindow;
 
 use crate::config::{ConfigError, TopologyConfig};
@@ -243,8 +243,10 @@ impl JobState {
     /// Reads a job's state.
     ///
     /// # Errors
+    /// [`BackfillError::Usage`] for a job id that is not one (see [`validate_job_id`]);
     /// [`BackfillError::State`] if it is missing or not a job state.
     pub fn load(state_dir: &Path, job_id: &str) -> Result<Self, BackfillError> {
+        validate_job_id(job_id)?;
         let path = Self::path(state_dir, job_id);
         let text = std::fs::read_to_string(&path).map_err(|e| BackfillError::State {
             path: path.clone(),
@@ -288,6 +290,24 @@ impl JobState {
 
 fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+/// Checks that `job_id` is a job id: 1 to 128 ASCII letters, digits, `-` or `_` (what
+/// `weir backfill` prints, e.g. `bf-20181201T000000Z-1a2b`). It names a file under the state
+/// directory, so anything else (a path, `..`) is refused.
+///
+/// # Errors
+/// [`BackfillError::Usage`] naming the id.
+pub fn validate_job_id(job_id: &str) -> Result<(), BackfillError> {
+    let ok = !job_id.is_empty()
+        && job_id.len() <= 128
+        && job_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    match ok {
+        true => Ok(()),
+        false => Err(BackfillError::Usage(format!(
+            "`{job_id}` is not a backfill job id (1-128 letters, digits, `-` or `_`, as `weir backfill` prints them)"
+        ))),
+    }
 }
 
 fn new_job_id() -> String {
@@ -562,6 +582,9 @@ pub fn run_backfill(opts: &BackfillOptions) -> Result<BackfillReport, BackfillEr
                 .clone()
                 .ok_or_else(|| BackfillError::Usage("give --sink parquet:<dir> or --sink kafka:<topic>".into()))?;
             let brokers = opts.brokers.clone().unwrap_or_else(|| cfg.source.brokers.clone());
+            // Resolving the range needs the brokers: name an unreachable address at once.
+            let field = if opts.brokers.is_some() { "--brokers" } else { "source.brokers" };
+            crate::runner::wait_for_brokers(&brokers, &cfg.source.properties, field, false, &FlowControl::new(1))?;
             let range_text = match range {
                 RangeSpec::Time { from_ms, to_ms } => format!("time [{from_ms}, {to_ms}) ms"),
                 RangeSpec::Offsets { from, to } => format!("offsets from {from:?} to {to:?}"),
@@ -817,5 +840,18 @@ mod tests {
         assert_eq!(JobState::load(dir.path(), "bf-x").unwrap(), j);
         let e = JobState::load(dir.path(), "bf-nope").unwrap_err().to_string();
         assert!(e.contains("bf-nope.json"), "{e}");
+    }
+
+    #[test]
+    fn job_ids_that_are_paths_are_refused() {
+        // Issue 13, item 12: `--resume ../../etc/passwd` read `.weir/backfill/../../etc/passwd.json`.
+        let dir = tempfile::tempdir().unwrap();
+        for bad in ["../../etc/passwd", "/etc/passwd", "a/b", "..", "", "bf x", &"x".repeat(129)] {
+            match JobState::load(dir.path(), bad) {
+                Err(BackfillError::Usage(m)) => assert!(m.contains("not a backfill job id"), "{m}"),
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+        assert!(validate_job_id(&new_job_id()).is_ok(), "the ids weir makes are valid");
     }
 }

@@ -127,7 +127,7 @@ fn raw_onnx(cfg: &TopologyConfig, sim: &SimConfig, seconds: f64, rows: usize) ->
         // Windowed features as for a customer's first transaction: realistic enough for timing.
         let tx = &txs[i % txs.len()].tx;
         let v: Vec<f32> = set
-            .values(tx.tx_time_ms, tx.amount, &vec![1; set.accumulators().len()])
+            .values(tx.tx_time_ms, tx.amount, &vec![1i128; set.accumulators().len()])
             .iter()
             .map(|v| *v as f32)
             .collect();

@@ -114,11 +114,18 @@ pub struct LabelsSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DecodeSection {
-    /// Largest accepted distance of a transaction time into the future.
+    /// Largest accepted distance of a transaction time into the future (of the wall clock).
     #[serde(with = "humantime_serde")]
     pub max_future: Duration,
+    /// Largest accepted distance of a transaction time after its own Kafka message timestamp
+    /// (the watermark's clock); a transaction within it is windowed at its message timestamp.
+    #[serde(with = "humantime_serde")]
+    pub allowed_future: Duration,
     /// Largest accepted payload, bytes.
     pub max_payload_bytes: usize,
+    /// Largest accepted amount, currency units (at most 9e12: amounts are summed in
+    /// micro-units).
+    pub max_amount: f64,
 }
 
 /// `[dead_letter]`.
@@ -127,6 +134,9 @@ pub struct DecodeSection {
 pub struct DeadLetterSection {
     /// Dead-letter topic (on the source's brokers).
     pub topic: String,
+    /// librdkafka producer properties of the dead-letter producer, overriding weir's (the
+    /// score sink's `sink.properties` do not apply to it).
+    pub properties: BTreeMap<String, String>,
 }
 
 /// `[model]`.
@@ -403,6 +413,60 @@ impl TopologyConfig {
                 return Err(self.field_error(field, "must not be empty"));
             }
         }
+        // Durations become i64/u64 milliseconds: beyond a century they are mistakes, and far
+        // beyond it they overflow (`300000000y` turned into a negative limit).
+        const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
+        let durations = [
+            ("source.commit_interval", self.source.commit_interval),
+            ("source.pause_after", self.source.pause_after),
+            ("source.idle_timeout", self.source.idle_timeout),
+            ("source.allowed_lateness", self.source.allowed_lateness),
+            ("source.drain_timeout", self.source.drain_timeout),
+            ("decode.max_future", self.decode.max_future),
+            ("decode.allowed_future", self.decode.allowed_future),
+            ("batching.max_wait", self.batching.max_wait),
+            ("backfill.max_wait", self.backfill.max_wait),
+        ];
+        for (field, d) in durations {
+            if d > MAX_DURATION {
+                return Err(self.field_error(field, format!("{} is more than 100 years", humantime::format_duration(d))));
+            }
+        }
+        for (i, f) in self.features.iter().enumerate() {
+            for (what, d) in [("window", f.window), ("delay", f.delay)] {
+                if d > MAX_DURATION {
+                    return Err(self.field_error(
+                        &format!("feature[{i}].{what}"),
+                        format!("{} is more than 100 years", humantime::format_duration(d)),
+                    ));
+                }
+            }
+        }
+        if self.backfill.warmup != "auto" {
+            if let Ok(d) = humantime::parse_duration(&self.backfill.warmup) {
+                if d > MAX_DURATION {
+                    return Err(self.field_error("backfill.warmup", "more than 100 years"));
+                }
+            }
+        }
+        if !(self.decode.max_amount > 0.0 && self.decode.max_amount <= 9e12) {
+            return Err(self.field_error(
+                "decode.max_amount",
+                format!("{} is not in (0, 9e12] currency units (amounts are summed in micro-units)", self.decode.max_amount),
+            ));
+        }
+        for (k, v) in &self.source.properties {
+            if let Some(why) = weir_connectors::kafka::unsafe_consumer_property(k, v) {
+                return Err(self.field_error(&format!("source.properties.{k}"), format!("`{v}` is refused: {why}")));
+            }
+        }
+        for (section, props) in [("sink", &self.sink.properties), ("dead_letter", &self.dead_letter.properties)] {
+            for (k, v) in props {
+                if let Some(why) = weir_connectors::kafka::sink::unsafe_producer_property(k, v) {
+                    return Err(self.field_error(&format!("{section}.properties.{k}"), format!("`{v}` is refused: {why}")));
+                }
+            }
+        }
         if self.source.pause_after.is_zero() {
             return Err(self.field_error("source.pause_after", "must be greater than 0"));
         }
@@ -479,6 +543,36 @@ impl TopologyConfig {
             other => return Err(self.field_error("sink.kind", format!("`{other}` is not kafka or parquet"))),
         }
         Ok(())
+    }
+
+    /// Builds the Kafka clients' configurations (source and labels consumers, score and
+    /// dead-letter producers) without connecting, so that a property librdkafka does not know or
+    /// refuses fails here, naming its section, rather than after start-up.
+    ///
+    /// # Errors
+    /// [`ConfigError::Field`] naming `source.properties`, `sink.properties` or
+    /// `dead_letter.properties` with librdkafka's message.
+    pub fn check_clients(&self) -> Result<(), ConfigError> {
+        use weir_connectors::kafka::check_client_properties;
+        let brokers = &self.source.brokers;
+        check_client_properties(brokers, &self.source.properties, false)
+            .map_err(|e| self.field_error("source.properties", e))?;
+        if self.sink.kind == "kafka" {
+            check_client_properties(brokers, &self.sink.properties, true)
+                .map_err(|e| self.field_error("sink.properties", e))?;
+        }
+        check_client_properties(brokers, &self.dead_letter.properties, true)
+            .map_err(|e| self.field_error("dead_letter.properties", e))
+    }
+
+    /// The decode limits of `[decode]`.
+    pub fn decode_limits(&self) -> weir_operators::decode::DecodeLimits {
+        weir_operators::decode::DecodeLimits {
+            max_future_ms: self.decode.max_future.as_millis() as i64,
+            allowed_future_ms: self.decode.allowed_future.as_millis() as i64,
+            max_payload_bytes: self.decode.max_payload_bytes,
+            max_amount: self.decode.max_amount,
+        }
     }
 
     /// The model path, resolved against the topology file's directory.
@@ -606,6 +700,58 @@ features = ["amount", "tx_hour"]
         let (field, detail) =
             field_of(&windowed("customer_id", "count", "1d").replace("\"tx_hour\"]", "\"tx_hour\", \"v\"]"));
         assert_eq!(field, "model.features", "{detail}");
+    }
+
+    #[test]
+    fn out_of_range_durations_and_amounts_are_named() {
+        // Issue 13, item 10: `300000000y` passed and overflowed into a negative limit.
+        let (field, detail) = field_of(&format!("{GOOD}\n[decode]\nmax_future = \"300000000y\"\n"));
+        assert_eq!(field, "decode.max_future", "{detail}");
+        assert!(detail.contains("100 years"), "{detail}");
+        let (field, _) = field_of(&format!("{GOOD}\n[source]\nidle_timeout = \"1000y\"\n"));
+        assert_eq!(field, "source.idle_timeout");
+        let (field, _) = field_of(&format!("{GOOD}\n[decode]\nmax_amount = 1e15\n"));
+        assert_eq!(field, "decode.max_amount");
+        let windowed = format!("{GOOD}\n[[feature]]\nname = \"w\"\nentity = \"customer_id\"\naggregation = \"count\"\nwindow = \"500y\"\n")
+            .replace("\"tx_hour\"]", "\"tx_hour\", \"w\"]");
+        let (field, _) = field_of(&windowed);
+        assert_eq!(field, "feature[0].window");
+        assert!(parse(&format!("{GOOD}\n[decode]\nmax_future = \"1y\"\n")).is_ok());
+    }
+
+    #[test]
+    fn properties_that_break_at_least_once_are_refused() {
+        // Issue 13, item 11: sink.properties could switch idempotence and acks off silently.
+        let cases = [
+            ("[sink.properties]\n\"enable.idempotence\" = \"false\"", "sink.properties.enable.idempotence"),
+            ("[sink.properties]\n\"acks\" = \"1\"", "sink.properties.acks"),
+            ("[sink.properties]\n\"message.timeout.ms\" = \"30000\"", "sink.properties.message.timeout.ms"),
+            ("[dead_letter.properties]\n\"acks\" = \"0\"", "dead_letter.properties.acks"),
+            ("[source.properties]\n\"enable.auto.commit\" = \"true\"", "source.properties.enable.auto.commit"),
+            ("[source.properties]\n\"group.id\" = \"other\"", "source.properties.group.id"),
+        ];
+        for (extra, expected) in cases {
+            let (field, detail) = field_of(&format!("{GOOD}\n{extra}\n"));
+            assert_eq!(field, expected, "{extra}: {detail}");
+            assert!(detail.contains("refused"), "{detail}");
+        }
+        assert!(parse(&format!("{GOOD}\n[sink.properties]\n\"acks\" = \"all\"\n\"linger.ms\" = \"1\"\n")).is_ok());
+    }
+
+    #[test]
+    fn unknown_client_properties_are_named_by_their_section() {
+        // Issue 13, item 14: "No such configuration property" did not say where.
+        let cfg = parse(&format!("{GOOD}\n[source.properties]\n\"bogus.property\" = \"1\"\n")).unwrap();
+        match cfg.check_clients() {
+            Err(ConfigError::Field { field, detail, .. }) => {
+                assert_eq!(field, "source.properties");
+                assert!(detail.contains("bogus.property"), "{detail}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let cfg = parse(&format!("{GOOD}\n[dead_letter.properties]\n\"linger.ms\" = \"soon\"\n")).unwrap();
+        assert!(matches!(cfg.check_clients(), Err(ConfigError::Field { field, .. }) if field == "dead_letter.properties"));
+        parse(GOOD).unwrap().check_clients().unwrap();
     }
 
     #[test]

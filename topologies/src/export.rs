@@ -127,7 +127,7 @@ pub fn export_training_set(opts: &ExportOptions) -> Result<ExportReport, DemoErr
     };
     let limits = DecodeLimits {
         max_future_ms: i64::MAX / 2,
-        max_payload_bytes: cfg.decode.max_payload_bytes,
+        ..cfg.decode_limits()
     };
     let (from, to) = (opts.from_ms.unwrap_or(i64::MIN), opts.to_ms.unwrap_or(i64::MAX));
     let labels = Arc::new(labels);

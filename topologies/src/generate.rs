@@ -5,6 +5,12 @@
 //! (transaction time + label delay), so consumers that respect event time never see a label
 //! before its chargeback would arrive. JSONL: one transaction per line in `path`, labels in a
 //! second file.
+//!
+//! With `realtime`, a label is sent only once its time has come (a broker refuses records
+//! stamped far in the future, e.g. nisshi's `InvalidTimestamp` a week ahead, and a label sent
+//! early would be seen before its chargeback): labels still due when the generator ends are
+//! counted in [`GenerateSummary::labels_not_due`], not sent. A record the broker refuses makes
+//! the generator fail with the count and the first error.
 
 use std::collections::BTreeMap;
 use std::io::{BufWriter, Write};
@@ -65,6 +71,10 @@ pub struct GenerateSummary {
     pub frauds: u64,
     /// Malformed events written among the transactions (for dead-letter demos).
     pub malformed: u64,
+    /// Labels sent.
+    pub labels: u64,
+    /// Labels not sent because their time had not come when the generator ended (`realtime`).
+    pub labels_not_due: u64,
 }
 
 /// Malformed events mixed into the stream by `--malformed N`, cycled.
@@ -101,6 +111,23 @@ pub fn generate(
         } => {
             let producer = BulkProducer::new(brokers, &BTreeMap::new())?;
             let started = std::time::Instant::now();
+            // realtime: labels wait until due, `(available_at_ms, seq) -> (key, payload)`.
+            let mut due_labels: BTreeMap<(i64, u64), (String, Vec<u8>)> = BTreeMap::new();
+            let send_due = |producer: &BulkProducer,
+                                due_labels: &mut BTreeMap<(i64, u64), (String, Vec<u8>)>,
+                                summary: &mut GenerateSummary|
+             -> Result<(), ConnectorError> {
+                let now = weir_core::clock::wall_ms();
+                while let Some(entry) = due_labels.first_entry() {
+                    if entry.key().0 > now {
+                        break;
+                    }
+                    let ((at, _), (key, payload)) = entry.remove_entry();
+                    producer.send(labels_topic, Some(key.as_bytes()), &payload, Some(at))?;
+                    summary.labels += 1;
+                }
+                Ok(())
+            };
             for (day, txs) in simulator.enumerate() {
                 for lt in &txs {
                     if let Some(rate) = rate {
@@ -126,12 +153,18 @@ pub fn generate(
                     producer.send(topic, Some(key.as_bytes()), &payload, Some(lt.tx.tx_time_ms))?;
                     let label = serde_json::to_vec(&lt.label).expect("serializable");
                     let lkey = lt.tx.tx_id.to_string();
-                    producer.send(
-                        labels_topic,
-                        Some(lkey.as_bytes()),
-                        &label,
-                        Some(lt.label.available_at_ms),
-                    )?;
+                    if *realtime {
+                        due_labels.insert((lt.label.available_at_ms, lt.tx.tx_id), (lkey, label));
+                        send_due(&producer, &mut due_labels, &mut summary)?;
+                    } else {
+                        producer.send(
+                            labels_topic,
+                            Some(lkey.as_bytes()),
+                            &label,
+                            Some(lt.label.available_at_ms),
+                        )?;
+                        summary.labels += 1;
+                    }
                     summary.transactions += 1;
                     summary.frauds += lt.label.tx_fraud as u64;
                     each(lt);
@@ -144,6 +177,14 @@ pub fn generate(
                     summary.malformed += 1;
                 }
                 on_day(day as u32);
+            }
+            send_due(&producer, &mut due_labels, &mut summary)?;
+            summary.labels_not_due = due_labels.len() as u64;
+            if summary.labels_not_due > 0 {
+                tracing::info!(
+                    labels = summary.labels_not_due,
+                    "labels not sent: their chargebacks are due after the generator ended"
+                );
             }
             producer.flush(Duration::from_secs(120))?;
         }
@@ -170,6 +211,7 @@ pub fn generate(
                     tx_out.write_all(b"\n").map_err(werr(path))?;
                     serde_json::to_writer(&mut label_out, &lt.label).map_err(|e| werr(labels_path)(e.into()))?;
                     label_out.write_all(b"\n").map_err(werr(labels_path))?;
+                    summary.labels += 1;
                     summary.transactions += 1;
                     summary.frauds += lt.label.tx_fraud as u64;
                     each(lt);

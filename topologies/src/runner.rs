@@ -56,6 +56,9 @@ pub enum TopologyError {
     /// The metrics endpoint could not start.
     #[error(transparent)]
     Http(#[from] crate::http::HttpError),
+    /// The topology's client configuration is refused.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
 }
 
 /// Builds scorers; lets tests and benchmarks substitute the ONNX session.
@@ -194,10 +197,14 @@ pub fn flow_control(cfg: &TopologyConfig, max_batch_rows: usize) -> FlowControl 
 }
 
 /// The memory backstop of `topology.max_memory` (`limit`, bytes), given the resident set size
-/// `rss` (bytes): above 90% of the limit, sources pause ([`FlowControl::set_memory_pressure`])
-/// until every event read was scored or dead-lettered (in flight, buffered and queued for
-/// inference all empty); then reading resumes even if the resident size has not shrunk (freed
-/// buffers are reused by the allocator rather than returned to the system).
+/// `rss` (bytes): above 90% of the limit, sources align ([`FlowControl::set_memory_pressure`]):
+/// only the partitions holding the watermark back read, which releases the events the feature
+/// store holds for it, and the others wait in their queues. Sources never stop altogether under
+/// memory pressure: the held events wait for a watermark only reading can advance (a full stop
+/// deadlocked, then let partitions turn idle, so features depended on timing). Pressure ends
+/// once the events in flight drained (in flight, buffered and queued for inference all empty)
+/// or the resident size fell below 80% of the limit (freed buffers are often kept by the
+/// allocator rather than returned to the system).
 pub fn guard_memory(flow: &FlowControl, metrics: &Metrics, rss: u64, limit: Option<u64>) {
     let Some(limit) = limit else { return };
     let drained = flow.in_flight() == 0 && flow.buffered_rows() == 0 && metrics.inflight_batches.get() == 0;
@@ -206,15 +213,36 @@ pub fn guard_memory(flow: &FlowControl, metrics: &Metrics, rss: u64, limit: Opti
         tracing::warn!(
             rss_bytes = rss,
             limit_bytes = limit,
-            "resident memory above 90% of topology.max_memory: sources pause until the events in flight are scored"
+            "resident memory above 90% of topology.max_memory: sources read only the partitions holding the watermark back"
         );
-    } else if flow.memory_pressure() && drained {
+    } else if flow.memory_pressure() && (drained || rss < limit / 10 * 8) {
         flow.set_memory_pressure(false);
-        tracing::info!(
-            rss_bytes = rss,
-            limit_bytes = limit,
-            "events in flight drained: sources resume"
-        );
+        tracing::info!(rss_bytes = rss, limit_bytes = limit, "memory pressure over: sources read every partition");
+    }
+}
+
+/// Waits until `brokers` answer, or fails: a bounded run (until-end, backfill) fails after
+/// 10 s; a live run keeps trying, logging a warning naming the address every attempt, until
+/// the brokers answer or shutdown is requested. `field` says where the brokers were configured.
+///
+/// # Errors
+/// [`weir_connectors::ConnectorError::Unreachable`] naming the address and `field`.
+pub fn wait_for_brokers(
+    brokers: &str,
+    properties: &BTreeMap<String, String>,
+    field: &str,
+    live: bool,
+    flow: &FlowControl,
+) -> Result<(), weir_connectors::ConnectorError> {
+    let timeout = Duration::from_secs(if live { 5 } else { 10 });
+    loop {
+        match weir_connectors::kafka::check_reachable(brokers, properties, field, timeout) {
+            Ok(()) => return Ok(()),
+            Err(e) if live && !flow.shutdown_requested() => {
+                tracing::warn!(brokers, field, error = %e, "Kafka brokers unreachable; retrying");
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -409,16 +437,20 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
     };
     let provider_name = provider.map(|p| p.name()).unwrap_or("custom").to_string();
     if let Some(p) = provider {
+        // A CPU-only machine with ["cuda", "cpu"] is the normal case: one INFO line naming the
+        // provider in use, and the fallback metric.
         let requested = cfg.execution_providers()[0];
         if p != requested {
             metrics.provider_fallbacks.inc();
-            tracing::warn!(
-                requested = requested.name(),
-                using = p.name(),
-                "execution provider fallback"
-            );
         }
-        tracing::info!(provider = p.name(), model = %cfg.model_path().display(), version = %cfg.model.version, "model loaded");
+        tracing::info!(
+            provider = p.name(),
+            requested = requested.name(),
+            fallback = p != requested,
+            model = %cfg.model_path().display(),
+            version = %cfg.model.version,
+            "model loaded"
+        );
     }
     metrics
         .execution_provider
@@ -428,6 +460,13 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
         .model_info
         .with_label_values(&[cfg.model.version.as_str()])
         .set(1);
+
+    // Client properties librdkafka refuses fail here, naming their section; then the brokers
+    // must answer (an unreachable address is named within seconds, not after 30 s of silence).
+    cfg.check_clients()?;
+    let bounded = opts.bounded || opts.ranges.is_some();
+    let field = if opts.brokers.is_some() { "--brokers" } else { "source.brokers" };
+    wait_for_brokers(&brokers, &cfg.source.properties, field, !bounded, &flow)?;
 
     let sink: Arc<dyn ScoreSink> = match (&opts.parquet_dir, cfg.sink.kind.as_str()) {
         (None, _) if opts.kafka_topic.is_some() => Arc::new(KafkaScoreSink::new(
@@ -469,10 +508,12 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
         &brokers,
         &cfg.dead_letter.topic,
         &cfg.source.topic,
-        &cfg.sink.properties,
+        &cfg.dead_letter.properties,
         ledger.clone(),
         metrics.clone(),
     )?);
+    // Score records a sink fails after `write` (a permanent delivery error) become dead letters.
+    sink.set_dead_letters(dlq.clone());
 
     let server = match cfg.metrics.listen.as_str() {
         "" => None,
@@ -490,7 +531,6 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
         cfg.model.version.clone(),
     );
 
-    let bounded = opts.bounded || opts.ranges.is_some();
     let mut source_config = source_config(cfg, &brokers, bounded, opts.start);
     if let Some(r) = &opts.ranges {
         source_config.ranges = Some(Arc::new(r.source.clone()));
@@ -580,10 +620,7 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
             }
         })
     };
-    let limits = DecodeLimits {
-        max_future_ms: cfg.decode.max_future.as_millis() as i64,
-        max_payload_bytes: cfg.decode.max_payload_bytes,
-    };
+    let limits = cfg.decode_limits();
     let positions = Arc::new(weir_connectors::kafka::lag::ConsumerPositions::default());
     let lag_monitor = weir_connectors::kafka::lag::LagMonitor::spawn(
         &brokers,

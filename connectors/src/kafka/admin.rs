@@ -17,6 +17,7 @@ use crate::ConnectorError;
 /// Counts failed deliveries of a [`BulkProducer`].
 #[derive(Default)]
 pub struct CountingContext {
+    delivered: AtomicU64,
     failed: AtomicU64,
     first_error: Mutex<Option<String>>,
 }
@@ -26,9 +27,14 @@ impl ClientContext for CountingContext {}
 impl ProducerContext for CountingContext {
     type DeliveryOpaque = ();
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, _)) = result {
-            self.failed.fetch_add(1, Ordering::Relaxed);
-            self.first_error.lock().unwrap().get_or_insert_with(|| e.to_string());
+        match result {
+            Ok(_) => {
+                self.delivered.fetch_add(1, Ordering::Release);
+            }
+            Err((e, _)) => {
+                self.first_error.lock().unwrap().get_or_insert_with(|| e.to_string());
+                self.failed.fetch_add(1, Ordering::Release);
+            }
         }
     }
 }
@@ -37,6 +43,7 @@ impl ProducerContext for CountingContext {
 /// (`linger.ms=20`), blocking when its local queue is full instead of failing.
 pub struct BulkProducer {
     producer: ThreadedProducer<CountingContext>,
+    sent: AtomicU64,
 }
 
 impl BulkProducer {
@@ -58,7 +65,10 @@ impl BulkProducer {
         )
         .create_with_context(CountingContext::default())
         .map_err(ConnectorError::kafka("create producer"))?;
-        Ok(Self { producer })
+        Ok(Self {
+            producer,
+            sent: AtomicU64::new(0),
+        })
     }
 
     /// Enqueues one record; waits while the local queue is full.
@@ -81,7 +91,10 @@ impl BulkProducer {
         }
         loop {
             match self.producer.send(record) {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.sent.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     record = r;
                     std::thread::sleep(Duration::from_millis(1));
@@ -96,16 +109,79 @@ impl BulkProducer {
         }
     }
 
-    /// Waits until everything is delivered.
+    /// Enqueues one record with an optional (null: tombstone) payload and headers; waits while
+    /// the local queue is full.
     ///
     /// # Errors
-    /// [`ConnectorError::Kafka`] if the flush times out or any delivery failed.
+    /// [`ConnectorError::Kafka`] for any error other than a full queue.
+    pub fn send_record(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        headers: &[(&str, Option<&[u8]>)],
+        timestamp_ms: Option<i64>,
+    ) -> Result<(), ConnectorError> {
+        use rdkafka::message::{Header, OwnedHeaders};
+        let hs = headers
+            .iter()
+            .fold(OwnedHeaders::new(), |h, (key, value)| h.insert(Header { key, value: *value }));
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).headers(hs);
+        if let Some(p) = payload {
+            record = record.payload(p);
+        }
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        if let Some(ts) = timestamp_ms {
+            record = record.timestamp(ts);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => {
+                    self.sent.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((e, _)) => {
+                    return Err(ConnectorError::Kafka {
+                        context: format!("produce to `{topic}`"),
+                        source: e,
+                    })
+                }
+            }
+        }
+    }
+
+    /// Waits until every record sent has its delivery report (delivered or failed).
+    ///
+    /// # Errors
+    /// [`ConnectorError::Kafka`] if the flush times out; [`ConnectorError::File`] if any
+    /// delivery failed (with the count and the first error) or a report is missing.
     pub fn flush(&self, timeout: Duration) -> Result<(), ConnectorError> {
+        let deadline = Instant::now() + timeout;
         self.producer
             .flush(timeout)
             .map_err(ConnectorError::kafka("flush producer"))?;
         let ctx = self.producer.context();
-        let failed = ctx.failed.load(Ordering::Relaxed);
+        // The queue can be empty while the last reports are still being served: count them.
+        let sent = self.sent.load(Ordering::Relaxed);
+        while ctx.delivered.load(Ordering::Acquire) + ctx.failed.load(Ordering::Acquire) < sent {
+            if Instant::now() >= deadline {
+                return Err(ConnectorError::File {
+                    context: "produce".into(),
+                    detail: format!(
+                        "{} of {sent} records have no delivery report after {timeout:?}",
+                        sent - ctx.delivered.load(Ordering::Acquire) - ctx.failed.load(Ordering::Acquire)
+                    ),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let failed = ctx.failed.load(Ordering::Acquire);
         if failed > 0 {
             return Err(ConnectorError::File {
                 context: "produce".into(),

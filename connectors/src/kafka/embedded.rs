@@ -37,4 +37,11 @@ impl EmbeddedKafka {
             .create_topic(topic, partitions, 1)
             .map_err(ConnectorError::kafka(format!("create topic `{topic}`")))
     }
+
+    /// Makes the next `errors.len()` Produce requests (of any client) fail with `errors`, in
+    /// order: for tests of delivery failures.
+    pub fn fail_next_produce(&self, errors: &[rdkafka::types::RDKafkaRespErr]) {
+        self.cluster
+            .request_errors(rdkafka::types::RDKafkaApiKey::Produce, errors);
+    }
 }

@@ -28,7 +28,9 @@
 //! broker thread's next round). librdkafka stops fetching a partition once its queue holds
 //! `queued.max.messages.kbytes` (4 MiB by default). The main queue is still polled, for callbacks.
 //!
-//! **Backpressure**: before reading, the operator checks [`FlowControl::should_pause`]; while it
+//! **Backpressure**: before reading, the operator checks [`FlowControl::should_pause`] and
+//! whether its partitions have [`FlowControl::max_unacked`] events read and not yet acknowledged
+//! by a sink (a sink that stopped acknowledging must not grow the ledger without bound); while either
 //! holds, the operator stops reading its partition queues (librdkafka stops fetching once they
 //! are full, and keeps what it fetched), so lag grows instead of memory. An episode lasting
 //! `pause_after` (an episode ends after 20 ms without pressure) counts as a pause; a subscribed
@@ -86,7 +88,7 @@ use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
-use rdkafka::message::Message;
+use rdkafka::message::{Headers, Message};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use timely::container::CapacityContainerBuilder;
@@ -579,7 +581,12 @@ pub fn kafka_source<'s>(
                 let shutting_down = shared.flow.shutdown_requested();
                 // A side input (no commits: labels) is not held back: the main events in flight
                 // may be waiting for its watermark, which only reading it advances.
-                let want_pause = shutting_down || (config.commit && shared.flow.should_pause());
+                // A sink that stopped acknowledging (events past inference pile up in the
+                // ledger) stops the reads too: memory stays bounded, lag shows the trouble.
+                let unacked_full = config.commit
+                    && !assigned.is_empty()
+                    && shared.ledger.unacked(&assigned) >= shared.flow.max_unacked();
+                let want_pause = shutting_down || (config.commit && (shared.flow.should_pause() || unacked_full));
                 // Watermark alignment (as Flink's split alignment): with half the in-flight limit
                 // reached, rows wait in the feature store for the watermark, which only the
                 // partitions holding it back can advance; the others pause, those keep reading
@@ -698,10 +705,19 @@ pub fn kafka_source<'s>(
                                     // The time it enters the dataflow (late records are raised).
                                     shared.ledger.register(lineage, (ts.max(0) as u64).max(cap_time));
                                 }
+                                let headers = m
+                                    .headers()
+                                    .map(|hs| {
+                                        hs.iter()
+                                            .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                                            .collect()
+                                    })
+                                    .unwrap_or_default();
                                 session.give(SourceEvent {
                                     lineage,
                                     key: m.key().map(<[u8]>::to_vec),
                                     payload: m.payload().map(<[u8]>::to_vec),
+                                    headers,
                                     timestamp_ms: ts,
                                     read_at_us: clock::now_micros(),
                                 });

@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use timely::dataflow::operators::{Inspect, Probe};
-use weir_core::{DeliveryLedger, FlowControl, Metrics, RowMeta, ScoreSink, SourceEvent};
+use weir_core::{DeadLetter, DeadLetterSink, DeliveryLedger, FlowControl, Lineage, Metrics, RowMeta, ScoreSink, SourceEvent};
 
 use super::admin::{read_topic, BulkProducer};
 use super::embedded::EmbeddedKafka;
-use super::sink::KafkaScoreSink;
+use super::sink::{KafkaDeadLetterSink, KafkaScoreSink};
 use super::source::{kafka_source, KafkaSourceConfig, SourceShared, StartPosition};
 
 fn config(brokers: &str, bounded: bool, group: &str) -> KafkaSourceConfig {
@@ -256,4 +256,109 @@ fn watermark_board_does_not_let_idle_workers_hold_back_the_others() {
     );
     // A main topic that knows nothing never follows another.
     assert_eq!(b.publish("other", 0, 1, None, None, None), wm(None, None));
+}
+
+fn letter(offset: i64, payload: Option<Vec<u8>>) -> DeadLetter {
+    DeadLetter {
+        lineage: Lineage { partition: 0, offset },
+        reason: "too_large".into(),
+        detail: "payload too large".into(),
+        key: Some(b"k".to_vec()),
+        payload,
+        headers: vec![("trace-id".into(), Some(b"t-1".to_vec())), ("empty".into(), None)],
+        read_at_us: 0,
+    }
+}
+
+fn sinks(kafka: &EmbeddedKafka) -> (Arc<DeliveryLedger>, Arc<Metrics>, KafkaScoreSink, Arc<KafkaDeadLetterSink>) {
+    for t in ["scores", "dlq"] {
+        kafka.create_topic(t, 1).unwrap();
+    }
+    let brokers = kafka.bootstrap_servers();
+    let ledger = Arc::new(DeliveryLedger::new());
+    let metrics = Arc::new(Metrics::new("t"));
+    let none = BTreeMap::new();
+    let scores = KafkaScoreSink::new(&brokers, "scores", &none, ledger.clone(), metrics.clone()).unwrap();
+    let dlq = Arc::new(KafkaDeadLetterSink::new(&brokers, "dlq", "events", &none, ledger.clone(), metrics.clone()).unwrap());
+    (ledger, metrics, scores, dlq)
+}
+
+fn wait_committable(ledger: &DeliveryLedger, want: i64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ledger.committable(&[0]) != vec![(0, want)] {
+        assert!(Instant::now() < deadline, "committable {:?}, want {want}", ledger.committable(&[0]));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn dead_letters_keep_tombstones_and_headers_and_oversized_payloads_are_truncated_not_lost() {
+    // Issue 13, items 2 and 9: a letter over ~1 MB was refused by the producer and dropped; a
+    // tombstone became a 0-byte value and the original headers were dropped.
+    let kafka = EmbeddedKafka::start().unwrap();
+    let (ledger, metrics, _scores, dlq) = sinks(&kafka);
+    for o in 0..3 {
+        ledger.register(Lineage { partition: 0, offset: o }, 0);
+    }
+    dlq.send(letter(0, None)).unwrap();
+    dlq.send(letter(1, Some(vec![b'x'; 2_000_000]))).unwrap();
+    dlq.send(letter(2, Some(b"small".to_vec()))).unwrap();
+    dlq.flush(Duration::from_secs(30)).unwrap();
+    wait_committable(&ledger, 3);
+    let out = read_topic(&kafka.bootstrap_servers(), "dlq", Duration::from_secs(10)).unwrap();
+    assert_eq!(out.len(), 3);
+    assert_eq!(out[0].payload, None, "a tombstone stays null");
+    assert_eq!(out[0].header("trace-id"), Some(&b"t-1"[..]), "original headers kept");
+    assert!(out[0].headers.iter().any(|(k, _)| k == "empty"));
+    assert_eq!(out[0].header("weir.dlq.reason"), Some(&b"too_large"[..]));
+    assert!(out[0].header("weir.dlq.truncated").is_none());
+    let big = &out[1];
+    assert_eq!(big.header("weir.dlq.truncated"), Some(&b"true"[..]));
+    assert_eq!(big.header("weir.dlq.original_bytes"), Some(&b"2000000"[..]));
+    let kept = big.payload.as_deref().unwrap();
+    assert!(!kept.is_empty() && kept.len() < 1_000_000 && kept.iter().all(|b| *b == b'x'));
+    assert_eq!(out[2].payload.as_deref(), Some(&b"small"[..]));
+    assert_eq!(metrics.dead_letters_truncated.get(), 1);
+    assert_eq!(metrics.dead_letters_unwritten.get(), 0);
+}
+
+#[test]
+fn a_letter_the_broker_refuses_as_too_large_is_sent_again_truncated() {
+    let kafka = EmbeddedKafka::start().unwrap();
+    let (ledger, metrics, _scores, dlq) = sinks(&kafka);
+    ledger.register(Lineage { partition: 0, offset: 0 }, 0);
+    kafka.fail_next_produce(&[rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE]);
+    dlq.send(letter(0, Some(vec![b'y'; 100_000]))).unwrap();
+    wait_committable(&ledger, 1);
+    let out = read_topic(&kafka.bootstrap_servers(), "dlq", Duration::from_secs(10)).unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].header("weir.dlq.truncated"), Some(&b"true"[..]));
+    assert_eq!(out[0].header("weir.dlq.original_bytes"), Some(&b"100000"[..]));
+    assert_eq!(out[0].payload.as_ref().map(Vec::len), Some(super::sink::BROKER_RETRY_BYTES));
+    assert_eq!(out[0].header("trace-id"), Some(&b"t-1"[..]));
+    assert_eq!(metrics.dead_letters_truncated.get(), 1);
+}
+
+#[test]
+fn a_score_record_whose_delivery_fails_becomes_a_dead_letter_and_is_acknowledged() {
+    // Issue 13, item 3: a failed row was only logged, and its partition never committed again.
+    let kafka = EmbeddedKafka::start().unwrap();
+    let (ledger, metrics, scores, dlq) = sinks(&kafka);
+    scores.set_dead_letters(dlq.clone());
+    let row = RowMeta {
+        lineage: Lineage { partition: 0, offset: 0 },
+        tx_id: 7,
+        event_time_ms: 5,
+        read_at_us: 0,
+    };
+    ledger.register(row.lineage, 0);
+    kafka.fail_next_produce(&[rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE]);
+    scores.write(&[row], &[0.5], "v1").unwrap();
+    wait_committable(&ledger, 1);
+    let out = read_topic(&kafka.bootstrap_servers(), "dlq", Duration::from_secs(10)).unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].header("weir.dlq.reason"), Some(&b"sink"[..]));
+    let v: serde_json::Value = serde_json::from_slice(out[0].payload.as_deref().unwrap()).unwrap();
+    assert_eq!(v["tx_id"], 7, "the score record travels as the letter's payload");
+    assert_eq!(metrics.scores_out.get(), 0);
 }

@@ -147,9 +147,10 @@ enum Command {
     },
     /// Run the whole path on an embedded broker and print a summary.
     Demo {
-        /// Topology file.
-        #[arg(long, default_value = "topologies/fraud-scoring.toml")]
-        topology: PathBuf,
+        /// Topology file (default: `topologies/fraud-scoring.toml` in the working directory or in
+        /// the workspace the `weir` binary was built in).
+        #[arg(long)]
+        topology: Option<PathBuf>,
         #[command(flatten)]
         sim: SimArgs,
         /// Malformed events mixed into the stream.
@@ -163,9 +164,9 @@ enum Command {
     /// (CSV, Markdown) and a plot (SVG) of p99 latency against throughput, and recommend the
     /// fastest window within the p99 target.
     Tune {
-        /// Topology file.
-        #[arg(default_value = "topologies/fraud-scoring.toml")]
-        topology: PathBuf,
+        /// Topology file (default: `topologies/fraud-scoring.toml` in the working directory or in
+        /// the workspace the `weir` binary was built in).
+        topology: Option<PathBuf>,
         /// Recording: JSON Lines transactions (as `weir generate --out` writes).
         #[arg(long, conflicts_with = "brokers")]
         input: Option<PathBuf>,
@@ -202,9 +203,10 @@ enum Command {
     },
     /// Measure raw ONNX Runtime, raw Kafka I/O and the pipeline, side by side.
     Bench {
-        /// Topology file.
-        #[arg(long, default_value = "topologies/fraud-scoring.toml")]
-        topology: PathBuf,
+        /// Topology file (default: `topologies/fraud-scoring.toml` in the working directory or in
+        /// the workspace the `weir` binary was built in).
+        #[arg(long)]
+        topology: Option<PathBuf>,
         #[command(flatten)]
         sim: SimArgs,
         /// Partitions of each topic (the embedded broker keeps at most 5 MiB per partition).
@@ -216,9 +218,10 @@ enum Command {
     },
     /// Measure the feature store alone: events/s and resident memory over N simulated events.
     BenchFeatures {
-        /// Topology file (feature definitions).
-        #[arg(long, default_value = "topologies/fraud-scoring.toml")]
-        topology: PathBuf,
+        /// Topology file, for its feature definitions (default: `topologies/fraud-scoring.toml` in
+        /// the working directory or in the workspace the `weir` binary was built in).
+        #[arg(long)]
+        topology: Option<PathBuf>,
         /// Transactions to feed.
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
@@ -305,9 +308,31 @@ fn rfc3339_ms(s: &str, flag: &str) -> Result<i64, String> {
     }
 }
 
+/// The default topology of the tools: `topologies/fraud-scoring.toml` in the working directory,
+/// else in the workspace the binary was built in (`target/<profile>/weir` -> the workspace root).
+fn default_topology(given: Option<PathBuf>) -> Result<PathBuf, String> {
+    if let Some(p) = given {
+        return Ok(p);
+    }
+    const REL: &str = "topologies/fraud-scoring.toml";
+    let mut tried = vec![std::env::current_dir().map(|d| d.join(REL)).unwrap_or_else(|_| PathBuf::from(REL))];
+    if let Ok(exe) = std::env::current_exe() {
+        tried.extend(exe.ancestors().skip(1).take(4).map(|a| a.join(REL)));
+    }
+    tried.iter().find(|p| p.exists()).cloned().ok_or_else(|| {
+        format!(
+            "no topology given and `{REL}` not found (looked at {}); pass one with --topology",
+            tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        )
+    })
+}
+
+/// Logs to stderr with `WEIR_LOG`'s filter, else `default`. ONNX Runtime's own logs (through
+/// ort's `tracing` feature: ~86 INFO lines per session) are kept to warnings unless `WEIR_LOG`
+/// names `ort`.
 fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},ort=warn")));
     use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -493,8 +518,8 @@ fn main() -> ExitCode {
                 let s = generate(config, &target, malformed, rate, |_| {}, |_| pb.inc(1)).map_err(|e| e.to_string())?;
                 pb.finish_and_clear();
                 println!(
-                    "generated {} transactions ({} fraudulent), {} malformed events -> {target:?}",
-                    s.transactions, s.frauds, s.malformed
+                    "generated {} transactions ({} fraudulent), {} malformed events, {} labels ({} not yet due, not sent) -> {target:?}",
+                    s.transactions, s.frauds, s.malformed, s.labels, s.labels_not_due
                 );
                 Ok(())
             })()
@@ -508,7 +533,7 @@ fn main() -> ExitCode {
             init_logging("warn");
             (|| {
                 let opts = DemoOptions {
-                    topology,
+                    topology: default_topology(topology)?,
                     sim: sim.config()?,
                     malformed,
                     partitions,
@@ -545,7 +570,7 @@ fn main() -> ExitCode {
                     parse_durations, parse_rows, recommendation_line, run_tune, Recording, TuneOptions,
                 };
                 let opts = TuneOptions {
-                    topology,
+                    topology: default_topology(topology)?,
                     max_batch_rows: parse_rows(&max_batch_rows).map_err(|e| e.to_string())?,
                     max_wait: parse_durations(&max_wait).map_err(|e| e.to_string())?,
                     rate,
@@ -594,7 +619,7 @@ fn main() -> ExitCode {
             init_logging("warn");
             (|| {
                 let opts = BenchOptions {
-                    topology,
+                    topology: default_topology(topology)?,
                     sim: sim.config()?,
                     partitions,
                     onnx_seconds,
@@ -619,6 +644,7 @@ fn main() -> ExitCode {
                     n_days: 100_000,
                     ..SimConfig::default()
                 };
+                let topology = default_topology(topology)?;
                 let r = weir_topologies::bench::run_feature_bench(&topology, sim, events, workers)
                     .map_err(|e| e.to_string())?;
                 println!(
@@ -713,6 +739,7 @@ fn main() -> ExitCode {
             init_logging("warn");
             (|| {
                 let cfg = TopologyConfig::load(&topology).map_err(|e| e.to_string())?;
+                cfg.check_clients().map_err(|e| e.to_string())?;
                 let (_, provider) = open_scorers(&cfg, None).map_err(|e| e.to_string())?;
                 println!(
                     "ok: topology `{}`, model {} ({}), {} features, execution provider {}",
