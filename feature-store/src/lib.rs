@@ -4,9 +4,11 @@
 //! - [`definition`]: per-transaction features (amount, hour, weekend, night) and per-entity
 //!   windowed aggregates (count, sum, mean, fraud ratio over a window, optionally delayed), with
 //!   their exact window semantics;
-//! - [`windows`]: their incremental maintenance with differential dataflow, point-in-time
-//!   correct: a transaction's features are its entity's aggregates as of its event time, emitted
-//!   once the frontier has passed that time.
+//! - [`keyed`]: the keyed window operator that maintains them, point-in-time correct: per
+//!   entity a compact time-ordered log and running sums with one eviction cursor per window; a
+//!   transaction's features are its entities' aggregates as of its event time, emitted once the
+//!   frontier has passed that time;
+//! - [`windows`]: the entry point ([`windowed_features`]) the topologies use.
 //!
 //! ```
 //! use weir_feature_store::definition::{handbook_features, FeatureSpec};
@@ -17,6 +19,7 @@
 #![deny(missing_docs)]
 
 pub mod definition;
+pub mod keyed;
 pub mod windows;
 
 pub use definition::{handbook_features, Aggregation, Entity, Feature, FeatureSpec, WindowedFeature};

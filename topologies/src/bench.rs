@@ -294,7 +294,26 @@ pub struct FeatureBenchReport {
     pub rss_end: u64,
     /// Peak resident memory, bytes (`VmHWM`).
     pub rss_peak: u64,
+    /// Resident memory before the first event was fed (the generated dataset included), bytes.
+    pub rss_before: u64,
+    /// Transactions inside the longest `window + delay` at the end of the stream.
+    pub events_in_window: u64,
 }
+
+impl FeatureBenchReport {
+    /// Transactions per second per worker.
+    pub fn events_per_second_per_worker(&self) -> f64 {
+        self.events as f64 / self.seconds.max(1e-9) / self.workers.max(1) as f64
+    }
+
+    /// Peak resident growth per transaction inside the longest window, bytes.
+    pub fn bytes_per_event_in_window(&self) -> f64 {
+        self.rss_peak.saturating_sub(self.rss_before) as f64 / self.events_in_window.max(1) as f64
+    }
+}
+
+/// Events per epoch of the feature benchmark's input: the timely time advances once per epoch.
+pub const FEATURE_BENCH_EPOCH: usize = 1024;
 
 fn proc_status_kb(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -309,7 +328,13 @@ fn proc_status_kb(field: &str) -> u64 {
 
 /// Feeds `events` simulated transactions (and their labels, in arrival order) through the
 /// topology's feature store alone, with `workers` workers, and measures throughput and memory.
-/// Worker 0 generates day by day, so the dataset itself never sits in memory.
+///
+/// The events are generated first (the simulator is not what is measured) and fed by worker 0
+/// with coarse timely time: the input advances to the next event's time once per epoch of
+/// [`FEATURE_BENCH_EPOCH`] events (records carry their event time). Memory: the resident size
+/// before feeding (the dataset included) is the baseline; the growth to the peak, over the
+/// events inside the longest `window + delay` at the end of the stream, is the cost per event
+/// the windows hold.
 ///
 /// # Errors
 /// [`DemoError`] if the topology file is invalid.
@@ -324,20 +349,73 @@ pub fn run_feature_bench(
     use std::sync::Arc;
     use timely::dataflow::operators::vec::Input;
     use timely::dataflow::operators::{Inspect, Probe};
-    use weir_core::{Label, Lineage, RowMeta};
+    use weir_core::{Label, Lineage, RowMeta, Transaction};
 
     let cfg = TopologyConfig::load(topology)?;
     let spec = cfg.feature_spec();
+    // The dataset, in arrival order: each label once its chargeback is due.
+    enum Arrival {
+        Tx(RowMeta, Transaction),
+        Label(Label),
+    }
+    let mut arrivals: Vec<(i64, Arrival)> = Vec::with_capacity(2 * events as usize);
+    let mut pending: VecDeque<Label> = VecDeque::new();
+    let mut n = 0u64;
+    'days: for day in Simulator::new(sim.clone()) {
+        for lt in day {
+            let t = lt.tx.tx_time_ms;
+            while pending.front().is_some_and(|l| l.available_at_ms <= t) {
+                let l = pending.pop_front().expect("non-empty");
+                arrivals.push((l.available_at_ms, Arrival::Label(l)));
+            }
+            let l = &lt.label;
+            pending.push_back(Label {
+                tx_id: l.tx_id,
+                tx_time_ms: l.tx_time_ms,
+                customer_id: l.customer_id,
+                terminal_id: l.terminal_id,
+                tx_fraud: l.tx_fraud,
+                available_at_ms: l.available_at_ms,
+            });
+            let meta = RowMeta {
+                lineage: Lineage {
+                    partition: 0,
+                    offset: lt.tx.tx_id as i64,
+                },
+                tx_id: lt.tx.tx_id,
+                event_time_ms: t,
+                read_at_us: 0,
+            };
+            arrivals.push((t, Arrival::Tx(meta, lt.tx)));
+            n += 1;
+            if n >= events {
+                break 'days;
+            }
+        }
+    }
+    let last_t = arrivals.last().map_or(0, |a| a.0);
+    let lookback = spec
+        .accumulators()
+        .iter()
+        .map(|a| (a.window_ms + a.delay_ms) as i64)
+        .max()
+        .unwrap_or(0);
+    let in_window = arrivals
+        .iter()
+        .filter(|(t, a)| matches!(a, Arrival::Tx(..)) && *t > last_t - lookback)
+        .count() as u64;
+    let n_labels = arrivals.iter().filter(|(_, a)| matches!(a, Arrival::Label(_))).count() as u64;
+    let arrivals = Arc::new(arrivals);
+    let rss_before = proc_status_kb("VmRSS:") * 1024;
+
     let out = Arc::new(AtomicU64::new(0));
-    let fed = Arc::new(AtomicU64::new(0));
-    let labels_fed = Arc::new(AtomicU64::new(0));
-    let (o2, f2, l2) = (out.clone(), fed.clone(), labels_fed.clone());
+    let o2 = out.clone();
     let started = Instant::now();
     timely::execute(timely::Config::process(workers), move |worker| {
         let out = o2.clone();
         let spec = spec.clone();
         let (mut tx_in, mut label_in, probe) = worker.dataflow::<u64, _, _>(|scope| {
-            let (tx_in, txs) = scope.new_input::<(RowMeta, weir_core::Transaction)>();
+            let (tx_in, txs) = scope.new_input::<(RowMeta, Transaction)>();
             let (label_in, labels) = scope.new_input::<Label>();
             let (probe, _) = weir_feature_store::windowed_features(txs, Some(labels), spec)
                 .inspect(move |_| {
@@ -347,55 +425,21 @@ pub fn run_feature_bench(
             (tx_in, label_in, probe)
         });
         if worker.index() == 0 {
-            let mut pending: VecDeque<Label> = VecDeque::new();
-            let mut n = 0u64;
-            'days: for day in Simulator::new(sim.clone()) {
-                for lt in day {
-                    let t = lt.tx.tx_time_ms;
-                    while pending.front().is_some_and(|l| l.available_at_ms <= t) {
-                        label_in.send(pending.pop_front().expect("non-empty"));
-                        l2.fetch_add(1, Ordering::Relaxed);
+            for (i, (t, a)) in arrivals.iter().enumerate() {
+                if i % FEATURE_BENCH_EPOCH == 0 {
+                    // Coarse time: every later arrival is at or after this one's time.
+                    let t = *t as u64;
+                    if t > *tx_in.time() {
+                        tx_in.advance_to(t);
+                        label_in.advance_to(t);
                     }
-                    if t as u64 > *tx_in.time() {
-                        tx_in.advance_to(t as u64);
-                        label_in.advance_to(t as u64);
-                    }
-                    let meta = RowMeta {
-                        lineage: Lineage {
-                            partition: 0,
-                            offset: lt.tx.tx_id as i64,
-                        },
-                        tx_id: lt.tx.tx_id,
-                        event_time_ms: t,
-                        read_at_us: 0,
-                    };
-                    let l = &lt.label;
-                    pending.push_back(Label {
-                        tx_id: l.tx_id,
-                        tx_time_ms: l.tx_time_ms,
-                        customer_id: l.customer_id,
-                        terminal_id: l.terminal_id,
-                        tx_fraud: l.tx_fraud,
-                        available_at_ms: l.available_at_ms,
-                    });
-                    tx_in.send((meta, lt.tx));
-                    n += 1;
-                    if n.is_multiple_of(1024) {
-                        worker.step();
-                    }
-                    if n.is_multiple_of(100_000) {
-                        eprintln!(
-                            "  {n} events: resident {:.0} MiB, {:.0} events/s so far",
-                            proc_status_kb("VmRSS:") as f64 / 1024.0,
-                            n as f64 / started.elapsed().as_secs_f64()
-                        );
-                    }
-                    if n >= events {
-                        break 'days;
-                    }
+                    worker.step();
+                }
+                match a {
+                    Arrival::Tx(meta, tx) => tx_in.send((*meta, tx.clone())),
+                    Arrival::Label(l) => label_in.send(*l),
                 }
             }
-            f2.store(n, Ordering::Relaxed);
         }
         drop(tx_in);
         drop(label_in);
@@ -405,18 +449,20 @@ pub fn run_feature_bench(
     })
     .map_err(DemoError::Usage)?;
     let seconds = started.elapsed().as_secs_f64();
-    let events = fed.load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(
         out.load(std::sync::atomic::Ordering::Relaxed),
-        events,
+        n,
         "one feature vector per transaction"
     );
+    let rss_peak = proc_status_kb("VmHWM:") * 1024;
     Ok(FeatureBenchReport {
         workers,
-        events,
-        labels: labels_fed.load(std::sync::atomic::Ordering::Relaxed),
+        events: n,
+        labels: n_labels,
         seconds,
         rss_end: proc_status_kb("VmRSS:") * 1024,
-        rss_peak: proc_status_kb("VmHWM:") * 1024,
+        rss_peak,
+        rss_before,
+        events_in_window: in_window,
     })
 }

@@ -648,14 +648,17 @@ fn main() -> ExitCode {
                 let r = weir_topologies::bench::run_feature_bench(&topology, sim, events, workers)
                     .map_err(|e| e.to_string())?;
                 println!(
-                    "feature store: {} transactions + {} labels, {customers} customers / {terminals} terminals, {} workers: {:.1} s = {:.0} events/s; resident memory after {:.0} MiB, peak {:.0} MiB",
+                    "feature store: {} transactions + {} labels, {customers} customers / {terminals} terminals, {} workers: {:.2} s = {:.0} events/s = {:.0} events/s per worker; resident memory before {:.0} MiB, peak {:.0} MiB: {:.1} bytes per transaction inside the longest window ({} transactions)",
                     r.events,
                     r.labels,
                     r.workers,
                     r.seconds,
                     r.events as f64 / r.seconds,
-                    r.rss_end as f64 / (1 << 20) as f64,
+                    r.events_per_second_per_worker(),
+                    r.rss_before as f64 / (1 << 20) as f64,
                     r.rss_peak as f64 / (1 << 20) as f64,
+                    r.bytes_per_event_in_window(),
+                    r.events_in_window,
                 );
                 Ok(())
             })()

@@ -1,0 +1,525 @@
+//! The keyed window operator: per entity, a time-ordered log and running sums with one eviction
+//! cursor per window (subtract-on-evict), in timely operators exchanged by entity.
+//!
+//! A transaction's windowed features need two entities (its customer and its terminal), so the
+//! features are computed in one stage per entity kind, chained: each stage exchanges rows by its
+//! entity, fills the accumulator slots of its kind and passes the row on; the last stage turns
+//! the slots into the feature vector ([`FeatureSpec::values`]).
+//!
+//! **Time.** Rows and labels carry their event time (`RowMeta::event_time_ms`; a label's
+//! `available_at_ms`), raised to their message's timely time if behind it (late). A stage buffers
+//! what it receives and processes, in event-time order, every time the frontier of its inputs has
+//! passed: then every event up to that time, from every partition and from the labels, is there.
+//! At one millisecond, labels are applied first, then the transactions are inserted, then they
+//! read their windows: a window `(t - d - w, t - d]` with `d = 0` includes the transaction itself
+//! and every other of the entity at the same millisecond (the handbook's rolling windows).
+//!
+//! **State per entity** (Feldera's rolling aggregates and the sliding-window literature's
+//! subtract-on-evict, for invertible aggregates): a log of what the windows need, in columns
+//! (event time, and only where an accumulator reads them the amount in micro-units, or the
+//! transaction id and fraud flag: 16 or 17 bytes per event for the handbook's features), in time
+//! order, and per accumulator a running sum (`i128`) with a `head` cursor (the next entry to
+//! enter the window, once its time is `<= t - d`) and a `tail` cursor (the next entry to leave it,
+//! once its time is `<= t - d - w`). Queries come in increasing time, so both cursors only move
+//! forward: a hash lookup and a few additions per event and accumulator. Entries every window has
+//! left are dropped from the front of the log, so the log holds the events of the longest
+//! `window + delay`.
+//!
+//! **Labels are upserts keyed by transaction id.** A label finds its transaction in its
+//! terminal's (or customer's) log by time and id and sets the entry's fraud flag; a window
+//! holding the entry gains or loses the difference. A label re-sent counts once; a later
+//! `tx_fraud = 0` undoes an earlier 1. A label whose transaction has not been seen waits beside
+//! the log until it is; one whose transaction left every window is irrelevant and dropped.
+//!
+//! ```
+//! use timely::dataflow::operators::{ToStream, Capture, capture::Extract, vec::Map};
+//! use weir_core::{Lineage, RowMeta, Transaction};
+//! use weir_feature_store::{definition::{handbook_features, FeatureSpec}, keyed::keyed_features};
+//! let spec = FeatureSpec::new(&["customer_id_nb_tx_1day_window"], &handbook_features()).unwrap();
+//! let rows: Vec<(RowMeta, Transaction)> = (0..3u64).map(|i| {
+//!     let tx = Transaction { tx_id: i, tx_time_ms: 1000 + i as i64, customer_id: 7, terminal_id: 1, amount: 1.0 };
+//!     (RowMeta { lineage: Lineage { partition: 0, offset: i as i64 }, tx_id: i, event_time_ms: tx.tx_time_ms, read_at_us: 0 }, tx)
+//! }).collect();
+//! let out = timely::example(move |scope| {
+//!     keyed_features(rows.to_stream(scope), None, spec)
+//!         .map(|fv| (fv.meta.tx_id, fv.values[0] as u64))
+//!         .capture()
+//! });
+//! let mut counts: Vec<(u64, u64)> = out.extract().into_iter().flat_map(|(_, v)| v).collect();
+//! counts.sort();
+//! // Each transaction counts the customer's transactions in its 1-day window, itself included.
+//! assert_eq!(counts, vec![(0, 1), (1, 2), (2, 3)]);
+//! ```
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::vec::Map;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::StreamVec;
+use weir_core::{Label, RowMeta, Transaction};
+
+use crate::definition::{amount_micros, AccKind, Entity, FeatureSpec};
+use crate::windows::FeatureValues;
+
+/// A fast hasher for integer keys (entity and transaction ids): one multiply (Fibonacci hashing,
+/// Knuth TAOCP vol. 3, 6.4). Entity ids are not chosen by an adversary who could see the
+/// process's hash seeds, and the keys are spread by the exchange already.
+#[derive(Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ *b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0 ^ v).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// `HashMap` keyed by integer ids with [`IdHasher`].
+pub type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+
+/// A running windowed sum over an entity's log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cursor {
+    /// Sequence number of the next entry to enter the window.
+    pub head: u64,
+    /// Sequence number of the next entry to leave the window.
+    pub tail: u64,
+    /// Sum of the entries in `[tail, head)`.
+    pub sum: i128,
+}
+
+/// One accumulator of a stage: what it sums and over which window.
+#[derive(Debug, Clone, Copy)]
+struct Acc {
+    /// Slot in the row's accumulator vector.
+    slot: usize,
+    kind: AccKind,
+    window_ms: u64,
+    delay_ms: u64,
+}
+
+
+/// Which columns a stage's logs keep: only what its accumulators read.
+#[derive(Debug, Clone, Copy, Default)]
+struct Columns {
+    /// Amounts (a sum or mean of amounts).
+    amounts: bool,
+    /// Transaction ids and fraud flags (fraud ratios: labels find their transaction).
+    labels: bool,
+}
+
+/// The windows of one entity: its log, in columns (event time ms; amount in micro-units;
+/// transaction id; fraud flag: 8 + 8 + 8 + 1 bytes per event, each only if an accumulator of
+/// the stage needs it), and one cursor per accumulator of the stage.
+#[derive(Debug, Default)]
+pub struct EntityWindows {
+    /// Event (processing) times, ms, in order.
+    times: VecDeque<u64>,
+    /// Amounts, micro-units (empty unless an accumulator sums amounts).
+    amounts: VecDeque<i64>,
+    /// Transaction ids (empty unless an accumulator counts frauds).
+    ids: VecDeque<u64>,
+    /// 1 if the latest label of the transaction says fraud (as `ids`).
+    frauds: VecDeque<u8>,
+    /// Sequence number of the first entry.
+    base: u64,
+    /// One per accumulator of the stage, in the stage's order.
+    cursors: Vec<Cursor>,
+    /// Labels whose transaction is not in the log yet: tx id -> fraud flag.
+    waiting_labels: IdMap<u64, u8>,
+}
+
+impl EntityWindows {
+    fn new(n_accs: usize) -> Self {
+        Self {
+            cursors: vec![Cursor::default(); n_accs],
+            ..Self::default()
+        }
+    }
+
+    /// Events in the log.
+    pub fn len(&self) -> usize {
+        self.times.len()
+    }
+
+    /// Whether the log is empty.
+    pub fn is_empty(&self) -> bool {
+        self.times.is_empty()
+    }
+
+    fn value(&self, a: &Acc, i: usize) -> i128 {
+        match a.kind {
+            AccKind::TxCount => 1,
+            AccKind::AmountMicros => self.amounts[i] as i128,
+            AccKind::FraudCount => self.frauds[i] as i128,
+        }
+    }
+
+    /// Appends a transaction at `time` (not before the last entry).
+    fn insert(&mut self, cols: Columns, time: u64, amount: i64, tx_id: u64) {
+        self.times.push_back(time);
+        if cols.amounts {
+            self.amounts.push_back(amount);
+        }
+        if cols.labels {
+            let fraud = match self.waiting_labels.is_empty() {
+                true => 0,
+                false => self.waiting_labels.remove(&tx_id).unwrap_or(0),
+            };
+            self.ids.push_back(tx_id);
+            self.frauds.push_back(fraud);
+        }
+    }
+
+    /// The window sums as of `t`, written to `out[acc.slot]`.
+    fn read(&mut self, accs: &[Acc], t: u64, out: &mut [i128]) {
+        let end = self.base + self.times.len() as u64;
+        for (k, a) in accs.iter().enumerate() {
+            let mut c = self.cursors[k];
+            // Enter: entries with time <= t - d.
+            if let Some(upto) = t.checked_sub(a.delay_ms) {
+                while c.head < end && self.times[(c.head - self.base) as usize] <= upto {
+                    c.sum += self.value(a, (c.head - self.base) as usize);
+                    c.head += 1;
+                }
+                // Leave: entries with time <= t - d - w.
+                if let Some(gone) = upto.checked_sub(a.window_ms) {
+                    while c.tail < c.head && self.times[(c.tail - self.base) as usize] <= gone {
+                        c.sum -= self.value(a, (c.tail - self.base) as usize);
+                        c.tail += 1;
+                    }
+                }
+            }
+            self.cursors[k] = c;
+            out[a.slot] = c.sum;
+        }
+        // Entries every window has left are no longer needed.
+        let keep_from = self.cursors.iter().map(|c| c.tail).min().unwrap_or(end);
+        let drop = (keep_from - self.base) as usize;
+        if drop > 0 {
+            self.times.drain(..drop);
+            if !self.amounts.is_empty() {
+                self.amounts.drain(..drop);
+            }
+            if !self.ids.is_empty() {
+                self.ids.drain(..drop);
+                self.frauds.drain(..drop);
+            }
+            self.base = keep_from;
+        }
+    }
+
+    /// Applies a label (upsert by transaction id): the entry's fraud flag becomes `fraud`, and
+    /// fraud-count windows that hold it change by the difference. `now`: the label's processing
+    /// time; `lookback`: the longest `window + delay` of the stage, ms.
+    fn label(&mut self, accs: &[Acc], tx_id: u64, tx_time: u64, fraud: u8, now: u64, lookback: u64) {
+        // Entries are in time order: find the transaction's millisecond, then its id; a late
+        // transaction was logged at the time it was processed, found by a scan.
+        let start = self.times.partition_point(|t| *t < tx_time);
+        let found = (start..self.times.len())
+            .take_while(|&i| self.times[i] == tx_time)
+            .find(|&i| self.ids[i] == tx_id)
+            .or_else(|| self.ids.iter().position(|id| *id == tx_id));
+        let Some(i) = found else {
+            // Not seen yet (a label before its transaction, or a late transaction still to
+            // come): it waits, unless its transaction would be out of every window by now.
+            if tx_time.saturating_add(lookback) >= now {
+                self.waiting_labels.insert(tx_id, fraud);
+            }
+            return;
+        };
+        let old = self.frauds[i];
+        if old == fraud {
+            return;
+        }
+        self.frauds[i] = fraud;
+        let seq = self.base + i as u64;
+        for (k, a) in accs.iter().enumerate() {
+            let c = &mut self.cursors[k];
+            if a.kind == AccKind::FraudCount && c.tail <= seq && seq < c.head {
+                c.sum += fraud as i128 - old as i128;
+            }
+        }
+    }
+}
+
+/// A transaction on its way through the stages: its accumulator slots fill as it goes.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StagedRow {
+    /// Identity and lineage.
+    pub meta: RowMeta,
+    /// The transaction.
+    pub tx: Transaction,
+    /// Its processing time: event time, raised to the timely time it arrived at if late, ms.
+    pub t: u64,
+    /// Accumulator totals by slot (amounts in micro-units).
+    pub acc: Vec<i128>,
+}
+
+fn entity_id(e: Entity, tx: &Transaction) -> u64 {
+    match e {
+        Entity::Customer => tx.customer_id,
+        Entity::Terminal => tx.terminal_id,
+    }
+}
+
+fn label_entity(e: Entity, l: &Label) -> u64 {
+    match e {
+        Entity::Customer => l.customer_id,
+        Entity::Terminal => l.terminal_id,
+    }
+}
+
+fn spread(id: u64) -> u64 {
+    // The exchange takes the hash modulo the worker count: mix the id so consecutive ids spread.
+    (id ^ (id >> 29)).wrapping_mul(0xBF58_476D_1CE4_E5B9)
+}
+
+/// One stage: the windows of entity kind `entity` for the accumulators `accs`.
+fn stage<'s>(
+    rows: StreamVec<'s, u64, StagedRow>,
+    labels: Option<StreamVec<'s, u64, Label>>,
+    entity: Entity,
+    accs: Vec<Acc>,
+) -> StreamVec<'s, u64, StagedRow> {
+    let name = format!("KeyedWindows({entity:?})");
+    let lookback = accs.iter().map(|a| a.window_ms + a.delay_ms).max().unwrap_or(0);
+    let cols = Columns {
+        amounts: accs.iter().any(|a| a.kind == AccKind::AmountMicros),
+        labels: accs.iter().any(|a| a.kind == AccKind::FraudCount),
+    };
+    let route_rows = Exchange::new(move |r: &StagedRow| spread(entity_id(entity, &r.tx)));
+    let route_labels = Exchange::new(move |l: &Label| spread(label_entity(entity, l)));
+    // A stage without labels reads an empty label stream (its frontier is then the rows').
+    let labels = match labels {
+        Some(l) => l,
+        None => rows.clone().flat_map(|_| None::<Label>),
+    };
+    rows.binary_frontier::<_, CapacityContainerBuilder<Vec<StagedRow>>, _, _, _, _>(
+        labels,
+        route_rows,
+        route_labels,
+        &name,
+        move |_cap, _info| {
+            let mut state: IdMap<u64, EntityWindows> = IdMap::default();
+            // Rows and labels waiting for the frontier, with their processing time.
+            let mut rows_pending: Vec<StagedRow> = Vec::new();
+            let mut labels_pending: Vec<(u64, Label)> = Vec::new();
+            // The least time any pending row may be emitted at.
+            let mut held: Option<Capability<u64>> = None;
+            move |(rows_in, rows_frontier), (labels_in, labels_frontier), output| {
+                rows_in.for_each(|cap, data| {
+                    let c = *cap.least().expect("a message has a time");
+                    if held.as_ref().is_none_or(|h| c < *h.time()) {
+                        held = cap.retain_least(0);
+                    }
+                    for mut r in data.drain(..) {
+                        r.t = r.t.max(c);
+                        rows_pending.push(r);
+                    }
+                });
+                labels_in.for_each(|cap, data| {
+                    let c = *cap.least().expect("a message has a time");
+                    labels_pending.extend(data.drain(..).map(|l| ((l.available_at_ms.max(0) as u64).max(c), l)));
+                });
+                // Everything before the frontier of both inputs is complete.
+                let mut frontier = u64::MAX;
+                for f in [rows_frontier.frontier(), labels_frontier.frontier()] {
+                    if let Some(t) = f.iter().min() {
+                        frontier = frontier.min(*t);
+                    }
+                }
+                let ready = |t: u64| t < frontier;
+                if !rows_pending.iter().any(|r| ready(r.t)) && !labels_pending.iter().any(|(t, _)| ready(*t)) {
+                    return;
+                }
+                let (mut rows_now, later): (Vec<StagedRow>, Vec<StagedRow>) =
+                    std::mem::take(&mut rows_pending).into_iter().partition(|r| ready(r.t));
+                rows_pending = later;
+                let (mut labels_now, later): (Vec<(u64, Label)>, Vec<(u64, Label)>) =
+                    std::mem::take(&mut labels_pending).into_iter().partition(|(t, _)| ready(*t));
+                labels_pending = later;
+                // Event-time order; at one millisecond labels first, then inserts, then reads.
+                rows_now.sort_by_key(|r| r.t);
+                labels_now.sort_by_key(|(t, _)| *t);
+                let n_accs = accs.len();
+                let fresh = || EntityWindows::new(n_accs);
+                // (time, rows) of each millisecond processed, in order, for the output.
+                let mut groups: Vec<(u64, usize)> = Vec::new();
+                let (mut li, mut i) = (0, 0);
+                while i < rows_now.len() || li < labels_now.len() {
+                    let t = match (rows_now.get(i), labels_now.get(li)) {
+                        (Some(r), Some((lt, _))) => r.t.min(*lt),
+                        (Some(r), None) => r.t,
+                        (None, Some((lt, _))) => *lt,
+                        (None, None) => unreachable!("the loop condition"),
+                    };
+                    while li < labels_now.len() && labels_now[li].0 == t {
+                        let l = labels_now[li].1;
+                        let w = state.entry(label_entity(entity, &l)).or_insert_with(fresh);
+                        w.label(&accs, l.tx_id, l.tx_time_ms.max(0) as u64, l.tx_fraud.min(1), t, lookback);
+                        li += 1;
+                    }
+                    let first = i;
+                    while i < rows_now.len() && rows_now[i].t == t {
+                        let r = &rows_now[i];
+                        let w = state.entry(entity_id(entity, &r.tx)).or_insert_with(fresh);
+                        // Logged at its processing time: a late row is counted where it is processed.
+                        w.insert(cols, t, amount_micros(r.tx.amount), r.tx.tx_id);
+                        i += 1;
+                    }
+                    for r in &mut rows_now[first..i] {
+                        let w = state.get_mut(&entity_id(entity, &r.tx)).expect("inserted above");
+                        w.read(&accs, t, &mut r.acc);
+                    }
+                    if i > first {
+                        groups.push((t, i - first));
+                    }
+                }
+                if !groups.is_empty() {
+                    let held = held.as_ref().expect("pending rows hold a capability");
+                    let mut rows_out = rows_now.into_iter();
+                    for (t, n) in groups {
+                        let cap = held.delayed(&t);
+                        let mut session = output.session(&cap);
+                        for r in rows_out.by_ref().take(n) {
+                            session.give(r);
+                        }
+                    }
+                }
+                // Hold only what the rows still pending need.
+                match rows_pending.iter().map(|r| r.t).min() {
+                    Some(t) => {
+                        if let Some(h) = held.as_mut() {
+                            if t > *h.time() {
+                                h.downgrade(&t);
+                            }
+                        }
+                    }
+                    None => held = None,
+                }
+            }
+        },
+    )
+}
+
+/// Computes the feature vectors of `txs` under `spec` with the keyed window operator, with
+/// fraud `labels` if the spec needs them. Each transaction is emitted at its processing time
+/// (event time, raised to its message's timely time if late) once the frontier has passed it.
+///
+/// # Panics
+/// If the spec needs labels and `labels` is `None`: a topology validates this at start-up.
+pub fn keyed_features<'s>(
+    txs: StreamVec<'s, u64, (RowMeta, Transaction)>,
+    labels: Option<StreamVec<'s, u64, Label>>,
+    spec: FeatureSpec,
+) -> StreamVec<'s, u64, FeatureValues> {
+    assert!(
+        !spec.needs_labels() || labels.is_some(),
+        "feature spec needs a labels stream"
+    );
+    let n_slots = spec.accumulators().len();
+    let mut rows = txs.map(move |(meta, tx)| StagedRow {
+        t: meta.event_time_ms.max(0) as u64,
+        meta,
+        tx,
+        acc: vec![0; n_slots],
+    });
+    for entity in [Entity::Customer, Entity::Terminal] {
+        let accs: Vec<Acc> = spec
+            .accumulators()
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| a.entity == entity)
+            .map(|(slot, a)| Acc {
+                slot,
+                kind: a.kind,
+                window_ms: a.window_ms,
+                delay_ms: a.delay_ms,
+            })
+            .collect();
+        if accs.is_empty() {
+            continue;
+        }
+        let needs_labels = accs.iter().any(|a| a.kind == AccKind::FraudCount);
+        let l = if needs_labels { labels.clone() } else { None };
+        rows = stage(rows, l, entity, accs);
+    }
+    rows.map(move |r| FeatureValues {
+        values: spec.values(r.tx.tx_time_ms, r.tx.amount, &r.acc),
+        meta: r.meta,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accs() -> Vec<Acc> {
+        vec![
+            Acc {
+                slot: 0,
+                kind: AccKind::TxCount,
+                window_ms: 10,
+                delay_ms: 5,
+            },
+            Acc {
+                slot: 1,
+                kind: AccKind::FraudCount,
+                window_ms: 10,
+                delay_ms: 5,
+            },
+        ]
+    }
+
+    fn windows() -> EntityWindows {
+        EntityWindows::new(2)
+    }
+
+    const COLS: Columns = Columns {
+        amounts: false,
+        labels: true,
+    };
+
+    #[test]
+    fn labels_are_upserts_re_sent_count_once_and_a_reversal_undoes() {
+        let (a, mut w, mut out) = (accs(), windows(), vec![0i128; 2]);
+        w.insert(COLS, 100, 0, 1);
+        w.insert(COLS, 101, 0, 2);
+        w.read(&a, 106, &mut out);
+        assert_eq!(out, vec![2, 0], "both in (91, 101]");
+        w.label(&a, 1, 100, 1, 107, 15);
+        w.label(&a, 1, 100, 1, 107, 15);
+        w.read(&a, 107, &mut out);
+        assert_eq!(out, vec![2, 1], "a label sent twice counts once");
+        w.label(&a, 1, 100, 0, 108, 15);
+        w.read(&a, 108, &mut out);
+        assert_eq!(out, vec![2, 0], "a chargeback reversed undoes the count");
+        w.label(&a, 2, 101, 1, 109, 15);
+        w.read(&a, 115, &mut out);
+        assert_eq!(out, vec![1, 1], "tx 1 left (100 <= 115 - 15), tx 2 is still in");
+        w.read(&a, 117, &mut out);
+        assert_eq!(out, vec![0, 0]);
+        assert!(w.is_empty(), "entries every window left are dropped");
+    }
+
+    #[test]
+    fn a_label_before_its_transaction_waits_for_it() {
+        let (a, mut w, mut out) = (accs(), windows(), vec![0i128; 2]);
+        w.label(&a, 9, 200, 1, 150, 15);
+        w.insert(COLS, 200, 0, 9);
+        w.read(&a, 205, &mut out);
+        assert_eq!(out, vec![1, 1]);
+    }
+}
