@@ -6,10 +6,11 @@
 //! entity, fills the accumulator slots of its kind and passes the row on; the last stage turns
 //! the slots into the feature vector ([`FeatureSpec::values`]).
 //!
-//! **Time.** Rows and labels carry their event time (`RowMeta::event_time_ms`; a label's
-//! `available_at_ms`), raised to their message's timely time if behind it (late). A stage buffers
-//! what it receives and processes, in event-time order, every time the frontier of its inputs has
-//! passed: then every event up to that time, from every partition and from the labels, is there.
+//! **Time.** Timely time is coarse (the sources' watermark, per poll round; the benchmark's
+//! epochs); event time is data. Rows and labels carry their event time (`RowMeta::event_time_ms`;
+//! a label's `available_at_ms`), raised to their message's timely time if behind it (late). A
+//! stage buffers what it receives and processes, in event-time order, every time the frontier of
+//! its inputs has passed: then every event up to that time, from every partition and from the labels, is there.
 //! At one millisecond, labels are applied first, then the transactions are inserted, then they
 //! read their windows: a window `(t - d - w, t - d]` with `d = 0` includes the transaction itself
 //! and every other of the entity at the same millisecond (the handbook's rolling windows).
@@ -318,6 +319,7 @@ fn stage<'s>(
             let mut labels_pending: Vec<(u64, Label)> = Vec::new();
             // The least time any pending row may be emitted at.
             let mut held: Option<Capability<u64>> = None;
+            let mut last_frontier = 0u64;
             move |(rows_in, rows_frontier), (labels_in, labels_frontier), output| {
                 rows_in.for_each(|cap, data| {
                     let c = *cap.least().expect("a message has a time");
@@ -340,10 +342,13 @@ fn stage<'s>(
                         frontier = frontier.min(*t);
                     }
                 }
-                let ready = |t: u64| t < frontier;
-                if !rows_pending.iter().any(|r| ready(r.t)) && !labels_pending.iter().any(|(t, _)| ready(*t)) {
+                // What arrives is never ready at once (its time is at or after the frontier):
+                // work only when the frontier moved.
+                if frontier == last_frontier {
                     return;
                 }
+                last_frontier = frontier;
+                let ready = |t: u64| t < frontier;
                 let (mut rows_now, later): (Vec<StagedRow>, Vec<StagedRow>) =
                     std::mem::take(&mut rows_pending).into_iter().partition(|r| ready(r.t));
                 rows_pending = later;
@@ -355,7 +360,7 @@ fn stage<'s>(
                 labels_now.sort_by_key(|(t, _)| *t);
                 let n_accs = accs.len();
                 let fresh = || EntityWindows::new(n_accs);
-                // (time, rows) of each millisecond processed, in order, for the output.
+                // Milliseconds with rows, processed in order.
                 let mut groups: Vec<(u64, usize)> = Vec::new();
                 let (mut li, mut i) = (0, 0);
                 while i < rows_now.len() || li < labels_now.len() {
@@ -387,16 +392,14 @@ fn stage<'s>(
                         groups.push((t, i - first));
                     }
                 }
+                // Emitted at the least time held (coarse: one time per round, not one per
+                // millisecond, so progress tracking stays per epoch). A row not yet emitted will
+                // be emitted at or after the time held for it, which is at or before its
+                // processing time: downstream, everything whose processing time is before the
+                // frontier has arrived.
                 if !groups.is_empty() {
-                    let held = held.as_ref().expect("pending rows hold a capability");
-                    let mut rows_out = rows_now.into_iter();
-                    for (t, n) in groups {
-                        let cap = held.delayed(&t);
-                        let mut session = output.session(&cap);
-                        for r in rows_out.by_ref().take(n) {
-                            session.give(r);
-                        }
-                    }
+                    let cap = held.as_ref().expect("pending rows hold a capability");
+                    output.session(cap).give_iterator(rows_now.into_iter());
                 }
                 // Hold only what the rows still pending need.
                 match rows_pending.iter().map(|r| r.t).min() {
@@ -459,6 +462,7 @@ pub fn keyed_features<'s>(
     rows.map(move |r| FeatureValues {
         values: spec.values(r.tx.tx_time_ms, r.tx.amount, &r.acc),
         meta: r.meta,
+        time: r.t,
     })
 }
 

@@ -25,14 +25,20 @@ use crate::definition::FeatureSpec;
 pub struct FeatureValues {
     /// Identity and lineage of the transaction.
     pub meta: RowMeta,
+    /// Its processing time, ms: the event time its windows were read at (raised to its
+    /// message's timely time if late). Rows are emitted at coarse timely times (an epoch at or
+    /// before this), so this, not the timely time, says whether a row was complete before a
+    /// source stopped.
+    pub time: u64,
     /// Feature values in column order.
     pub values: Vec<f64>,
 }
 
 /// Computes the feature vectors of `txs` under `spec`, with fraud `labels` if the spec needs
-/// them. Streams are timestamped with event time (ms); the output carries each transaction at
-/// its processing time, emitted once the frontier passes it (immediately if the spec has no
-/// windowed feature).
+/// them. Streams are timestamped with event time (ms, coarse: a watermark per poll round); the
+/// output carries each transaction with its processing time ([`FeatureValues::time`]), emitted
+/// once the frontier passes it (immediately if the spec has no windowed feature) at a timely
+/// time at or before it.
 ///
 /// # Panics
 /// If the spec needs labels and `labels` is `None`: a topology validates this at start-up.
@@ -44,6 +50,7 @@ pub fn windowed_features<'s>(
     if !spec.is_windowed() {
         return txs.map(move |(meta, tx)| FeatureValues {
             values: spec.values(tx.tx_time_ms, tx.amount, &[]),
+            time: meta.event_time_ms.max(0) as u64,
             meta,
         });
     }

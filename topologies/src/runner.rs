@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::{Inspect, Probe};
 use timely::dataflow::{ProbeHandle, StreamVec};
 use weir_connectors::kafka::sink::{KafkaDeadLetterSink, KafkaScoreSink};
@@ -255,35 +254,37 @@ pub struct GateCounts {
     pub held_back: std::sync::atomic::AtomicU64,
 }
 
-/// The score gate: passes the feature rows to be scored. A row at a timely time at or after
-/// [`FlowControl::cutoff`] is dropped unacknowledged (its features were released by a source
-/// stopping early and may be incomplete: it is read again after a restart or resume); a row
-/// `filter` rejects (warm-up) is acknowledged in `ledger` and dropped. Both leave the in-flight
-/// count.
+/// The score gate: passes the feature rows to be scored, as `[n_features] f32` rows. A row
+/// whose processing time ([`FeatureValues::time`]) is at or after [`FlowControl::cutoff`] is
+/// dropped unacknowledged (its features were released by a source stopping early and may be
+/// incomplete: it is read again after a restart or resume); a row `filter` rejects (warm-up) is
+/// acknowledged in `ledger` and dropped. Both leave the in-flight count.
 pub fn score_gate<'s>(
-    rows: StreamVec<'s, u64, FeatureRow>,
+    values: StreamVec<'s, u64, FeatureValues>,
     filter: Option<ScoreFilter>,
     flow: Arc<FlowControl>,
     ledger: Arc<DeliveryLedger>,
     counts: Arc<GateCounts>,
 ) -> StreamVec<'s, u64, FeatureRow> {
     use std::sync::atomic::Ordering::Relaxed;
-    rows.unary(Pipeline, "ScoreGate", move |_, _| {
+    values.unary(Pipeline, "ScoreGate", move |_, _| {
         move |input, output| {
             input.for_each(|cap, data| {
-                let time = *cap.least().expect("a message has a time");
                 let mut session = output.session(&cap);
-                let released_by_stop = time >= flow.cutoff();
-                for row in data.drain(..) {
-                    if released_by_stop {
+                let cutoff = flow.cutoff();
+                for fv in data.drain(..) {
+                    if fv.time >= cutoff {
                         flow.remove_in_flight(1);
                         counts.held_back.fetch_add(1, Relaxed);
-                    } else if filter.as_ref().is_some_and(|f| !f(row.meta.lineage)) {
-                        ledger.ack(row.meta.lineage);
+                    } else if filter.as_ref().is_some_and(|f| !f(fv.meta.lineage)) {
+                        ledger.ack(fv.meta.lineage);
                         flow.remove_in_flight(1);
                         counts.warmup.fetch_add(1, Relaxed);
                     } else {
-                        session.give(row);
+                        session.give(FeatureRow {
+                            meta: fv.meta,
+                            features: fv.values.iter().map(|v| *v as f32).collect(),
+                        });
                     }
                 }
             });
@@ -668,11 +669,7 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
                         }
                     })
                     .probe_with(&probe);
-                let rows = values.map(|fv| FeatureRow {
-                    meta: fv.meta,
-                    features: fv.values.iter().map(|v| *v as f32).collect(),
-                });
-                let rows = score_gate(rows, filter.clone(), flow.clone(), ledger.clone(), gate_counts.clone());
+                let rows = score_gate(values, filter.clone(), flow.clone(), ledger.clone(), gate_counts.clone());
                 micro_batch(
                     rows,
                     live_window.clone(),
