@@ -52,7 +52,7 @@
 //! assert_eq!(counts, vec![(0, 1), (1, 2), (2, 3)]);
 //! ```
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 use timely::container::CapacityContainerBuilder;
@@ -89,15 +89,50 @@ impl Hasher for IdHasher {
 /// `HashMap` keyed by integer ids with [`IdHasher`].
 pub type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
 
-/// A running windowed sum over an entity's log.
+/// The running sums of one window over an entity's log.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Cursor {
     /// Sequence number of the next entry to enter the window.
     pub head: u64,
     /// Sequence number of the next entry to leave the window.
     pub tail: u64,
-    /// Sum of the entries in `[tail, head)`.
-    pub sum: i128,
+    /// Sums of the entries in `[tail, head)`: transactions, amounts (micro-units), frauds.
+    pub sums: [i128; 3],
+}
+
+/// One window of a stage, `(t - delay - window, t - delay]`, and the accumulator slots it fills:
+/// accumulators of one window share its cursors (a count and a mean over the same days move
+/// together).
+#[derive(Debug, Clone, Copy)]
+struct Win {
+    window_ms: u64,
+    delay_ms: u64,
+    /// Slots of the transaction count, the amount sum and the fraud count, where configured.
+    slots: [Option<usize>; 3],
+}
+
+fn windows_of(accs: &[Acc]) -> Vec<Win> {
+    let mut wins: Vec<Win> = Vec::new();
+    for a in accs {
+        let k = match a.kind {
+            AccKind::TxCount => 0,
+            AccKind::AmountMicros => 1,
+            AccKind::FraudCount => 2,
+        };
+        match wins.iter_mut().find(|w| w.window_ms == a.window_ms && w.delay_ms == a.delay_ms) {
+            Some(w) => w.slots[k] = Some(a.slot),
+            None => {
+                let mut w = Win {
+                    window_ms: a.window_ms,
+                    delay_ms: a.delay_ms,
+                    slots: [None; 3],
+                };
+                w.slots[k] = Some(a.slot);
+                wins.push(w);
+            }
+        }
+    }
+    wins
 }
 
 /// One accumulator of a stage: what it sums and over which window.
@@ -122,116 +157,136 @@ struct Columns {
 
 /// The windows of one entity: its log, in columns (event time ms; amount in micro-units;
 /// transaction id; fraud flag: 8 + 8 + 8 + 1 bytes per event, each only if an accumulator of
-/// the stage needs it), and one cursor per accumulator of the stage.
+/// the stage needs it), and one cursor per window of the stage. The columns are vectors whose
+/// first `start` elements have left every window (compacted once they are half of it).
 #[derive(Debug, Default)]
 pub struct EntityWindows {
     /// Event (processing) times, ms, in order.
-    times: VecDeque<u64>,
+    times: Vec<u64>,
     /// Amounts, micro-units (empty unless an accumulator sums amounts).
-    amounts: VecDeque<i64>,
+    amounts: Vec<i64>,
     /// Transaction ids (empty unless an accumulator counts frauds).
-    ids: VecDeque<u64>,
+    ids: Vec<u64>,
     /// 1 if the latest label of the transaction says fraud (as `ids`).
-    frauds: VecDeque<u8>,
-    /// Sequence number of the first entry.
+    frauds: Vec<u8>,
+    /// Index of the first live entry in the columns.
+    start: usize,
+    /// Sequence number of the first live entry.
     base: u64,
-    /// One per accumulator of the stage, in the stage's order.
+    /// One per window of the stage, in the stage's order.
     cursors: Vec<Cursor>,
     /// Labels whose transaction is not in the log yet: tx id -> fraud flag.
     waiting_labels: IdMap<u64, u8>,
 }
 
 impl EntityWindows {
-    fn new(n_accs: usize) -> Self {
+    fn new(n_windows: usize) -> Self {
         Self {
-            cursors: vec![Cursor::default(); n_accs],
+            cursors: vec![Cursor::default(); n_windows],
             ..Self::default()
         }
     }
 
     /// Events in the log.
     pub fn len(&self) -> usize {
-        self.times.len()
+        self.times.len() - self.start
     }
 
     /// Whether the log is empty.
     pub fn is_empty(&self) -> bool {
-        self.times.is_empty()
-    }
-
-    fn value(&self, a: &Acc, i: usize) -> i128 {
-        match a.kind {
-            AccKind::TxCount => 1,
-            AccKind::AmountMicros => self.amounts[i] as i128,
-            AccKind::FraudCount => self.frauds[i] as i128,
-        }
+        self.len() == 0
     }
 
     /// Appends a transaction at `time` (not before the last entry).
     fn insert(&mut self, cols: Columns, time: u64, amount: i64, tx_id: u64) {
-        self.times.push_back(time);
+        self.times.push(time);
         if cols.amounts {
-            self.amounts.push_back(amount);
+            self.amounts.push(amount);
         }
         if cols.labels {
             let fraud = match self.waiting_labels.is_empty() {
                 true => 0,
                 false => self.waiting_labels.remove(&tx_id).unwrap_or(0),
             };
-            self.ids.push_back(tx_id);
-            self.frauds.push_back(fraud);
+            self.ids.push(tx_id);
+            self.frauds.push(fraud);
         }
     }
 
-    /// The window sums as of `t`, written to `out[acc.slot]`.
-    fn read(&mut self, accs: &[Acc], t: u64, out: &mut [i128]) {
-        let end = self.base + self.times.len() as u64;
-        for (k, a) in accs.iter().enumerate() {
-            let mut c = self.cursors[k];
+    /// The window sums as of `t`, written to `out` by slot.
+    fn read(&mut self, wins: &[Win], t: u64, out: &mut [i128]) {
+        let off = self.start as u64;
+        let base = self.base;
+        let end = base + (self.times.len() - self.start) as u64;
+        let (times, amounts, frauds) = (&self.times, &self.amounts, &self.frauds);
+        let value = |i: usize| -> [i128; 3] {
+            [
+                1,
+                amounts.get(i).map_or(0, |a| *a as i128),
+                frauds.get(i).map_or(0, |f| *f as i128),
+            ]
+        };
+        for (k, w) in wins.iter().enumerate() {
+            let c = &mut self.cursors[k];
             // Enter: entries with time <= t - d.
-            if let Some(upto) = t.checked_sub(a.delay_ms) {
-                while c.head < end && self.times[(c.head - self.base) as usize] <= upto {
-                    c.sum += self.value(a, (c.head - self.base) as usize);
+            if let Some(upto) = t.checked_sub(w.delay_ms) {
+                while c.head < end && times[(c.head - base + off) as usize] <= upto {
+                    let v = value((c.head - base + off) as usize);
+                    c.sums[0] += v[0];
+                    c.sums[1] += v[1];
+                    c.sums[2] += v[2];
                     c.head += 1;
                 }
                 // Leave: entries with time <= t - d - w.
-                if let Some(gone) = upto.checked_sub(a.window_ms) {
-                    while c.tail < c.head && self.times[(c.tail - self.base) as usize] <= gone {
-                        c.sum -= self.value(a, (c.tail - self.base) as usize);
+                if let Some(gone) = upto.checked_sub(w.window_ms) {
+                    while c.tail < c.head && times[(c.tail - base + off) as usize] <= gone {
+                        let v = value((c.tail - base + off) as usize);
+                        c.sums[0] -= v[0];
+                        c.sums[1] -= v[1];
+                        c.sums[2] -= v[2];
                         c.tail += 1;
                     }
                 }
             }
-            self.cursors[k] = c;
-            out[a.slot] = c.sum;
+            for (j, slot) in w.slots.iter().enumerate() {
+                if let Some(s) = slot {
+                    out[*s] = c.sums[j];
+                }
+            }
         }
         // Entries every window has left are no longer needed.
         let keep_from = self.cursors.iter().map(|c| c.tail).min().unwrap_or(end);
-        let drop = (keep_from - self.base) as usize;
-        if drop > 0 {
-            self.times.drain(..drop);
-            if !self.amounts.is_empty() {
-                self.amounts.drain(..drop);
-            }
-            if !self.ids.is_empty() {
-                self.ids.drain(..drop);
-                self.frauds.drain(..drop);
-            }
+        if keep_from > self.base {
+            self.start += (keep_from - self.base) as usize;
             self.base = keep_from;
+            if self.start >= 32 && self.start * 2 >= self.times.len() {
+                let s = self.start;
+                self.times.drain(..s);
+                if !self.amounts.is_empty() {
+                    self.amounts.drain(..s);
+                }
+                if !self.ids.is_empty() {
+                    self.ids.drain(..s);
+                    self.frauds.drain(..s);
+                }
+                self.start = 0;
+            }
         }
     }
 
     /// Applies a label (upsert by transaction id): the entry's fraud flag becomes `fraud`, and
-    /// fraud-count windows that hold it change by the difference. `now`: the label's processing
-    /// time; `lookback`: the longest `window + delay` of the stage, ms.
-    fn label(&mut self, accs: &[Acc], tx_id: u64, tx_time: u64, fraud: u8, now: u64, lookback: u64) {
+    /// windows that hold it change their fraud count by the difference. `now`: the label's
+    /// processing time; `lookback`: the longest `window + delay` of the stage, ms.
+    fn label(&mut self, tx_id: u64, tx_time: u64, fraud: u8, now: u64, lookback: u64) {
         // Entries are in time order: find the transaction's millisecond, then its id; a late
         // transaction was logged at the time it was processed, found by a scan.
-        let start = self.times.partition_point(|t| *t < tx_time);
-        let found = (start..self.times.len())
-            .take_while(|&i| self.times[i] == tx_time)
-            .find(|&i| self.ids[i] == tx_id)
-            .or_else(|| self.ids.iter().position(|id| *id == tx_id));
+        let live = &self.times[self.start..];
+        let ids = &self.ids[self.start..];
+        let from = live.partition_point(|t| *t < tx_time);
+        let found = (from..live.len())
+            .take_while(|&i| live[i] == tx_time)
+            .find(|&i| ids[i] == tx_id)
+            .or_else(|| ids.iter().position(|id| *id == tx_id));
         let Some(i) = found else {
             // Not seen yet (a label before its transaction, or a late transaction still to
             // come): it waits, unless its transaction would be out of every window by now.
@@ -240,16 +295,15 @@ impl EntityWindows {
             }
             return;
         };
-        let old = self.frauds[i];
+        let old = self.frauds[self.start + i];
         if old == fraud {
             return;
         }
-        self.frauds[i] = fraud;
+        self.frauds[self.start + i] = fraud;
         let seq = self.base + i as u64;
-        for (k, a) in accs.iter().enumerate() {
-            let c = &mut self.cursors[k];
-            if a.kind == AccKind::FraudCount && c.tail <= seq && seq < c.head {
-                c.sum += fraud as i128 - old as i128;
+        for c in &mut self.cursors {
+            if c.tail <= seq && seq < c.head {
+                c.sums[2] += fraud as i128 - old as i128;
             }
         }
     }
@@ -300,6 +354,7 @@ fn stage<'s>(
         amounts: accs.iter().any(|a| a.kind == AccKind::AmountMicros),
         labels: accs.iter().any(|a| a.kind == AccKind::FraudCount),
     };
+    let wins = windows_of(&accs);
     let route_rows = Exchange::new(move |r: &StagedRow| spread(entity_id(entity, &r.tx)));
     let route_labels = Exchange::new(move |l: &Label| spread(label_entity(entity, l)));
     // A stage without labels reads an empty label stream (its frontier is then the rows').
@@ -358,8 +413,7 @@ fn stage<'s>(
                 // Event-time order; at one millisecond labels first, then inserts, then reads.
                 rows_now.sort_by_key(|r| r.t);
                 labels_now.sort_by_key(|(t, _)| *t);
-                let n_accs = accs.len();
-                let fresh = || EntityWindows::new(n_accs);
+                let fresh = || EntityWindows::new(wins.len());
                 // Milliseconds with rows, processed in order.
                 let mut groups: Vec<(u64, usize)> = Vec::new();
                 let (mut li, mut i) = (0, 0);
@@ -373,7 +427,7 @@ fn stage<'s>(
                     while li < labels_now.len() && labels_now[li].0 == t {
                         let l = labels_now[li].1;
                         let w = state.entry(label_entity(entity, &l)).or_insert_with(fresh);
-                        w.label(&accs, l.tx_id, l.tx_time_ms.max(0) as u64, l.tx_fraud.min(1), t, lookback);
+                        w.label(l.tx_id, l.tx_time_ms.max(0) as u64, l.tx_fraud.min(1), t, lookback);
                         li += 1;
                     }
                     let first = i;
@@ -386,7 +440,7 @@ fn stage<'s>(
                     }
                     for r in &mut rows_now[first..i] {
                         let w = state.get_mut(&entity_id(entity, &r.tx)).expect("inserted above");
-                        w.read(&accs, t, &mut r.acc);
+                        w.read(&wins, t, &mut r.acc);
                     }
                     if i > first {
                         groups.push((t, i - first));
@@ -488,7 +542,7 @@ mod tests {
     }
 
     fn windows() -> EntityWindows {
-        EntityWindows::new(2)
+        EntityWindows::new(1)
     }
 
     const COLS: Columns = Columns {
@@ -498,19 +552,19 @@ mod tests {
 
     #[test]
     fn labels_are_upserts_re_sent_count_once_and_a_reversal_undoes() {
-        let (a, mut w, mut out) = (accs(), windows(), vec![0i128; 2]);
+        let (a, mut w, mut out) = (windows_of(&accs()), windows(), vec![0i128; 2]);
         w.insert(COLS, 100, 0, 1);
         w.insert(COLS, 101, 0, 2);
         w.read(&a, 106, &mut out);
         assert_eq!(out, vec![2, 0], "both in (91, 101]");
-        w.label(&a, 1, 100, 1, 107, 15);
-        w.label(&a, 1, 100, 1, 107, 15);
+        w.label(1, 100, 1, 107, 15);
+        w.label(1, 100, 1, 107, 15);
         w.read(&a, 107, &mut out);
         assert_eq!(out, vec![2, 1], "a label sent twice counts once");
-        w.label(&a, 1, 100, 0, 108, 15);
+        w.label(1, 100, 0, 108, 15);
         w.read(&a, 108, &mut out);
         assert_eq!(out, vec![2, 0], "a chargeback reversed undoes the count");
-        w.label(&a, 2, 101, 1, 109, 15);
+        w.label(2, 101, 1, 109, 15);
         w.read(&a, 115, &mut out);
         assert_eq!(out, vec![1, 1], "tx 1 left (100 <= 115 - 15), tx 2 is still in");
         w.read(&a, 117, &mut out);
@@ -520,8 +574,8 @@ mod tests {
 
     #[test]
     fn a_label_before_its_transaction_waits_for_it() {
-        let (a, mut w, mut out) = (accs(), windows(), vec![0i128; 2]);
-        w.label(&a, 9, 200, 1, 150, 15);
+        let (a, mut w, mut out) = (windows_of(&accs()), windows(), vec![0i128; 2]);
+        w.label(9, 200, 1, 150, 15);
         w.insert(COLS, 200, 0, 9);
         w.read(&a, 205, &mut out);
         assert_eq!(out, vec![1, 1]);

@@ -107,7 +107,9 @@ def main():
   metadata property `features`, which weir checks against `model.features` at start-up):
 {chr(10).join(f"  {i + 1}. `{f}`" for i, f in enumerate(features))}
 - **Outputs**: `label` int64 `[batch]`; `probabilities` float `[batch, 2]`, column 1 = fraud (the score).
-- **Features**: the Fraud Detection Handbook's baseline (ch. 3): amount, weekend and night flags;
+- **Features**: the Fraud Detection Handbook's baseline (ch. 3): amount, weekend and night flags
+  (night: the integer UTC hour is at most 6, as the handbook's `tx_datetime.hour <= 6`; retrained
+  2026-12-02 after weir's flag had used the fractional hour);
   per card, number of transactions and mean amount over 1, 7 and 30 days (current transaction
   included); per terminal, with a 7-day delay, number of transactions and fraud ratio over 1, 7
   and 30 days (labels counted only once arrived). Computed by weir's feature store from
