@@ -41,7 +41,7 @@ demo: setup
 ## test: the whole suite (unit, doc and end-to-end tests; cargo builds the weir binary they run;
 ## tests that need a real broker start nisshi processes).
 test: setup nisshi
-	$(CARGO) test --release --workspace
+	$(CARGO) test --release --workspace --no-fail-fast
 
 ## bench: raw ONNX Runtime vs raw Kafka I/O vs the pipeline, in one run.
 bench: setup

@@ -404,15 +404,15 @@ fn stage<'s>(
                 }
                 last_frontier = frontier;
                 let ready = |t: u64| t < frontier;
-                let (mut rows_now, later): (Vec<StagedRow>, Vec<StagedRow>) =
-                    std::mem::take(&mut rows_pending).into_iter().partition(|r| ready(r.t));
-                rows_pending = later;
-                let (mut labels_now, later): (Vec<(u64, Label)>, Vec<(u64, Label)>) =
-                    std::mem::take(&mut labels_pending).into_iter().partition(|(t, _)| ready(*t));
-                labels_pending = later;
-                // Event-time order; at one millisecond labels first, then inserts, then reads.
-                rows_now.sort_by_key(|r| r.t);
-                labels_now.sort_by_key(|(t, _)| *t);
+                // Event-time order (stable: arrival order within a millisecond); at one
+                // millisecond labels first, then inserts, then reads. What is not ready stays.
+                rows_pending.sort_by_key(|r| r.t);
+                let later = rows_pending.split_off(rows_pending.partition_point(|r| ready(r.t)));
+                let rows_now = std::mem::replace(&mut rows_pending, later);
+                let mut rows_now = rows_now;
+                labels_pending.sort_by_key(|(t, _)| *t);
+                let later = labels_pending.split_off(labels_pending.partition_point(|(t, _)| ready(*t)));
+                let labels_now = std::mem::replace(&mut labels_pending, later);
                 let fresh = || EntityWindows::new(wins.len());
                 // Milliseconds with rows, processed in order.
                 let mut groups: Vec<(u64, usize)> = Vec::new();
@@ -432,15 +432,24 @@ fn stage<'s>(
                     }
                     let first = i;
                     while i < rows_now.len() && rows_now[i].t == t {
-                        let r = &rows_now[i];
-                        let w = state.entry(entity_id(entity, &r.tx)).or_insert_with(fresh);
-                        // Logged at its processing time: a late row is counted where it is processed.
-                        w.insert(cols, t, amount_micros(r.tx.amount), r.tx.tx_id);
                         i += 1;
                     }
-                    for r in &mut rows_now[first..i] {
-                        let w = state.get_mut(&entity_id(entity, &r.tx)).expect("inserted above");
+                    if i == first + 1 {
+                        // The common case, one row at this millisecond: one lookup.
+                        let r = &mut rows_now[first];
+                        let w = state.entry(entity_id(entity, &r.tx)).or_insert_with(fresh);
+                        w.insert(cols, t, amount_micros(r.tx.amount), r.tx.tx_id);
                         w.read(&wins, t, &mut r.acc);
+                    } else if i > first {
+                        for r in &rows_now[first..i] {
+                            let w = state.entry(entity_id(entity, &r.tx)).or_insert_with(fresh);
+                            // Logged at its processing time: a late row counts where processed.
+                            w.insert(cols, t, amount_micros(r.tx.amount), r.tx.tx_id);
+                        }
+                        for r in &mut rows_now[first..i] {
+                            let w = state.get_mut(&entity_id(entity, &r.tx)).expect("inserted above");
+                            w.read(&wins, t, &mut r.acc);
+                        }
                     }
                     if i > first {
                         groups.push((t, i - first));

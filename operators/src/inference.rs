@@ -129,6 +129,13 @@ pub fn default_runtime_path() -> PathBuf {
             }
         }
     }
+    // The workspace this was built from (the target dir may be elsewhere, e.g. a cache).
+    if let Some(ws) = Path::new(env!("CARGO_MANIFEST_DIR")).parent() {
+        let p = ws.join(".ort/libonnxruntime.so");
+        if p.exists() {
+            return p;
+        }
+    }
     local
 }
 

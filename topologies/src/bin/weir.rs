@@ -309,7 +309,8 @@ fn rfc3339_ms(s: &str, flag: &str) -> Result<i64, String> {
 }
 
 /// The default topology of the tools: `topologies/fraud-scoring.toml` in the working directory,
-/// else in the workspace the binary was built in (`target/<profile>/weir` -> the workspace root).
+/// else beside the binary (`target/<profile>/weir` -> the workspace root), else in the workspace
+/// it was built from.
 fn default_topology(given: Option<PathBuf>) -> Result<PathBuf, String> {
     if let Some(p) = given {
         return Ok(p);
@@ -318,6 +319,10 @@ fn default_topology(given: Option<PathBuf>) -> Result<PathBuf, String> {
     let mut tried = vec![std::env::current_dir().map(|d| d.join(REL)).unwrap_or_else(|_| PathBuf::from(REL))];
     if let Ok(exe) = std::env::current_exe() {
         tried.extend(exe.ancestors().skip(1).take(4).map(|a| a.join(REL)));
+    }
+    // The workspace this binary was built from (its target dir may be elsewhere, e.g. a cache).
+    if let Some(ws) = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent() {
+        tried.push(ws.join(REL));
     }
     tried.iter().find(|p| p.exists()).cloned().ok_or_else(|| {
         format!(
