@@ -83,6 +83,8 @@ fn the_benchmark_reports_the_three_throughputs_and_their_ratio() {
         "raw Kafka I/O",
         "pipeline end to end",
         "pipeline / slower raw limit",
+        "pipeline / raw bound",
+        "backfill / raw bound at its batch",
     ] {
         assert!(text.contains(needle), "bench output lacks `{needle}`:\n{text}");
     }
