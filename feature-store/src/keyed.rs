@@ -119,7 +119,10 @@ fn windows_of(accs: &[Acc]) -> Vec<Win> {
             AccKind::AmountMicros => 1,
             AccKind::FraudCount => 2,
         };
-        match wins.iter_mut().find(|w| w.window_ms == a.window_ms && w.delay_ms == a.delay_ms) {
+        match wins
+            .iter_mut()
+            .find(|w| w.window_ms == a.window_ms && w.delay_ms == a.delay_ms)
+        {
             Some(w) => w.slots[k] = Some(a.slot),
             None => {
                 let mut w = Win {
@@ -144,7 +147,6 @@ struct Acc {
     window_ms: u64,
     delay_ms: u64,
 }
-
 
 /// Which columns a stage's logs keep: only what its accumulators read.
 #[derive(Debug, Clone, Copy, Default)]

@@ -83,7 +83,11 @@ fn reference(data: &Data) -> HashMap<u64, Vec<f64>> {
         let t = tx.tx_time_ms;
         let hour = t.rem_euclid(day) as f64 / 3_600_000.0;
         let weekday = (t.div_euclid(day) + 3).rem_euclid(7);
-        let mut v = vec![tx.amount, (weekday >= 5) as u8 as f64, (hour.floor() <= 6.0) as u8 as f64];
+        let mut v = vec![
+            tx.amount,
+            (weekday >= 5) as u8 as f64,
+            (hour.floor() <= 6.0) as u8 as f64,
+        ];
         for w in [1, 7, 30] {
             let in_window: Vec<&&Transaction> = by_customer[&tx.customer_id]
                 .iter()

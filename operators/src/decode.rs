@@ -141,7 +141,10 @@ pub fn decode_transaction(
         return Err(dead(
             ev,
             "invalid_amount",
-            format!("amount {} is above decode.max_amount ({})", tx.amount, limits.max_amount),
+            format!(
+                "amount {} is above decode.max_amount ({})",
+                tx.amount, limits.max_amount
+            ),
         ));
     }
     if tx.tx_time_ms < 0 {
@@ -314,7 +317,10 @@ mod tests {
         tomb.payload = None;
         let letter = decode_transaction(&tomb, &DecodeLimits::default(), NOW).unwrap_err();
         assert_eq!(letter.reason, "json");
-        assert_eq!(letter.payload, None, "a tombstone's dead letter stays a tombstone (null value)");
+        assert_eq!(
+            letter.payload, None,
+            "a tombstone's dead letter stays a tombstone (null value)"
+        );
         assert_eq!(letter.headers.len(), 2);
     }
 
@@ -362,9 +368,17 @@ mod tests {
         assert!(far.detail.contains("decode.allowed_future"), "{}", far.detail);
         let (meta, tx) = stamped(t2018 + 30_000, t2018).unwrap();
         assert_eq!(meta.event_time_ms, t2018, "windowed at its message timestamp");
-        assert_eq!(tx.tx_time_ms, t2018 + 30_000, "its own time is kept for per-transaction features");
+        assert_eq!(
+            tx.tx_time_ms,
+            t2018 + 30_000,
+            "its own time is kept for per-transaction features"
+        );
         let (meta, _) = stamped(t2018 - 5_000, t2018).unwrap();
-        assert_eq!(meta.event_time_ms, t2018 - 5_000, "an earlier transaction keeps its time");
+        assert_eq!(
+            meta.event_time_ms,
+            t2018 - 5_000,
+            "an earlier transaction keeps its time"
+        );
     }
 
     /// Property tests (proptest, 256 cases each by default; `PROPTEST_CASES` raises it): the

@@ -492,8 +492,12 @@ pub fn deliver(
     }
     let e = last_error.expect("at least one attempt");
     tracing::error!(error = %e, rows = rows.len(), "score sink rejected a batch {SINK_ATTEMPTS} times; dead-lettering its rows");
-    let by_lineage: std::collections::HashMap<_, _> =
-        batch.rows.iter().zip(batch.features.rows()).map(|(m, f)| (m.lineage, f.to_vec())).collect();
+    let by_lineage: std::collections::HashMap<_, _> = batch
+        .rows
+        .iter()
+        .zip(batch.features.rows())
+        .map(|(m, f)| (m.lineage, f.to_vec()))
+        .collect();
     for meta in &rows {
         letter_out(row_letter(meta, &by_lineage[&meta.lineage], "sink", e.to_string()));
     }
@@ -616,15 +620,20 @@ mod tests {
     fn non_finite_scores_are_dead_lettered_never_written() {
         // Issue 13, item 5: a NaN was written as `"score":NaN`, invalid JSON.
         let (sink, dlq) = (Recorder::default(), Recorder::default());
-        deliver(&batch(4), Ok(vec![0.5, f32::NAN, f32::INFINITY, 0.25]), &sink, &dlq, "v");
+        deliver(
+            &batch(4),
+            Ok(vec![0.5, f32::NAN, f32::INFINITY, 0.25]),
+            &sink,
+            &dlq,
+            "v",
+        );
         assert_eq!(*sink.scores.lock().unwrap(), vec![(0, 0.5), (3, 0.25)]);
         let letters = dlq.letters.lock().unwrap();
         assert_eq!(letters.len(), 2);
-        assert!(letters.iter().all(|l| l.reason == "inference" && l.detail.contains("non-finite")));
-        assert_eq!(
-            letters.iter().map(|l| l.lineage.offset).collect::<Vec<_>>(),
-            vec![1, 2]
-        );
+        assert!(letters
+            .iter()
+            .all(|l| l.reason == "inference" && l.detail.contains("non-finite")));
+        assert_eq!(letters.iter().map(|l| l.lineage.offset).collect::<Vec<_>>(), vec![1, 2]);
         let v: serde_json::Value = serde_json::from_slice(letters[0].payload.as_deref().unwrap()).unwrap();
         assert_eq!(v["tx_id"], 1);
     }
@@ -640,7 +649,9 @@ mod tests {
         deliver(&batch(3), Ok(vec![0.1, 0.2, 0.3]), &sink, &dlq, "v");
         let letters = dlq.letters.lock().unwrap();
         assert_eq!(letters.len(), 3, "every row ends somewhere");
-        assert!(letters.iter().all(|l| l.reason == "sink" && l.detail.contains("refused")));
+        assert!(letters
+            .iter()
+            .all(|l| l.reason == "sink" && l.detail.contains("refused")));
     }
 
     #[test]

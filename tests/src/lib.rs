@@ -151,7 +151,12 @@ pub fn nisshi_bin() -> PathBuf {
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let _ = NEXT.compare_exchange(0, 20_000 + (std::process::id() * 61) % 10_000, Ordering::SeqCst, Ordering::SeqCst);
+    let _ = NEXT.compare_exchange(
+        0,
+        20_000 + (std::process::id() * 61) % 10_000,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
     for _ in 0..2_000 {
         let p = NEXT.fetch_add(1, Ordering::SeqCst);
         let port = (20_000 + (p - 20_000) % 12_000) as u16;

@@ -241,7 +241,10 @@ fn an_unreachable_broker_is_named_with_its_field() {
     let dir = tempfile::tempdir().unwrap();
     let brokers = closed_port_brokers();
     let path = topology_file(dir.path(), &brokers, "g", "", "");
-    let out = run_weir(&["run", "--until-end", path.to_str().unwrap()], Duration::from_secs(120));
+    let out = run_weir(
+        &["run", "--until-end", path.to_str().unwrap()],
+        Duration::from_secs(120),
+    );
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(err.contains(&brokers) && err.contains("source.brokers"), "{err}");
@@ -274,7 +277,10 @@ fn an_unreachable_broker_is_named_with_its_field() {
     }
     weir_tests::sigterm(&child);
     let out = wait_with_timeout(child, Duration::from_secs(120));
-    assert!(!out.status.success(), "a run that never reached its broker does not claim success");
+    assert!(
+        !out.status.success(),
+        "a run that never reached its broker does not claim success"
+    );
 }
 
 #[test]
@@ -282,16 +288,18 @@ fn check_builds_the_kafka_clients_and_names_a_bogus_property() {
     // Issue 13, item 14: a bogus librdkafka property passed `weir check`.
     let dir = tempfile::tempdir().unwrap();
     let path = topology_file(dir.path(), "127.0.0.1:1", "g", "", "");
-    let text = std::fs::read_to_string(&path).unwrap().replace(
-        "[sink.properties]",
-        "[sink.properties]\n\"linger.mss\" = \"5\"",
-    );
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("[sink.properties]", "[sink.properties]\n\"linger.mss\" = \"5\"");
     std::fs::write(&path, text).unwrap();
     for cmd in ["check", "run"] {
         let out = run_weir(&[cmd, path.to_str().unwrap()], Duration::from_secs(60));
         assert_eq!(out.status.code(), Some(2), "{cmd}: {}", stderr(&out));
         let err = stderr(&out);
-        assert!(err.contains("sink.properties") && err.contains("linger.mss"), "{cmd}: {err}");
+        assert!(
+            err.contains("sink.properties") && err.contains("linger.mss"),
+            "{cmd}: {err}"
+        );
     }
 }
 
@@ -304,7 +312,15 @@ fn tools_find_their_default_topology_from_any_directory_and_start_quietly() {
         .current_dir(elsewhere.path())
         .env("ORT_DYLIB_PATH", repo().join(".ort/libonnxruntime.so"))
         .env_remove("WEIR_LOG")
-        .args(["bench-features", "--events", "2000", "--customers", "50", "--terminals", "100"])
+        .args([
+            "bench-features",
+            "--events",
+            "2000",
+            "--customers",
+            "50",
+            "--terminals",
+            "100",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
@@ -316,17 +332,32 @@ fn tools_find_their_default_topology_from_any_directory_and_start_quietly() {
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let err = stderr(&out);
-    assert!(!err.contains("WARN") && !err.contains("ERROR"), "a CPU-only machine is the normal case:\n{err}");
+    assert!(
+        !err.contains("WARN") && !err.contains("ERROR"),
+        "a CPU-only machine is the normal case:\n{err}"
+    );
     assert!(err.lines().count() <= 2, "quiet start:\n{err}");
     let out = weir()
         .env_remove("WEIR_LOG")
-        .args(["run", "--until-end", "--brokers", "127.0.0.1:1", "topologies/fraud-scoring.toml"])
+        .args([
+            "run",
+            "--until-end",
+            "--brokers",
+            "127.0.0.1:1",
+            "topologies/fraud-scoring.toml",
+        ])
         .output()
         .unwrap();
     let err = stderr(&out);
     let model_lines = err.lines().filter(|l| l.contains("model loaded")).count();
     assert_eq!(model_lines, 1, "one INFO line names the provider:\n{err}");
-    assert!(err.lines().filter(|l| l.contains(" INFO ") && l.contains("ort")).count() == 0, "{err}");
+    assert!(
+        err.lines()
+            .filter(|l| l.contains(" INFO ") && l.contains("ort"))
+            .count()
+            == 0,
+        "{err}"
+    );
 }
 
 #[test]
@@ -337,11 +368,27 @@ fn the_generator_fails_when_the_broker_refuses_records_and_realtime_labels_wait_
     let b = broker.brokers.clone();
     let small = ["--days", "1", "--customers", "40", "--terminals", "80"];
     // Simulated days a month ahead: every record is stamped in the future and refused.
-    let future = humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(30 * 86_400)).to_string();
-    let mut args = vec!["generate", "--brokers", &b, "--topic", "refused", "--labels-topic", "refused-labels", "--start", &future];
+    let future =
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(30 * 86_400)).to_string();
+    let mut args = vec![
+        "generate",
+        "--brokers",
+        &b,
+        "--topic",
+        "refused",
+        "--labels-topic",
+        "refused-labels",
+        "--start",
+        &future,
+    ];
     args.extend(small);
     let out = run_weir(&args, Duration::from_secs(300));
-    assert_eq!(out.status.code(), Some(2), "a generator that failed to deliver exits non-zero: {}", stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a generator that failed to deliver exits non-zero: {}",
+        stderr(&out)
+    );
     assert!(stderr(&out).contains("not delivered"), "{}", stderr(&out));
     // Realtime: transactions now, labels only once due (never, within this run).
     let mut args = vec!["generate", "--brokers", &b, "--realtime", "--rate", "2000"];
@@ -357,6 +404,13 @@ fn the_generator_fails_when_the_broker_refuses_records_and_realtime_labels_wait_
         .unwrap_or_else(|| panic!("summary: {text}"));
     assert!(sent > 0);
     let txs = weir_tests::read_topic(&b, "transactions", Duration::from_secs(60)).unwrap();
-    assert_eq!(txs.len() as u64, sent, "every transaction the summary counts was delivered");
-    assert!(text.contains(&format!("0 labels ({sent} not yet due, not sent)")), "{text}");
+    assert_eq!(
+        txs.len() as u64,
+        sent,
+        "every transaction the summary counts was delivered"
+    );
+    assert!(
+        text.contains(&format!("0 labels ({sent} not yet due, not sent)")),
+        "{text}"
+    );
 }

@@ -120,7 +120,10 @@ fn a_killed_topology_restarts_from_committed_offsets_and_loses_nothing() {
     }
     // Once it has committed something (every 100 ms), SIGKILL (a no-op if it already ended).
     while committed_total(&broker.brokers, "kill-restart") <= 0 {
-        assert!(Instant::now() < deadline + Duration::from_secs(120), "the first run committed nothing");
+        assert!(
+            Instant::now() < deadline + Duration::from_secs(120),
+            "the first run committed nothing"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let _ = first.kill(); // SIGKILL

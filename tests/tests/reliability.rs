@@ -126,7 +126,10 @@ fn stop_gracefully(child: Child, log: &Path) -> Duration {
     assert!(out.status.success(), "SIGTERM exits 0 ({}):\n{log_text}", out.status);
     assert!(!log_text.contains("panicked"), "no panic:\n{log_text}");
     // The drain completed (every event before the cutoff acknowledged), not the drain timeout.
-    assert!(!log_text.contains("drain timeout"), "drained, not timed out:\n{log_text}");
+    assert!(
+        !log_text.contains("drain timeout"),
+        "drained, not timed out:\n{log_text}"
+    );
     took
 }
 

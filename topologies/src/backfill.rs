@@ -301,7 +301,9 @@ fn now_rfc3339() -> String {
 pub fn validate_job_id(job_id: &str) -> Result<(), BackfillError> {
     let ok = !job_id.is_empty()
         && job_id.len() <= 128
-        && job_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        && job_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     match ok {
         true => Ok(()),
         false => Err(BackfillError::Usage(format!(
@@ -583,7 +585,11 @@ pub fn run_backfill(opts: &BackfillOptions) -> Result<BackfillReport, BackfillEr
                 .ok_or_else(|| BackfillError::Usage("give --sink parquet:<dir> or --sink kafka:<topic>".into()))?;
             let brokers = opts.brokers.clone().unwrap_or_else(|| cfg.source.brokers.clone());
             // Resolving the range needs the brokers: name an unreachable address at once.
-            let field = if opts.brokers.is_some() { "--brokers" } else { "source.brokers" };
+            let field = if opts.brokers.is_some() {
+                "--brokers"
+            } else {
+                "source.brokers"
+            };
             crate::runner::wait_for_brokers(&brokers, &cfg.source.properties, field, false, &FlowControl::new(1))?;
             let range_text = match range {
                 RangeSpec::Time { from_ms, to_ms } => format!("time [{from_ms}, {to_ms}) ms"),
@@ -846,7 +852,15 @@ mod tests {
     fn job_ids_that_are_paths_are_refused() {
         // Issue 13, item 12: `--resume ../../etc/passwd` read `.weir/backfill/../../etc/passwd.json`.
         let dir = tempfile::tempdir().unwrap();
-        for bad in ["../../etc/passwd", "/etc/passwd", "a/b", "..", "", "bf x", &"x".repeat(129)] {
+        for bad in [
+            "../../etc/passwd",
+            "/etc/passwd",
+            "a/b",
+            "..",
+            "",
+            "bf x",
+            &"x".repeat(129),
+        ] {
             match JobState::load(dir.path(), bad) {
                 Err(BackfillError::Usage(m)) => assert!(m.contains("not a backfill job id"), "{m}"),
                 other => panic!("{bad:?}: {other:?}"),

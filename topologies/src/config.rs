@@ -429,7 +429,10 @@ impl TopologyConfig {
         ];
         for (field, d) in durations {
             if d > MAX_DURATION {
-                return Err(self.field_error(field, format!("{} is more than 100 years", humantime::format_duration(d))));
+                return Err(self.field_error(
+                    field,
+                    format!("{} is more than 100 years", humantime::format_duration(d)),
+                ));
             }
         }
         for (i, f) in self.features.iter().enumerate() {
@@ -452,7 +455,10 @@ impl TopologyConfig {
         if !(self.decode.max_amount > 0.0 && self.decode.max_amount <= 9e12) {
             return Err(self.field_error(
                 "decode.max_amount",
-                format!("{} is not in (0, 9e12] currency units (amounts are summed in micro-units)", self.decode.max_amount),
+                format!(
+                    "{} is not in (0, 9e12] currency units (amounts are summed in micro-units)",
+                    self.decode.max_amount
+                ),
             ));
         }
         for (k, v) in &self.source.properties {
@@ -460,10 +466,15 @@ impl TopologyConfig {
                 return Err(self.field_error(&format!("source.properties.{k}"), format!("`{v}` is refused: {why}")));
             }
         }
-        for (section, props) in [("sink", &self.sink.properties), ("dead_letter", &self.dead_letter.properties)] {
+        for (section, props) in [
+            ("sink", &self.sink.properties),
+            ("dead_letter", &self.dead_letter.properties),
+        ] {
             for (k, v) in props {
                 if let Some(why) = weir_connectors::kafka::sink::unsafe_producer_property(k, v) {
-                    return Err(self.field_error(&format!("{section}.properties.{k}"), format!("`{v}` is refused: {why}")));
+                    return Err(
+                        self.field_error(&format!("{section}.properties.{k}"), format!("`{v}` is refused: {why}"))
+                    );
                 }
             }
         }
@@ -712,8 +723,10 @@ features = ["amount", "tx_hour"]
         assert_eq!(field, "source.idle_timeout");
         let (field, _) = field_of(&format!("{GOOD}\n[decode]\nmax_amount = 1e15\n"));
         assert_eq!(field, "decode.max_amount");
-        let windowed = format!("{GOOD}\n[[feature]]\nname = \"w\"\nentity = \"customer_id\"\naggregation = \"count\"\nwindow = \"500y\"\n")
-            .replace("\"tx_hour\"]", "\"tx_hour\", \"w\"]");
+        let windowed = format!(
+            "{GOOD}\n[[feature]]\nname = \"w\"\nentity = \"customer_id\"\naggregation = \"count\"\nwindow = \"500y\"\n"
+        )
+        .replace("\"tx_hour\"]", "\"tx_hour\", \"w\"]");
         let (field, _) = field_of(&windowed);
         assert_eq!(field, "feature[0].window");
         assert!(parse(&format!("{GOOD}\n[decode]\nmax_future = \"1y\"\n")).is_ok());
@@ -723,19 +736,37 @@ features = ["amount", "tx_hour"]
     fn properties_that_break_at_least_once_are_refused() {
         // Issue 13, item 11: sink.properties could switch idempotence and acks off silently.
         let cases = [
-            ("[sink.properties]\n\"enable.idempotence\" = \"false\"", "sink.properties.enable.idempotence"),
+            (
+                "[sink.properties]\n\"enable.idempotence\" = \"false\"",
+                "sink.properties.enable.idempotence",
+            ),
             ("[sink.properties]\n\"acks\" = \"1\"", "sink.properties.acks"),
-            ("[sink.properties]\n\"message.timeout.ms\" = \"30000\"", "sink.properties.message.timeout.ms"),
-            ("[dead_letter.properties]\n\"acks\" = \"0\"", "dead_letter.properties.acks"),
-            ("[source.properties]\n\"enable.auto.commit\" = \"true\"", "source.properties.enable.auto.commit"),
-            ("[source.properties]\n\"group.id\" = \"other\"", "source.properties.group.id"),
+            (
+                "[sink.properties]\n\"message.timeout.ms\" = \"30000\"",
+                "sink.properties.message.timeout.ms",
+            ),
+            (
+                "[dead_letter.properties]\n\"acks\" = \"0\"",
+                "dead_letter.properties.acks",
+            ),
+            (
+                "[source.properties]\n\"enable.auto.commit\" = \"true\"",
+                "source.properties.enable.auto.commit",
+            ),
+            (
+                "[source.properties]\n\"group.id\" = \"other\"",
+                "source.properties.group.id",
+            ),
         ];
         for (extra, expected) in cases {
             let (field, detail) = field_of(&format!("{GOOD}\n{extra}\n"));
             assert_eq!(field, expected, "{extra}: {detail}");
             assert!(detail.contains("refused"), "{detail}");
         }
-        assert!(parse(&format!("{GOOD}\n[sink.properties]\n\"acks\" = \"all\"\n\"linger.ms\" = \"1\"\n")).is_ok());
+        assert!(parse(&format!(
+            "{GOOD}\n[sink.properties]\n\"acks\" = \"all\"\n\"linger.ms\" = \"1\"\n"
+        ))
+        .is_ok());
     }
 
     #[test]
@@ -750,7 +781,9 @@ features = ["amount", "tx_hour"]
             other => panic!("{other:?}"),
         }
         let cfg = parse(&format!("{GOOD}\n[dead_letter.properties]\n\"linger.ms\" = \"soon\"\n")).unwrap();
-        assert!(matches!(cfg.check_clients(), Err(ConfigError::Field { field, .. }) if field == "dead_letter.properties"));
+        assert!(
+            matches!(cfg.check_clients(), Err(ConfigError::Field { field, .. }) if field == "dead_letter.properties")
+        );
         parse(GOOD).unwrap().check_clients().unwrap();
     }
 

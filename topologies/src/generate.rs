@@ -114,8 +114,8 @@ pub fn generate(
             // realtime: labels wait until due, `(available_at_ms, seq) -> (key, payload)`.
             let mut due_labels: BTreeMap<(i64, u64), (String, Vec<u8>)> = BTreeMap::new();
             let send_due = |producer: &BulkProducer,
-                                due_labels: &mut BTreeMap<(i64, u64), (String, Vec<u8>)>,
-                                summary: &mut GenerateSummary|
+                            due_labels: &mut BTreeMap<(i64, u64), (String, Vec<u8>)>,
+                            summary: &mut GenerateSummary|
              -> Result<(), ConnectorError> {
                 let now = weir_core::clock::wall_ms();
                 while let Some(entry) = due_labels.first_entry() {

@@ -216,7 +216,11 @@ pub fn guard_memory(flow: &FlowControl, metrics: &Metrics, rss: u64, limit: Opti
         );
     } else if flow.memory_pressure() && (drained || rss < limit / 10 * 8) {
         flow.set_memory_pressure(false);
-        tracing::info!(rss_bytes = rss, limit_bytes = limit, "memory pressure over: sources read every partition");
+        tracing::info!(
+            rss_bytes = rss,
+            limit_bytes = limit,
+            "memory pressure over: sources read every partition"
+        );
     }
 }
 
@@ -466,7 +470,11 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
     // must answer (an unreachable address is named within seconds, not after 30 s of silence).
     cfg.check_clients()?;
     let bounded = opts.bounded || opts.ranges.is_some();
-    let field = if opts.brokers.is_some() { "--brokers" } else { "source.brokers" };
+    let field = if opts.brokers.is_some() {
+        "--brokers"
+    } else {
+        "source.brokers"
+    };
     wait_for_brokers(&brokers, &cfg.source.properties, field, !bounded, &flow)?;
 
     let sink: Arc<dyn ScoreSink> = match (&opts.parquet_dir, cfg.sink.kind.as_str()) {
@@ -669,7 +677,13 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
                         }
                     })
                     .probe_with(&probe);
-                let rows = score_gate(values, filter.clone(), flow.clone(), ledger.clone(), gate_counts.clone());
+                let rows = score_gate(
+                    values,
+                    filter.clone(),
+                    flow.clone(),
+                    ledger.clone(),
+                    gate_counts.clone(),
+                );
                 micro_batch(
                     rows,
                     live_window.clone(),

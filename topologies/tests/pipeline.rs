@@ -263,9 +263,15 @@ fn a_lone_event_is_flushed_by_the_timer_after_max_wait() {
     // event's read-to-ack latency covers it. No upper bound in a test: how long a loaded
     // machine takes is for `weir bench`.
     let fill_wait = Duration::from_secs_f64(metrics.batch_fill_wait.get_sample_sum());
-    assert!(fill_wait >= cfg.batching.max_wait, "waited for the window: {fill_wait:?}");
+    assert!(
+        fill_wait >= cfg.batching.max_wait,
+        "waited for the window: {fill_wait:?}"
+    );
     let latency = Duration::from_micros(report.p99_latency_us);
-    assert!(latency >= cfg.batching.max_wait, "read-to-ack covers the window: {latency:?}");
+    assert!(
+        latency >= cfg.batching.max_wait,
+        "read-to-ack covers the window: {latency:?}"
+    );
     drop(env.kafka);
 }
 
@@ -423,13 +429,14 @@ fn a_future_dated_transaction_or_a_tombstone_never_blocks_a_partitions_commits()
     let env = setup(1, 0);
     let p = BulkProducer::new(&env.brokers, &BTreeMap::new()).unwrap();
     let ts = 1_522_540_800_000 + 3_600_000;
-    let tx = |id: u64, t: i64| {
-        format!(r#"{{"tx_id":{id},"tx_time_ms":{t},"customer_id":1,"terminal_id":2,"amount":10.0}}"#)
-    };
+    let tx =
+        |id: u64, t: i64| format!(r#"{{"tx_id":{id},"tx_time_ms":{t},"customer_id":1,"terminal_id":2,"amount":10.0}}"#);
     let far = tx(900_001, weir_core::clock::wall_ms() + 12 * 3_600_000);
     let near = tx(900_002, ts + 30_000);
-    p.send_record("transactions", Some(b"f"), Some(far.as_bytes()), &[], Some(ts)).unwrap();
-    p.send_record("transactions", Some(b"n"), Some(near.as_bytes()), &[], Some(ts)).unwrap();
+    p.send_record("transactions", Some(b"f"), Some(far.as_bytes()), &[], Some(ts))
+        .unwrap();
+    p.send_record("transactions", Some(b"n"), Some(near.as_bytes()), &[], Some(ts))
+        .unwrap();
     p.send_record(
         "transactions",
         Some(b"t"),
@@ -457,32 +464,48 @@ fn a_future_dated_transaction_or_a_tombstone_never_blocks_a_partitions_commits()
             },
         )
     });
-    let ends: BTreeMap<i32, i64> = weir_connectors::kafka::admin::watermarks(&env.brokers, "transactions", Duration::from_secs(10))
-        .unwrap()
-        .into_iter()
-        .map(|(p, _, hi)| (p, hi))
-        .collect();
+    let ends: BTreeMap<i32, i64> =
+        weir_connectors::kafka::admin::watermarks(&env.brokers, "transactions", Duration::from_secs(10))
+            .unwrap()
+            .into_iter()
+            .map(|(p, _, hi)| (p, hi))
+            .collect();
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
-        let committed: BTreeMap<i32, i64> =
-            weir_connectors::kafka::admin::committed_offsets(&env.brokers, "future", "transactions", Duration::from_secs(10))
-                .unwrap()
-                .into_iter()
-                .filter_map(|(p, o)| Some((p, o?)))
-                .collect();
+        let committed: BTreeMap<i32, i64> = weir_connectors::kafka::admin::committed_offsets(
+            &env.brokers,
+            "future",
+            "transactions",
+            Duration::from_secs(10),
+        )
+        .unwrap()
+        .into_iter()
+        .filter_map(|(p, o)| Some((p, o?)))
+        .collect();
         if committed == ends {
             break;
         }
         assert!(!run.is_finished(), "the live run ended early");
-        assert!(Instant::now() < deadline, "commits stopped at {committed:?} of {ends:?}");
+        assert!(
+            Instant::now() < deadline,
+            "commits stopped at {committed:?} of {ends:?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     flow.request_shutdown();
     let report = run.join().unwrap().unwrap();
-    assert_eq!(report.dead_letters.get("invalid_time"), Some(&1), "{:?}", report.dead_letters);
+    assert_eq!(
+        report.dead_letters.get("invalid_time"),
+        Some(&1),
+        "{:?}",
+        report.dead_letters
+    );
     assert_eq!(report.dead_letters.get("json"), Some(&1), "the tombstone");
     let scores = score_map(&env.brokers, "scores");
-    assert!(scores.contains_key(&900_002), "a transaction 30 s after its message timestamp is scored");
+    assert!(
+        scores.contains_key(&900_002),
+        "a transaction 30 s after its message timestamp is scored"
+    );
     assert!(!scores.contains_key(&900_001));
     let dead = read_topic(&env.brokers, "transactions-dlq", Duration::from_secs(30)).unwrap();
     let far_letter = dead.iter().find(|d| d.key.as_deref() == Some(&b"f"[..])).unwrap();
@@ -542,8 +565,14 @@ fn memory_pressure_slows_reading_but_changes_no_feature() {
     .unwrap();
     done.store(true, std::sync::atomic::Ordering::Release);
     assert!(watcher.join().unwrap(), "the run was under memory pressure");
-    assert_eq!((free.scored, pressed.scored), (env.tx_ids.len() as u64, env.tx_ids.len() as u64));
-    let (a, b) = (score_map(&env.brokers, "scores-free"), score_map(&env.brokers, "scores-pressed"));
+    assert_eq!(
+        (free.scored, pressed.scored),
+        (env.tx_ids.len() as u64, env.tx_ids.len() as u64)
+    );
+    let (a, b) = (
+        score_map(&env.brokers, "scores-free"),
+        score_map(&env.brokers, "scores-pressed"),
+    );
     let differ = a.iter().filter(|(k, v)| b.get(k) != Some(v)).count();
     assert_eq!(differ, 0, "{differ} of {} scores differ under memory pressure", a.len());
     drop(env.kafka);

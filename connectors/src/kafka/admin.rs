@@ -123,9 +123,9 @@ impl BulkProducer {
         timestamp_ms: Option<i64>,
     ) -> Result<(), ConnectorError> {
         use rdkafka::message::{Header, OwnedHeaders};
-        let hs = headers
-            .iter()
-            .fold(OwnedHeaders::new(), |h, (key, value)| h.insert(Header { key, value: *value }));
+        let hs = headers.iter().fold(OwnedHeaders::new(), |h, (key, value)| {
+            h.insert(Header { key, value: *value })
+        });
         let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).headers(hs);
         if let Some(p) = payload {
             record = record.payload(p);

@@ -46,7 +46,11 @@ pub fn unsafe_consumer_property(key: &str, value: &str) -> Option<&'static str> 
 ///
 /// # Errors
 /// librdkafka's message, e.g. `No such configuration property: "bogus"`.
-pub fn check_client_properties(brokers: &str, properties: &BTreeMap<String, String>, producer: bool) -> Result<(), String> {
+pub fn check_client_properties(
+    brokers: &str,
+    properties: &BTreeMap<String, String>,
+    producer: bool,
+) -> Result<(), String> {
     let mut props = properties.clone();
     if producer {
         props.retain(|k, _| k != "bootstrap.servers");

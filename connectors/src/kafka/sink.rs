@@ -107,13 +107,19 @@ impl ProducerContext for AckContext {
                                 tracing::error!(error = %e, lineage = ?pending.lineage, "dead-letter sink rejected a failed score; its event stays unacknowledged");
                             }
                         }
-                        None => tracing::error!(error = %e, lineage = ?pending.lineage, "score delivery failed; its event stays unacknowledged"),
+                        None => {
+                            tracing::error!(error = %e, lineage = ?pending.lineage, "score delivery failed; its event stays unacknowledged")
+                        }
                     }
                 }
                 (Some(_), Some(resend)) if too_large(e) && !pending.retried => {
                     let headers = msg
                         .headers()
-                        .map(|hs| hs.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec))).collect())
+                        .map(|hs| {
+                            hs.iter()
+                                .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                                .collect()
+                        })
                         .unwrap_or_default();
                     let _ = resend.send(Resend {
                         pending,
@@ -157,9 +163,9 @@ pub fn unsafe_producer_property(key: &str, value: &str) -> Option<&'static str> 
         "acks" | "request.required.acks" if v != "all" && v != "-1" => {
             Some("weir acknowledges an event only once every in-sync replica has its output (acks = all)")
         }
-        "message.timeout.ms" | "delivery.timeout.ms" if v != "0" => {
-            Some("a delivery timeout drops records the broker did not acknowledge in time; weir retries until it does (0)")
-        }
+        "message.timeout.ms" | "delivery.timeout.ms" if v != "0" => Some(
+            "a delivery timeout drops records the broker did not acknowledge in time; weir retries until it does (0)",
+        ),
         "bootstrap.servers" | "metadata.broker.list" => Some("set the brokers with source.brokers or --brokers"),
         _ => None,
     }
@@ -361,8 +367,12 @@ impl KafkaDeadLetterSink {
                     r.pending.retried = true;
                     metrics.dead_letters_truncated.inc();
                     let original = r.payload.as_ref().map_or(0, Vec::len);
-                    let payload = r.payload.as_ref().map(|p| p[..p.len().min(BROKER_RETRY_BYTES)].to_vec());
-                    r.headers.retain(|(k, _)| k != "weir.dlq.truncated" && k != "weir.dlq.original_bytes");
+                    let payload = r
+                        .payload
+                        .as_ref()
+                        .map(|p| p[..p.len().min(BROKER_RETRY_BYTES)].to_vec());
+                    r.headers
+                        .retain(|(k, _)| k != "weir.dlq.truncated" && k != "weir.dlq.original_bytes");
                     let headers = with_truncation(owned_headers(&r.headers), original);
                     let mut record = BaseRecord::with_opaque_to(&topic_name, r.pending).headers(headers);
                     if let Some(p) = payload.as_deref() {
@@ -391,12 +401,14 @@ impl KafkaDeadLetterSink {
 }
 
 fn owned_headers(headers: &[(String, Option<Vec<u8>>)]) -> OwnedHeaders {
-    headers.iter().fold(OwnedHeaders::new_with_capacity(headers.len() + 7), |h, (k, v)| {
-        h.insert(Header {
-            key: k.as_str(),
-            value: v.as_deref(),
+    headers
+        .iter()
+        .fold(OwnedHeaders::new_with_capacity(headers.len() + 7), |h, (k, v)| {
+            h.insert(Header {
+                key: k.as_str(),
+                value: v.as_deref(),
+            })
         })
-    })
 }
 
 fn with_truncation(headers: OwnedHeaders, original_bytes: usize) -> OwnedHeaders {
@@ -426,7 +438,10 @@ impl DeadLetterSink for KafkaDeadLetterSink {
             ("weir.source.offset", offset.as_bytes()),
         ];
         for (key, value) in weir_headers {
-            headers = headers.insert(Header { key, value: Some(value) });
+            headers = headers.insert(Header {
+                key,
+                value: Some(value),
+            });
         }
         // Fit the record under the producer's limit: keep the payload's first bytes if needed.
         let header_bytes: usize = letter

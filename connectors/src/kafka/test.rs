@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use timely::dataflow::operators::{Inspect, Probe};
-use weir_core::{DeadLetter, DeadLetterSink, DeliveryLedger, FlowControl, Lineage, Metrics, RowMeta, ScoreSink, SourceEvent};
+use weir_core::{
+    DeadLetter, DeadLetterSink, DeliveryLedger, FlowControl, Lineage, Metrics, RowMeta, ScoreSink, SourceEvent,
+};
 
 use super::admin::{read_topic, BulkProducer};
 use super::embedded::EmbeddedKafka;
@@ -270,7 +272,14 @@ fn letter(offset: i64, payload: Option<Vec<u8>>) -> DeadLetter {
     }
 }
 
-fn sinks(kafka: &EmbeddedKafka) -> (Arc<DeliveryLedger>, Arc<Metrics>, KafkaScoreSink, Arc<KafkaDeadLetterSink>) {
+fn sinks(
+    kafka: &EmbeddedKafka,
+) -> (
+    Arc<DeliveryLedger>,
+    Arc<Metrics>,
+    KafkaScoreSink,
+    Arc<KafkaDeadLetterSink>,
+) {
     for t in ["scores", "dlq"] {
         kafka.create_topic(t, 1).unwrap();
     }
@@ -279,14 +288,19 @@ fn sinks(kafka: &EmbeddedKafka) -> (Arc<DeliveryLedger>, Arc<Metrics>, KafkaScor
     let metrics = Arc::new(Metrics::new("t"));
     let none = BTreeMap::new();
     let scores = KafkaScoreSink::new(&brokers, "scores", &none, ledger.clone(), metrics.clone()).unwrap();
-    let dlq = Arc::new(KafkaDeadLetterSink::new(&brokers, "dlq", "events", &none, ledger.clone(), metrics.clone()).unwrap());
+    let dlq =
+        Arc::new(KafkaDeadLetterSink::new(&brokers, "dlq", "events", &none, ledger.clone(), metrics.clone()).unwrap());
     (ledger, metrics, scores, dlq)
 }
 
 fn wait_committable(ledger: &DeliveryLedger, want: i64) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while ledger.committable(&[0]) != vec![(0, want)] {
-        assert!(Instant::now() < deadline, "committable {:?}, want {want}", ledger.committable(&[0]));
+        assert!(
+            Instant::now() < deadline,
+            "committable {:?}, want {want}",
+            ledger.committable(&[0])
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -298,7 +312,13 @@ fn dead_letters_keep_tombstones_and_headers_and_oversized_payloads_are_truncated
     let kafka = EmbeddedKafka::start().unwrap();
     let (ledger, metrics, _scores, dlq) = sinks(&kafka);
     for o in 0..3 {
-        ledger.register(Lineage { partition: 0, offset: o }, 0);
+        ledger.register(
+            Lineage {
+                partition: 0,
+                offset: o,
+            },
+            0,
+        );
     }
     dlq.send(letter(0, None)).unwrap();
     dlq.send(letter(1, Some(vec![b'x'; 2_000_000]))).unwrap();
@@ -326,7 +346,13 @@ fn dead_letters_keep_tombstones_and_headers_and_oversized_payloads_are_truncated
 fn a_letter_the_broker_refuses_as_too_large_is_sent_again_truncated() {
     let kafka = EmbeddedKafka::start().unwrap();
     let (ledger, metrics, _scores, dlq) = sinks(&kafka);
-    ledger.register(Lineage { partition: 0, offset: 0 }, 0);
+    ledger.register(
+        Lineage {
+            partition: 0,
+            offset: 0,
+        },
+        0,
+    );
     kafka.fail_next_produce(&[rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE]);
     dlq.send(letter(0, Some(vec![b'y'; 100_000]))).unwrap();
     wait_committable(&ledger, 1);
@@ -334,7 +360,10 @@ fn a_letter_the_broker_refuses_as_too_large_is_sent_again_truncated() {
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].header("weir.dlq.truncated"), Some(&b"true"[..]));
     assert_eq!(out[0].header("weir.dlq.original_bytes"), Some(&b"100000"[..]));
-    assert_eq!(out[0].payload.as_ref().map(Vec::len), Some(super::sink::BROKER_RETRY_BYTES));
+    assert_eq!(
+        out[0].payload.as_ref().map(Vec::len),
+        Some(super::sink::BROKER_RETRY_BYTES)
+    );
     assert_eq!(out[0].header("trace-id"), Some(&b"t-1"[..]));
     assert_eq!(metrics.dead_letters_truncated.get(), 1);
 }
@@ -346,7 +375,10 @@ fn a_score_record_whose_delivery_fails_becomes_a_dead_letter_and_is_acknowledged
     let (ledger, metrics, scores, dlq) = sinks(&kafka);
     scores.set_dead_letters(dlq.clone());
     let row = RowMeta {
-        lineage: Lineage { partition: 0, offset: 0 },
+        lineage: Lineage {
+            partition: 0,
+            offset: 0,
+        },
         tx_id: 7,
         event_time_ms: 5,
         read_at_us: 0,

@@ -316,7 +316,9 @@ fn default_topology(given: Option<PathBuf>) -> Result<PathBuf, String> {
         return Ok(p);
     }
     const REL: &str = "topologies/fraud-scoring.toml";
-    let mut tried = vec![std::env::current_dir().map(|d| d.join(REL)).unwrap_or_else(|_| PathBuf::from(REL))];
+    let mut tried = vec![std::env::current_dir()
+        .map(|d| d.join(REL))
+        .unwrap_or_else(|_| PathBuf::from(REL))];
     if let Ok(exe) = std::env::current_exe() {
         tried.extend(exe.ancestors().skip(1).take(4).map(|a| a.join(REL)));
     }
@@ -327,7 +329,11 @@ fn default_topology(given: Option<PathBuf>) -> Result<PathBuf, String> {
     tried.iter().find(|p| p.exists()).cloned().ok_or_else(|| {
         format!(
             "no topology given and `{REL}` not found (looked at {}); pass one with --topology",
-            tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            tried
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         )
     })
 }
