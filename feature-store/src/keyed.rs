@@ -410,14 +410,11 @@ fn stage<'s>(
                 // millisecond labels first, then inserts, then reads. What is not ready stays.
                 rows_pending.sort_by_key(|r| r.t);
                 let later = rows_pending.split_off(rows_pending.partition_point(|r| ready(r.t)));
-                let rows_now = std::mem::replace(&mut rows_pending, later);
-                let mut rows_now = rows_now;
+                let mut rows_now = std::mem::replace(&mut rows_pending, later);
                 labels_pending.sort_by_key(|(t, _)| *t);
                 let later = labels_pending.split_off(labels_pending.partition_point(|(t, _)| ready(*t)));
                 let labels_now = std::mem::replace(&mut labels_pending, later);
                 let fresh = || EntityWindows::new(wins.len());
-                // Milliseconds with rows, processed in order.
-                let mut groups: Vec<(u64, usize)> = Vec::new();
                 let (mut li, mut i) = (0, 0);
                 while i < rows_now.len() || li < labels_now.len() {
                     let t = match (rows_now.get(i), labels_now.get(li)) {
@@ -453,21 +450,18 @@ fn stage<'s>(
                             w.read(&wins, t, &mut r.acc);
                         }
                     }
-                    if i > first {
-                        groups.push((t, i - first));
-                    }
                 }
                 // Emitted at the least time held (coarse: one time per round, not one per
                 // millisecond, so progress tracking stays per epoch). A row not yet emitted will
                 // be emitted at or after the time held for it, which is at or before its
                 // processing time: downstream, everything whose processing time is before the
                 // frontier has arrived.
-                if !groups.is_empty() {
+                if !rows_now.is_empty() {
                     let cap = held.as_ref().expect("pending rows hold a capability");
                     output.session(cap).give_iterator(rows_now.into_iter());
                 }
-                // Hold only what the rows still pending need.
-                match rows_pending.iter().map(|r| r.t).min() {
+                // Hold only what the rows still pending need (sorted: the first is the least).
+                match rows_pending.first().map(|r| r.t) {
                     Some(t) => {
                         if let Some(h) = held.as_mut() {
                             if t > *h.time() {

@@ -71,7 +71,8 @@ impl BulkProducer {
         })
     }
 
-    /// Enqueues one record; waits while the local queue is full.
+    /// Enqueues one record without headers ([`BulkProducer::send_record`]); waits while the
+    /// local queue is full.
     ///
     /// # Errors
     /// [`ConnectorError::Kafka`] for any error other than a full queue.
@@ -82,31 +83,7 @@ impl BulkProducer {
         payload: &[u8],
         timestamp_ms: Option<i64>,
     ) -> Result<(), ConnectorError> {
-        let mut record = BaseRecord::to(topic).payload(payload);
-        if let Some(k) = key {
-            record = record.key(k);
-        }
-        if let Some(ts) = timestamp_ms {
-            record = record.timestamp(ts);
-        }
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => {
-                    self.sent.fetch_add(1, Ordering::Relaxed);
-                    return Ok(());
-                }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Err((e, _)) => {
-                    return Err(ConnectorError::Kafka {
-                        context: format!("produce to `{topic}`"),
-                        source: e,
-                    })
-                }
-            }
-        }
+        self.send_record(topic, key, Some(payload), &[], timestamp_ms)
     }
 
     /// Enqueues one record with an optional (null: tombstone) payload and headers; waits while
@@ -123,10 +100,13 @@ impl BulkProducer {
         timestamp_ms: Option<i64>,
     ) -> Result<(), ConnectorError> {
         use rdkafka::message::{Header, OwnedHeaders};
-        let hs = headers.iter().fold(OwnedHeaders::new(), |h, (key, value)| {
-            h.insert(Header { key, value: *value })
-        });
-        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).headers(hs);
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
+        if !headers.is_empty() {
+            let hs = headers.iter().fold(OwnedHeaders::new(), |h, (key, value)| {
+                h.insert(Header { key, value: *value })
+            });
+            record = record.headers(hs);
+        }
         if let Some(p) = payload {
             record = record.payload(p);
         }
