@@ -292,30 +292,63 @@ impl FeatureSpec {
                     numerator,
                     denominator,
                     ..
-                } => {
-                    let num = acc[*numerator] as f64;
-                    let den = denominator.map(|d| acc[d] as f64).unwrap_or(1.0);
-                    match aggregation {
-                        Aggregation::Count => num,
-                        Aggregation::Sum => num / 1e6,
-                        Aggregation::Mean => {
-                            if den == 0.0 {
-                                0.0
-                            } else {
-                                num / den / 1e6
-                            }
-                        }
-                        Aggregation::FraudRatio => {
-                            if den == 0.0 {
-                                0.0
-                            } else {
-                                num / den
-                            }
-                        }
-                    }
-                }
+                } => windowed_value(*aggregation, acc[*numerator], denominator.map_or(1, |d| acc[d])),
             })
             .collect()
+    }
+
+    /// The per-transaction values of a transaction, `[n_features] f64`, with 0 in the windowed
+    /// columns (the keyed window operator fills them with [`windowed_value`]).
+    pub fn builtin_values(&self, tx_time_ms: i64, amount: f64) -> Vec<f64> {
+        self.columns
+            .iter()
+            .map(|c| match c {
+                Column::Builtin(f) => f.compute(tx_time_ms, amount),
+                Column::Windowed { .. } => 0.0,
+            })
+            .collect()
+    }
+}
+
+/// A windowed column's value from its accumulators' totals: `num` (the count, the amount sum in
+/// micro-units, or the fraud count) and `den` (the transaction count for a mean or a fraud
+/// ratio, else unused). Count: `num`; sum: `num / 1e6`; mean: `num / den / 1e6`; fraud ratio:
+/// `num / den`; 0 for an empty window. The integers are converted to `f64` rounding to nearest
+/// (as `i128 as f64`), with a fast path for totals that fit an `i64` (the same value).
+pub fn windowed_value(aggregation: Aggregation, num: i128, den: i128) -> f64 {
+    let num = to_f64(num);
+    let den = to_f64(den);
+    match aggregation {
+        Aggregation::Count => num,
+        Aggregation::Sum => num / 1e6,
+        Aggregation::Mean => {
+            if den == 0.0 {
+                0.0
+            } else {
+                num / den / 1e6
+            }
+        }
+        Aggregation::FraudRatio => {
+            if den == 0.0 {
+                0.0
+            } else {
+                num / den
+            }
+        }
+    }
+}
+
+/// `v as f64` (round to nearest); through `i64` when it fits, which gives the same value without
+/// the software 128-bit conversion (kept out of line, or the compiler folds both into it).
+#[inline]
+fn to_f64(v: i128) -> f64 {
+    #[inline(never)]
+    fn wide(v: i128) -> f64 {
+        v as f64
+    }
+    match i64::try_from(v) {
+        Ok(v) => v as f64,
+        Err(_) => wide(v),
     }
 }
 

@@ -52,7 +52,7 @@
 //! assert_eq!(counts, vec![(0, 1), (1, 2), (2, 3)]);
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 
 use timely::container::CapacityContainerBuilder;
@@ -63,7 +63,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::StreamVec;
 use weir_core::{Label, RowMeta, Transaction};
 
-use crate::definition::{amount_micros, AccKind, Entity, FeatureSpec};
+use crate::definition::{amount_micros, windowed_value, AccKind, Aggregation, Column, Entity, FeatureSpec};
 use crate::windows::FeatureValues;
 
 /// A fast hasher for integer keys (entity and transaction ids): one multiply (Fibonacci hashing,
@@ -90,7 +90,7 @@ impl Hasher for IdHasher {
 pub type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
 
 /// The running sums of one window over an entity's log.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Cursor {
     /// Sequence number of the next entry to enter the window.
     pub head: u64,
@@ -157,121 +157,168 @@ struct Columns {
     labels: bool,
 }
 
-/// The windows of one entity: its log, in columns (event time ms; amount in micro-units;
-/// transaction id; fraud flag: 8 + 8 + 8 + 1 bytes per event, each only if an accumulator of
-/// the stage needs it), and one cursor per window of the stage. The columns are vectors whose
-/// first `start` elements have left every window (compacted once they are half of it).
-#[derive(Debug, Default)]
+/// One entry of an entity's log, 16 bytes: its time with the fraud flag in the top bit (event
+/// times are below 2^63 ms), and one value: the amount in micro-units where an accumulator sums
+/// amounts, else the transaction id where one counts frauds (a stage that needs both keeps the
+/// ids in a second column).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Entry {
+    time_fraud: u64,
+    value: u64,
+}
+
+const FRAUD_BIT: u64 = 1 << 63;
+
+impl Entry {
+    #[inline]
+    fn time(self) -> u64 {
+        self.time_fraud & !FRAUD_BIT
+    }
+    #[inline]
+    fn fraud(self) -> u8 {
+        (self.time_fraud >> 63) as u8
+    }
+}
+
+/// The windows of one entity: its log of [`Entry`], in time order, and one cursor per window of
+/// the stage. The log is a ring buffer ([`VecDeque`]): entries every window has left are popped
+/// from the front, so it holds the events of the longest `window + delay`, in 16 bytes each (24
+/// where a stage needs both amounts and transaction ids), and its capacity is at most twice
+/// that.
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EntityWindows {
-    /// Event (processing) times, ms, in order.
-    times: Vec<u64>,
-    /// Amounts, micro-units (empty unless an accumulator sums amounts).
-    amounts: Vec<i64>,
-    /// Transaction ids (empty unless an accumulator counts frauds).
-    ids: Vec<u64>,
-    /// 1 if the latest label of the transaction says fraud (as `ids`).
-    frauds: Vec<u8>,
-    /// Index of the first live entry in the columns.
-    start: usize,
-    /// Sequence number of the first live entry.
+    /// The log, in time order.
+    log: VecDeque<Entry>,
+    /// Transaction ids, only where the stage needs both amounts and ids (as `log`).
+    ids: VecDeque<u64>,
+    /// Sequence number of the first entry in the log.
     base: u64,
     /// One per window of the stage, in the stage's order.
-    cursors: Vec<Cursor>,
+    cursors: Box<[Cursor]>,
     /// Labels whose transaction is not in the log yet: tx id -> fraud flag.
-    waiting_labels: IdMap<u64, u8>,
+    waiting_labels: Option<Box<IdMap<u64, u8>>>,
 }
 
 impl EntityWindows {
     fn new(n_windows: usize) -> Self {
         Self {
-            cursors: vec![Cursor::default(); n_windows],
+            cursors: vec![Cursor::default(); n_windows].into_boxed_slice(),
             ..Self::default()
         }
     }
 
     /// Events in the log.
     pub fn len(&self) -> usize {
-        self.times.len() - self.start
+        self.log.len()
     }
 
     /// Whether the log is empty.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.log.is_empty()
+    }
+
+    /// The transaction id of entry `i`.
+    #[inline]
+    fn id(&self, cols: Columns, i: usize) -> u64 {
+        match cols.amounts {
+            true => self.ids[i],
+            false => self.log[i].value,
+        }
     }
 
     /// Appends a transaction at `time` (not before the last entry).
+    #[inline]
     fn insert(&mut self, cols: Columns, time: u64, amount: i64, tx_id: u64) {
-        self.times.push(time);
-        if cols.amounts {
-            self.amounts.push(amount);
-        }
-        if cols.labels {
-            let fraud = match self.waiting_labels.is_empty() {
-                true => 0,
-                false => self.waiting_labels.remove(&tx_id).unwrap_or(0),
-            };
-            self.ids.push(tx_id);
-            self.frauds.push(fraud);
-        }
-    }
-
-    /// The window sums as of `t`, written to `out` by slot.
-    fn read(&mut self, wins: &[Win], t: u64, out: &mut [i128]) {
-        let off = self.start as u64;
-        let base = self.base;
-        let end = base + (self.times.len() - self.start) as u64;
-        let (times, amounts, frauds) = (&self.times, &self.amounts, &self.frauds);
-        let value = |i: usize| -> [i128; 3] {
-            [
-                1,
-                amounts.get(i).map_or(0, |a| *a as i128),
-                frauds.get(i).map_or(0, |f| *f as i128),
-            ]
+        let mut e = Entry {
+            time_fraud: time & !FRAUD_BIT,
+            value: match cols.amounts {
+                true => amount as u64,
+                false => tx_id,
+            },
         };
-        for (k, w) in wins.iter().enumerate() {
-            let c = &mut self.cursors[k];
-            // Enter: entries with time <= t - d.
-            if let Some(upto) = t.checked_sub(w.delay_ms) {
-                while c.head < end && times[(c.head - base + off) as usize] <= upto {
-                    let v = value((c.head - base + off) as usize);
-                    c.sums[0] += v[0];
-                    c.sums[1] += v[1];
-                    c.sums[2] += v[2];
-                    c.head += 1;
+        if cols.labels {
+            if let Some(w) = self.waiting_labels.as_mut() {
+                if w.remove(&tx_id) == Some(1) {
+                    e.time_fraud |= FRAUD_BIT;
                 }
-                // Leave: entries with time <= t - d - w.
-                if let Some(gone) = upto.checked_sub(w.window_ms) {
-                    while c.tail < c.head && times[(c.tail - base + off) as usize] <= gone {
-                        let v = value((c.tail - base + off) as usize);
-                        c.sums[0] -= v[0];
-                        c.sums[1] -= v[1];
-                        c.sums[2] -= v[2];
-                        c.tail += 1;
-                    }
+                if w.is_empty() {
+                    self.waiting_labels = None;
                 }
             }
-            for (j, slot) in w.slots.iter().enumerate() {
-                if let Some(s) = slot {
-                    out[*s] = c.sums[j];
+            if cols.amounts {
+                self.ids.push_back(tx_id);
+            }
+        }
+        self.log.push_back(e);
+    }
+
+    /// Moves the cursors to `t`: the window sums as of `t`.
+    #[inline]
+    fn advance(&mut self, wins: &[Win], cols: Columns, t: u64) {
+        let base = self.base;
+        let end = base + self.log.len() as u64;
+        let log = &self.log;
+        for (c, w) in self.cursors.iter_mut().zip(wins) {
+            let Some(upto) = t.checked_sub(w.delay_ms) else {
+                continue;
+            };
+            // Enter: entries with time <= t - d.
+            while c.head < end {
+                let e = log[(c.head - base) as usize];
+                if e.time() > upto {
+                    break;
+                }
+                c.sums[0] += 1;
+                if cols.amounts {
+                    c.sums[1] += e.value as i64 as i128;
+                }
+                c.sums[2] += e.fraud() as i128;
+                c.head += 1;
+            }
+            // Leave: entries with time <= t - d - w.
+            if let Some(gone) = upto.checked_sub(w.window_ms) {
+                while c.tail < c.head {
+                    let e = log[(c.tail - base) as usize];
+                    if e.time() > gone {
+                        break;
+                    }
+                    c.sums[0] -= 1;
+                    if cols.amounts {
+                        c.sums[1] -= e.value as i64 as i128;
+                    }
+                    c.sums[2] -= e.fraud() as i128;
+                    c.tail += 1;
                 }
             }
         }
         // Entries every window has left are no longer needed.
         let keep_from = self.cursors.iter().map(|c| c.tail).min().unwrap_or(end);
-        if keep_from > self.base {
-            self.start += (keep_from - self.base) as usize;
+        if keep_from > base {
+            let n = (keep_from - base) as usize;
+            self.log.drain(..n);
+            if !self.ids.is_empty() {
+                self.ids.drain(..n);
+            }
             self.base = keep_from;
-            if self.start >= 32 && self.start * 2 >= self.times.len() {
-                let s = self.start;
-                self.times.drain(..s);
-                if !self.amounts.is_empty() {
-                    self.amounts.drain(..s);
+            // A log that shrank to a quarter of its capacity gives half of it back.
+            if self.log.capacity() >= 64 && self.log.len() * 4 <= self.log.capacity() {
+                let keep = self.log.len() * 2;
+                self.log.shrink_to(keep);
+                self.ids.shrink_to(keep);
+            }
+        }
+    }
+
+    /// The window sums as of `t` (moving the cursors there), written to `out` by slot: a test
+    /// view of what [`Self::advance`] keeps.
+    #[cfg(test)]
+    fn read(&mut self, wins: &[Win], cols: Columns, t: u64, out: &mut [i128]) {
+        self.advance(wins, cols, t);
+        for (c, w) in self.cursors.iter().zip(wins) {
+            for (j, slot) in w.slots.iter().enumerate() {
+                if let Some(s) = slot {
+                    out[*s] = c.sums[j];
                 }
-                if !self.ids.is_empty() {
-                    self.ids.drain(..s);
-                    self.frauds.drain(..s);
-                }
-                self.start = 0;
             }
         }
     }
@@ -279,31 +326,31 @@ impl EntityWindows {
     /// Applies a label (upsert by transaction id): the entry's fraud flag becomes `fraud`, and
     /// windows that hold it change their fraud count by the difference. `now`: the label's
     /// processing time; `lookback`: the longest `window + delay` of the stage, ms.
-    fn label(&mut self, tx_id: u64, tx_time: u64, fraud: u8, now: u64, lookback: u64) {
+    fn label(&mut self, cols: Columns, tx_id: u64, tx_time: u64, fraud: u8, now: u64, lookback: u64) {
         // Entries are in time order: find the transaction's millisecond, then its id; a late
         // transaction was logged at the time it was processed, found by a scan.
-        let live = &self.times[self.start..];
-        let ids = &self.ids[self.start..];
-        let from = live.partition_point(|t| *t < tx_time);
-        let found = (from..live.len())
-            .take_while(|&i| live[i] == tx_time)
-            .find(|&i| ids[i] == tx_id)
-            .or_else(|| ids.iter().position(|id| *id == tx_id));
+        let log = &self.log;
+        let from = log.partition_point(|e| e.time() < tx_time);
+        let found = (from..log.len())
+            .take_while(|&i| log[i].time() == tx_time)
+            .find(|&i| self.id(cols, i) == tx_id)
+            .or_else(|| (0..log.len()).find(|&i| self.id(cols, i) == tx_id));
         let Some(i) = found else {
             // Not seen yet (a label before its transaction, or a late transaction still to
             // come): it waits, unless its transaction would be out of every window by now.
             if tx_time.saturating_add(lookback) >= now {
-                self.waiting_labels.insert(tx_id, fraud);
+                self.waiting_labels.get_or_insert_with(Default::default).insert(tx_id, fraud);
             }
             return;
         };
-        let old = self.frauds[self.start + i];
+        let e = &mut self.log[i];
+        let old = e.fraud();
         if old == fraud {
             return;
         }
-        self.frauds[self.start + i] = fraud;
+        e.time_fraud = e.time() | ((fraud as u64) << 63);
         let seq = self.base + i as u64;
-        for c in &mut self.cursors {
+        for c in self.cursors.iter_mut() {
             if c.tail <= seq && seq < c.head {
                 c.sums[2] += fraud as i128 - old as i128;
             }
@@ -311,7 +358,7 @@ impl EntityWindows {
     }
 }
 
-/// A transaction on its way through the stages: its accumulator slots fill as it goes.
+/// A transaction on its way through the stages: its feature values fill as it goes.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StagedRow {
     /// Identity and lineage.
@@ -320,8 +367,9 @@ pub struct StagedRow {
     pub tx: Transaction,
     /// Its processing time: event time, raised to the timely time it arrived at if late, ms.
     pub t: u64,
-    /// Accumulator totals by slot (amounts in micro-units).
-    pub acc: Vec<i128>,
+    /// Feature values in the spec's column order, `[n_features] f64`: the per-transaction ones
+    /// from the start, the windowed ones once their stage has read them.
+    pub values: Vec<f64>,
 }
 
 fn entity_id(e: Entity, tx: &Transaction) -> u64 {
@@ -343,12 +391,65 @@ fn spread(id: u64) -> u64 {
     (id ^ (id >> 29)).wrapping_mul(0xBF58_476D_1CE4_E5B9)
 }
 
-/// One stage: the windows of entity kind `entity` for the accumulators `accs`.
+/// A windowed column a stage fills: its index in the row, its aggregation and its window.
+#[derive(Debug, Clone, Copy)]
+struct Out {
+    column: usize,
+    aggregation: Aggregation,
+    win: usize,
+}
+
+/// The columns of `spec` whose accumulators are of `entity`, against the stage's windows.
+fn outputs_of(spec: &FeatureSpec, entity: Entity, wins: &[Win]) -> Vec<Out> {
+    let mut outs = Vec::new();
+    for (column, c) in spec.columns().iter().enumerate() {
+        let Column::Windowed {
+            aggregation,
+            numerator,
+            ..
+        } = c
+        else {
+            continue;
+        };
+        let a = spec.accumulators()[*numerator];
+        if a.entity != entity {
+            continue;
+        }
+        let win = wins
+            .iter()
+            .position(|w| w.window_ms == a.window_ms && w.delay_ms == a.delay_ms)
+            .expect("every accumulator of the stage has its window");
+        outs.push(Out {
+            column,
+            aggregation: *aggregation,
+            win,
+        });
+    }
+    outs
+}
+
+/// Writes the stage's columns of a row from its entity's cursors.
+#[inline]
+fn write_values(outs: &[Out], cursors: &[Cursor], values: &mut [f64]) {
+    for o in outs {
+        let s = &cursors[o.win].sums;
+        let num = match o.aggregation {
+            Aggregation::Count => s[0],
+            Aggregation::Sum | Aggregation::Mean => s[1],
+            Aggregation::FraudRatio => s[2],
+        };
+        values[o.column] = windowed_value(o.aggregation, num, s[0]);
+    }
+}
+
+/// One stage: the windows of entity kind `entity` for the accumulators `accs`, filling the
+/// columns `outs`.
 fn stage<'s>(
     rows: StreamVec<'s, u64, StagedRow>,
     labels: Option<StreamVec<'s, u64, Label>>,
     entity: Entity,
     accs: Vec<Acc>,
+    spec: &FeatureSpec,
 ) -> StreamVec<'s, u64, StagedRow> {
     let name = format!("KeyedWindows({entity:?})");
     let lookback = accs.iter().map(|a| a.window_ms + a.delay_ms).max().unwrap_or(0);
@@ -357,6 +458,7 @@ fn stage<'s>(
         labels: accs.iter().any(|a| a.kind == AccKind::FraudCount),
     };
     let wins = windows_of(&accs);
+    let outs = outputs_of(spec, entity, &wins);
     let route_rows = Exchange::new(move |r: &StagedRow| spread(entity_id(entity, &r.tx)));
     let route_labels = Exchange::new(move |l: &Label| spread(label_entity(entity, l)));
     // A stage without labels reads an empty label stream (its frontier is then the rows').
@@ -371,7 +473,8 @@ fn stage<'s>(
         &name,
         move |_cap, _info| {
             let mut state: IdMap<u64, EntityWindows> = IdMap::default();
-            // Rows and labels waiting for the frontier, with their processing time.
+            // Rows and labels waiting for the frontier, with their processing time, and
+            // whether each buffer is still in time order.
             let mut rows_pending: Vec<StagedRow> = Vec::new();
             let mut labels_pending: Vec<(u64, Label)> = Vec::new();
             // The least time any pending row may be emitted at.
@@ -383,10 +486,10 @@ fn stage<'s>(
                     if held.as_ref().is_none_or(|h| c < *h.time()) {
                         held = cap.retain_least(0);
                     }
-                    for mut r in data.drain(..) {
+                    rows_pending.extend(data.drain(..).map(|mut r| {
                         r.t = r.t.max(c);
-                        rows_pending.push(r);
-                    }
+                        r
+                    }));
                 });
                 labels_in.for_each(|cap, data| {
                     let c = *cap.least().expect("a message has a time");
@@ -405,16 +508,18 @@ fn stage<'s>(
                     return;
                 }
                 last_frontier = frontier;
-                let ready = |t: u64| t < frontier;
                 // Event-time order (stable: arrival order within a millisecond); at one
                 // millisecond labels first, then inserts, then reads. What is not ready stays.
-                rows_pending.sort_by_key(|r| r.t);
-                let later = rows_pending.split_off(rows_pending.partition_point(|r| ready(r.t)));
-                let mut rows_now = std::mem::replace(&mut rows_pending, later);
-                labels_pending.sort_by_key(|(t, _)| *t);
-                let later = labels_pending.split_off(labels_pending.partition_point(|(t, _)| ready(*t)));
-                let labels_now = std::mem::replace(&mut labels_pending, later);
+                if !rows_pending.is_sorted_by_key(|r| r.t) {
+                    rows_pending.sort_by_key(|r| r.t);
+                }
+                if !labels_pending.is_sorted_by_key(|(t, _)| *t) {
+                    labels_pending.sort_by_key(|(t, _)| *t);
+                }
+                let n_rows = rows_pending.partition_point(|r| r.t < frontier);
+                let n_labels = labels_pending.partition_point(|(t, _)| *t < frontier);
                 let fresh = || EntityWindows::new(wins.len());
+                let (rows_now, labels_now) = (&mut rows_pending[..n_rows], &labels_pending[..n_labels]);
                 let (mut li, mut i) = (0, 0);
                 while i < rows_now.len() || li < labels_now.len() {
                     let t = match (rows_now.get(i), labels_now.get(li)) {
@@ -426,7 +531,7 @@ fn stage<'s>(
                     while li < labels_now.len() && labels_now[li].0 == t {
                         let l = labels_now[li].1;
                         let w = state.entry(label_entity(entity, &l)).or_insert_with(fresh);
-                        w.label(l.tx_id, l.tx_time_ms.max(0) as u64, l.tx_fraud.min(1), t, lookback);
+                        w.label(cols, l.tx_id, l.tx_time_ms.max(0) as u64, l.tx_fraud.min(1), t, lookback);
                         li += 1;
                     }
                     let first = i;
@@ -438,7 +543,8 @@ fn stage<'s>(
                         let r = &mut rows_now[first];
                         let w = state.entry(entity_id(entity, &r.tx)).or_insert_with(fresh);
                         w.insert(cols, t, amount_micros(r.tx.amount), r.tx.tx_id);
-                        w.read(&wins, t, &mut r.acc);
+                        w.advance(&wins, cols, t);
+                        write_values(&outs, &w.cursors, &mut r.values);
                     } else if i > first {
                         for r in &rows_now[first..i] {
                             let w = state.entry(entity_id(entity, &r.tx)).or_insert_with(fresh);
@@ -447,18 +553,20 @@ fn stage<'s>(
                         }
                         for r in &mut rows_now[first..i] {
                             let w = state.get_mut(&entity_id(entity, &r.tx)).expect("inserted above");
-                            w.read(&wins, t, &mut r.acc);
+                            w.advance(&wins, cols, t);
+                            write_values(&outs, &w.cursors, &mut r.values);
                         }
                     }
                 }
+                labels_pending.drain(..n_labels);
                 // Emitted at the least time held (coarse: one time per round, not one per
                 // millisecond, so progress tracking stays per epoch). A row not yet emitted will
                 // be emitted at or after the time held for it, which is at or before its
                 // processing time: downstream, everything whose processing time is before the
                 // frontier has arrived.
-                if !rows_now.is_empty() {
+                if n_rows > 0 {
                     let cap = held.as_ref().expect("pending rows hold a capability");
-                    output.session(cap).give_iterator(rows_now.into_iter());
+                    output.session(cap).give_iterator(rows_pending.drain(..n_rows));
                 }
                 // Hold only what the rows still pending need (sorted: the first is the least).
                 match rows_pending.first().map(|r| r.t) {
@@ -491,12 +599,12 @@ pub fn keyed_features<'s>(
         !spec.needs_labels() || labels.is_some(),
         "feature spec needs a labels stream"
     );
-    let n_slots = spec.accumulators().len();
+    let start_spec = spec.clone();
     let mut rows = txs.map(move |(meta, tx)| StagedRow {
         t: meta.event_time_ms.max(0) as u64,
+        values: start_spec.builtin_values(tx.tx_time_ms, tx.amount),
         meta,
         tx,
-        acc: vec![0; n_slots],
     });
     for entity in [Entity::Customer, Entity::Terminal] {
         let accs: Vec<Acc> = spec
@@ -516,10 +624,10 @@ pub fn keyed_features<'s>(
         }
         let needs_labels = accs.iter().any(|a| a.kind == AccKind::FraudCount);
         let l = if needs_labels { labels.clone() } else { None };
-        rows = stage(rows, l, entity, accs);
+        rows = stage(rows, l, entity, accs, &spec);
     }
-    rows.map(move |r| FeatureValues {
-        values: spec.values(r.tx.tx_time_ms, r.tx.amount, &r.acc),
+    rows.map(|r| FeatureValues {
+        values: r.values,
         meta: r.meta,
         time: r.t,
     })
@@ -560,19 +668,19 @@ mod tests {
         let (a, mut w, mut out) = (windows_of(&accs()), windows(), vec![0i128; 2]);
         w.insert(COLS, 100, 0, 1);
         w.insert(COLS, 101, 0, 2);
-        w.read(&a, 106, &mut out);
+        w.read(&a, COLS, 106, &mut out);
         assert_eq!(out, vec![2, 0], "both in (91, 101]");
-        w.label(1, 100, 1, 107, 15);
-        w.label(1, 100, 1, 107, 15);
-        w.read(&a, 107, &mut out);
+        w.label(COLS, 1, 100, 1, 107, 15);
+        w.label(COLS, 1, 100, 1, 107, 15);
+        w.read(&a, COLS, 107, &mut out);
         assert_eq!(out, vec![2, 1], "a label sent twice counts once");
-        w.label(1, 100, 0, 108, 15);
-        w.read(&a, 108, &mut out);
+        w.label(COLS, 1, 100, 0, 108, 15);
+        w.read(&a, COLS, 108, &mut out);
         assert_eq!(out, vec![2, 0], "a chargeback reversed undoes the count");
-        w.label(2, 101, 1, 109, 15);
-        w.read(&a, 115, &mut out);
+        w.label(COLS, 2, 101, 1, 109, 15);
+        w.read(&a, COLS, 115, &mut out);
         assert_eq!(out, vec![1, 1], "tx 1 left (100 <= 115 - 15), tx 2 is still in");
-        w.read(&a, 117, &mut out);
+        w.read(&a, COLS, 117, &mut out);
         assert_eq!(out, vec![0, 0]);
         assert!(w.is_empty(), "entries every window left are dropped");
     }
@@ -580,9 +688,9 @@ mod tests {
     #[test]
     fn a_label_before_its_transaction_waits_for_it() {
         let (a, mut w, mut out) = (windows_of(&accs()), windows(), vec![0i128; 2]);
-        w.label(9, 200, 1, 150, 15);
+        w.label(COLS, 9, 200, 1, 150, 15);
         w.insert(COLS, 200, 0, 9);
-        w.read(&a, 205, &mut out);
+        w.read(&a, COLS, 205, &mut out);
         assert_eq!(out, vec![1, 1]);
     }
 }
