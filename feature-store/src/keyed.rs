@@ -193,20 +193,11 @@ pub struct EntityWindows {
     ids: VecDeque<u64>,
     /// Sequence number of the first entry in the log.
     base: u64,
-    /// One per window of the stage, in the stage's order.
-    cursors: Box<[Cursor]>,
     /// Labels whose transaction is not in the log yet: tx id -> fraud flag.
     waiting_labels: Option<Box<IdMap<u64, u8>>>,
 }
 
 impl EntityWindows {
-    fn new(n_windows: usize) -> Self {
-        Self {
-            cursors: vec![Cursor::default(); n_windows].into_boxed_slice(),
-            ..Self::default()
-        }
-    }
-
     /// Events in the log.
     pub fn len(&self) -> usize {
         self.log.len()
@@ -254,11 +245,11 @@ impl EntityWindows {
 
     /// Moves the cursors to `t`: the window sums as of `t`.
     #[inline]
-    fn advance(&mut self, wins: &[Win], cols: Columns, t: u64) {
+    fn advance(&mut self, cursors: &mut [Cursor], wins: &[Win], cols: Columns, t: u64) {
         let base = self.base;
         let end = base + self.log.len() as u64;
         let log = &self.log;
-        for (c, w) in self.cursors.iter_mut().zip(wins) {
+        for (c, w) in cursors.iter_mut().zip(wins) {
             let Some(upto) = t.checked_sub(w.delay_ms) else {
                 continue;
             };
@@ -292,7 +283,7 @@ impl EntityWindows {
             }
         }
         // Entries every window has left are no longer needed.
-        let keep_from = self.cursors.iter().map(|c| c.tail).min().unwrap_or(end);
+        let keep_from = cursors.iter().map(|c| c.tail).min().unwrap_or(end);
         if keep_from > base {
             let n = (keep_from - base) as usize;
             self.log.drain(..n);
@@ -312,9 +303,9 @@ impl EntityWindows {
     /// The window sums as of `t` (moving the cursors there), written to `out` by slot: a test
     /// view of what [`Self::advance`] keeps.
     #[cfg(test)]
-    fn read(&mut self, wins: &[Win], cols: Columns, t: u64, out: &mut [i128]) {
-        self.advance(wins, cols, t);
-        for (c, w) in self.cursors.iter().zip(wins) {
+    fn read(&mut self, cursors: &mut [Cursor], wins: &[Win], cols: Columns, t: u64, out: &mut [i128]) {
+        self.advance(cursors, wins, cols, t);
+        for (c, w) in cursors.iter().zip(wins) {
             for (j, slot) in w.slots.iter().enumerate() {
                 if let Some(s) = slot {
                     out[*s] = c.sums[j];
@@ -326,7 +317,8 @@ impl EntityWindows {
     /// Applies a label (upsert by transaction id): the entry's fraud flag becomes `fraud`, and
     /// windows that hold it change their fraud count by the difference. `now`: the label's
     /// processing time; `lookback`: the longest `window + delay` of the stage, ms.
-    fn label(&mut self, cols: Columns, tx_id: u64, tx_time: u64, fraud: u8, now: u64, lookback: u64) {
+    #[allow(clippy::too_many_arguments)]
+    fn label(&mut self, cursors: &mut [Cursor], cols: Columns, tx_id: u64, tx_time: u64, fraud: u8, now: u64, lookback: u64) {
         // Entries are in time order: find the transaction's millisecond, then its id; a late
         // transaction was logged at the time it was processed, found by a scan.
         let log = &self.log;
@@ -350,12 +342,113 @@ impl EntityWindows {
         }
         e.time_fraud = e.time() | ((fraud as u64) << 63);
         let seq = self.base + i as u64;
-        for c in self.cursors.iter_mut() {
+        for c in cursors.iter_mut() {
             if c.tail <= seq && seq < c.head {
                 c.sums[2] += fraud as i128 - old as i128;
             }
         }
     }
+}
+
+/// What one stage keeps on one worker: its entities' logs in an arena, their cursors in one
+/// flat vector (`n_windows` per entity, in the stage's window order), and an index from entity
+/// id to arena slot. Entities keep their slot (an entity whose log emptied costs its slot and
+/// cursors, a few hundred bytes); the index is small enough to stay in cache, and the arena lets
+/// the operator prefetch the next rows' state while it works on the current one.
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StageState {
+    index: IdMap<u64, u32>,
+    entities: Vec<EntityWindows>,
+    cursors: Vec<Cursor>,
+    n_windows: usize,
+}
+
+impl StageState {
+    /// An empty state for a stage of `n_windows` windows.
+    pub fn new(n_windows: usize) -> Self {
+        Self {
+            n_windows,
+            ..Self::default()
+        }
+    }
+
+    /// Entities known.
+    pub fn entities(&self) -> usize {
+        self.entities.len()
+    }
+
+    /// Entries in all logs.
+    pub fn entries(&self) -> usize {
+        self.entities.iter().map(EntityWindows::len).sum()
+    }
+
+    /// The slot of entity `id`, created if new.
+    #[inline]
+    fn slot(&mut self, id: u64) -> u32 {
+        let next = self.entities.len() as u32;
+        let slot = *self.index.entry(id).or_insert(next);
+        if slot == next {
+            self.entities.push(EntityWindows::default());
+            self.cursors.extend(std::iter::repeat_n(Cursor::default(), self.n_windows));
+        }
+        slot
+    }
+
+    /// The log and the cursors of slot `slot`.
+    #[inline]
+    fn parts(&mut self, slot: u32) -> (&mut EntityWindows, &mut [Cursor]) {
+        let n = self.n_windows;
+        let c = slot as usize * n;
+        (&mut self.entities[slot as usize], &mut self.cursors[c..c + n])
+    }
+
+    /// Hints the CPU to load slot `slot`'s log header and cursors (a row a few ahead).
+    #[inline]
+    fn prefetch_slot(&self, slot: u32) {
+        prefetch(self.entities.as_ptr().wrapping_add(slot as usize));
+        let c = self.cursors.as_ptr().wrapping_add(slot as usize * self.n_windows);
+        for k in 0..self.n_windows {
+            prefetch(c.wrapping_add(k));
+        }
+    }
+
+    /// Hints the CPU to load the log entries slot `slot` will touch: its end (an insert) and
+    /// each cursor's position (needs the header and the cursors, prefetched earlier).
+    #[inline]
+    fn prefetch_log(&self, slot: u32) {
+        let Some(e) = self.entities.get(slot as usize) else {
+            return;
+        };
+        let log = &e.log;
+        if let Some(last) = log.back() {
+            prefetch(last);
+        }
+        let c = slot as usize * self.n_windows;
+        for cur in self.cursors.get(c..c + self.n_windows).unwrap_or_default() {
+            for seq in [cur.head, cur.tail] {
+                if let Some(x) = seq.checked_sub(e.base).and_then(|i| log.get(i as usize)) {
+                    prefetch(x);
+                }
+            }
+        }
+    }
+}
+
+/// How many rows ahead the stage prefetches a row's log entries (and twice as far, its log
+/// header and cursors): far enough to hide a memory load behind the work of the rows between.
+const PREFETCH_DISTANCE: usize = 4;
+
+/// A prefetch hint for the cache line holding `p` (no effect where the target has none; never
+/// dereferences `p`).
+#[inline(always)]
+fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch never faults and reads nothing into the program; any address is fine.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 /// A transaction on its way through the stages: its feature values fill as it goes.
@@ -472,7 +565,8 @@ fn stage<'s>(
         route_labels,
         &name,
         move |_cap, _info| {
-            let mut state: IdMap<u64, EntityWindows> = IdMap::default();
+            let mut state = StageState::new(wins.len());
+            let (mut row_slots, mut label_slots): (Vec<u32>, Vec<u32>) = (Vec::new(), Vec::new());
             // Rows and labels waiting for the frontier, with their processing time, and
             // whether each buffer is still in time order.
             let mut rows_pending: Vec<StagedRow> = Vec::new();
@@ -518,8 +612,21 @@ fn stage<'s>(
                 }
                 let n_rows = rows_pending.partition_point(|r| r.t < frontier);
                 let n_labels = labels_pending.partition_point(|(t, _)| *t < frontier);
-                let fresh = || EntityWindows::new(wins.len());
                 let (rows_now, labels_now) = (&mut rows_pending[..n_rows], &labels_pending[..n_labels]);
+                // Each row's and label's slot first (the index stays in cache), so that the loop
+                // below can prefetch the state of the rows a few ahead.
+                row_slots.clear();
+                row_slots.extend(rows_now.iter().map(|r| state.slot(entity_id(entity, &r.tx))));
+                label_slots.clear();
+                label_slots.extend(labels_now.iter().map(|(_, l)| state.slot(label_entity(entity, l))));
+                let ahead = |state: &StageState, slots: &[u32], i: usize| {
+                    if let Some(s) = slots.get(i + 2 * PREFETCH_DISTANCE) {
+                        state.prefetch_slot(*s);
+                    }
+                    if let Some(s) = slots.get(i + PREFETCH_DISTANCE) {
+                        state.prefetch_log(*s);
+                    }
+                };
                 let (mut li, mut i) = (0, 0);
                 while i < rows_now.len() || li < labels_now.len() {
                     let t = match (rows_now.get(i), labels_now.get(li)) {
@@ -529,9 +636,10 @@ fn stage<'s>(
                         (None, None) => unreachable!("the loop condition"),
                     };
                     while li < labels_now.len() && labels_now[li].0 == t {
+                        ahead(&state, &label_slots, li);
                         let l = labels_now[li].1;
-                        let w = state.entry(label_entity(entity, &l)).or_insert_with(fresh);
-                        w.label(cols, l.tx_id, l.tx_time_ms.max(0) as u64, l.tx_fraud.min(1), t, lookback);
+                        let (w, c) = state.parts(label_slots[li]);
+                        w.label(c, cols, l.tx_id, l.tx_time_ms.max(0) as u64, l.tx_fraud.min(1), t, lookback);
                         li += 1;
                     }
                     let first = i;
@@ -539,22 +647,25 @@ fn stage<'s>(
                         i += 1;
                     }
                     if i == first + 1 {
-                        // The common case, one row at this millisecond: one lookup.
+                        // The common case, one row at this millisecond.
+                        ahead(&state, &row_slots, first);
                         let r = &mut rows_now[first];
-                        let w = state.entry(entity_id(entity, &r.tx)).or_insert_with(fresh);
+                        let (w, c) = state.parts(row_slots[first]);
                         w.insert(cols, t, amount_micros(r.tx.amount), r.tx.tx_id);
-                        w.advance(&wins, cols, t);
-                        write_values(&outs, &w.cursors, &mut r.values);
+                        w.advance(c, &wins, cols, t);
+                        write_values(&outs, c, &mut r.values);
                     } else if i > first {
-                        for r in &rows_now[first..i] {
-                            let w = state.entry(entity_id(entity, &r.tx)).or_insert_with(fresh);
+                        for j in first..i {
+                            let r = &rows_now[j];
+                            let (w, _) = state.parts(row_slots[j]);
                             // Logged at its processing time: a late row counts where processed.
                             w.insert(cols, t, amount_micros(r.tx.amount), r.tx.tx_id);
                         }
-                        for r in &mut rows_now[first..i] {
-                            let w = state.get_mut(&entity_id(entity, &r.tx)).expect("inserted above");
-                            w.advance(&wins, cols, t);
-                            write_values(&outs, &w.cursors, &mut r.values);
+                        for j in first..i {
+                            ahead(&state, &row_slots, j);
+                            let (w, c) = state.parts(row_slots[j]);
+                            w.advance(c, &wins, cols, t);
+                            write_values(&outs, c, &mut rows_now[j].values);
                         }
                     }
                 }
@@ -655,7 +766,7 @@ mod tests {
     }
 
     fn windows() -> EntityWindows {
-        EntityWindows::new(1)
+        EntityWindows::default()
     }
 
     const COLS: Columns = Columns {
@@ -665,32 +776,32 @@ mod tests {
 
     #[test]
     fn labels_are_upserts_re_sent_count_once_and_a_reversal_undoes() {
-        let (a, mut w, mut out) = (windows_of(&accs()), windows(), vec![0i128; 2]);
+        let (a, mut w, mut out, mut c) = (windows_of(&accs()), windows(), vec![0i128; 2], [Cursor::default()]);
         w.insert(COLS, 100, 0, 1);
         w.insert(COLS, 101, 0, 2);
-        w.read(&a, COLS, 106, &mut out);
+        w.read(&mut c, &a, COLS, 106, &mut out);
         assert_eq!(out, vec![2, 0], "both in (91, 101]");
-        w.label(COLS, 1, 100, 1, 107, 15);
-        w.label(COLS, 1, 100, 1, 107, 15);
-        w.read(&a, COLS, 107, &mut out);
+        w.label(&mut c, COLS, 1, 100, 1, 107, 15);
+        w.label(&mut c, COLS, 1, 100, 1, 107, 15);
+        w.read(&mut c, &a, COLS, 107, &mut out);
         assert_eq!(out, vec![2, 1], "a label sent twice counts once");
-        w.label(COLS, 1, 100, 0, 108, 15);
-        w.read(&a, COLS, 108, &mut out);
+        w.label(&mut c, COLS, 1, 100, 0, 108, 15);
+        w.read(&mut c, &a, COLS, 108, &mut out);
         assert_eq!(out, vec![2, 0], "a chargeback reversed undoes the count");
-        w.label(COLS, 2, 101, 1, 109, 15);
-        w.read(&a, COLS, 115, &mut out);
+        w.label(&mut c, COLS, 2, 101, 1, 109, 15);
+        w.read(&mut c, &a, COLS, 115, &mut out);
         assert_eq!(out, vec![1, 1], "tx 1 left (100 <= 115 - 15), tx 2 is still in");
-        w.read(&a, COLS, 117, &mut out);
+        w.read(&mut c, &a, COLS, 117, &mut out);
         assert_eq!(out, vec![0, 0]);
         assert!(w.is_empty(), "entries every window left are dropped");
     }
 
     #[test]
     fn a_label_before_its_transaction_waits_for_it() {
-        let (a, mut w, mut out) = (windows_of(&accs()), windows(), vec![0i128; 2]);
-        w.label(COLS, 9, 200, 1, 150, 15);
+        let (a, mut w, mut out, mut c) = (windows_of(&accs()), windows(), vec![0i128; 2], [Cursor::default()]);
+        w.label(&mut c, COLS, 9, 200, 1, 150, 15);
         w.insert(COLS, 200, 0, 9);
-        w.read(&a, COLS, 205, &mut out);
+        w.read(&mut c, &a, COLS, 205, &mut out);
         assert_eq!(out, vec![1, 1]);
     }
 }
