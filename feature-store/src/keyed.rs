@@ -322,7 +322,10 @@ impl EntityWindows {
         // Entries are in time order: find the transaction's millisecond, then its id; a late
         // transaction was logged at the time it was processed, found by a scan.
         let log = &self.log;
-        let from = log.partition_point(|e| e.time() < tx_time);
+        // A label usually finds its transaction near where the windows' heads are (the
+        // handbook's labels come with the windows' delay): search outward from there.
+        let hint = cursors.first().map_or(0, |c| c.head.saturating_sub(self.base) as usize);
+        let from = lower_bound_from(log, hint, tx_time);
         let found = (from..log.len())
             .take_while(|&i| log[i].time() == tx_time)
             .find(|&i| self.id(cols, i) == tx_id)
@@ -348,6 +351,54 @@ impl EntityWindows {
             }
         }
     }
+}
+
+/// The first index of `log` whose time is at least `t` (its length if none), by an exponential
+/// search outward from `hint` and a binary search in the bracket found (Bentley and Yao, "An
+/// almost optimal algorithm for unbounded searching", 1976): `O(log d)` probes for an answer `d`
+/// entries from the hint, near entries the operator has prefetched.
+fn lower_bound_from(log: &VecDeque<Entry>, hint: usize, t: u64) -> usize {
+    let n = log.len();
+    let h = hint.min(n);
+    let (mut lo, mut hi);
+    if h < n && log[h].time() < t {
+        // The answer is after the hint.
+        lo = h + 1;
+        hi = n;
+        let mut step = 1;
+        while h + step < n {
+            let probe = h + step;
+            if log[probe].time() >= t {
+                hi = probe;
+                break;
+            }
+            lo = probe + 1;
+            step *= 2;
+        }
+    } else {
+        // The answer is at or before the hint.
+        lo = 0;
+        hi = h;
+        let mut step = 1;
+        while step <= h {
+            let probe = h - step;
+            if log[probe].time() < t {
+                lo = probe + 1;
+                break;
+            }
+            hi = probe;
+            step *= 2;
+        }
+    }
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if log[mid].time() < t {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
 }
 
 /// What one stage keeps on one worker: its entities' logs in an arena, their cursors in one
@@ -405,7 +456,9 @@ impl StageState {
     /// Hints the CPU to load slot `slot`'s log header and cursors (a row a few ahead).
     #[inline]
     fn prefetch_slot(&self, slot: u32) {
-        prefetch(self.entities.as_ptr().wrapping_add(slot as usize));
+        let e = self.entities.as_ptr().wrapping_add(slot as usize);
+        prefetch(e);
+        prefetch((e as *const u8).wrapping_add(std::mem::size_of::<EntityWindows>() - 1));
         let c = self.cursors.as_ptr().wrapping_add(slot as usize * self.n_windows);
         for k in 0..self.n_windows {
             prefetch(c.wrapping_add(k));
@@ -794,6 +847,19 @@ mod tests {
         w.read(&mut c, &a, COLS, 117, &mut out);
         assert_eq!(out, vec![0, 0]);
         assert!(w.is_empty(), "entries every window left are dropped");
+    }
+
+    #[test]
+    fn the_search_from_a_hint_finds_the_first_entry_at_or_after_a_time() {
+        let times = [1u64, 3, 3, 3, 7, 9, 9, 12, 20, 21, 21, 40];
+        let log: VecDeque<Entry> = times.iter().map(|&t| Entry { time_fraud: t, value: 0 }).collect();
+        for t in 0..45 {
+            let want = times.partition_point(|x| *x < t);
+            for hint in 0..=times.len() + 2 {
+                assert_eq!(lower_bound_from(&log, hint, t), want, "t {t} hint {hint}");
+            }
+        }
+        assert_eq!(lower_bound_from(&VecDeque::new(), 3, 5), 0);
     }
 
     #[test]

@@ -436,8 +436,10 @@ pub fn run_feature_bench(
             let (tx_in, txs) = scope.new_input::<(RowMeta, Transaction)>();
             let (label_in, labels) = scope.new_input::<Label>();
             let (probe, _) = weir_feature_store::windowed_features(txs, Some(labels), spec)
-                .inspect(move |_| {
-                    out.fetch_add(1, Ordering::Relaxed);
+                .inspect_core(move |event| {
+                    if let Ok((_, rows)) = event {
+                        out.fetch_add(rows.len() as u64, Ordering::Relaxed);
+                    }
                 })
                 .probe();
             (tx_in, label_in, probe)

@@ -6,6 +6,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// mimalloc (Microsoft's allocator, through the `mimalloc` crate): the feature store and the
+/// dataflow allocate a feature vector per event and a buffer per batch; glibc's malloc spent a
+/// tenth of `weir bench-features` consolidating and unlinking its free lists.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Args, Parser, Subcommand};
 use weir_connectors::kafka::embedded::EmbeddedKafka;
 use weir_simulator::SimConfig;
