@@ -42,7 +42,7 @@
 //!     (RowMeta { lineage: Lineage { partition: 0, offset: i as i64 }, tx_id: i, event_time_ms: tx.tx_time_ms, read_at_us: 0 }, tx)
 //! }).collect();
 //! let out = timely::example(move |scope| {
-//!     keyed_features(rows.to_stream(scope), None, spec)
+//!     keyed_features(rows.to_stream(scope), None, spec, &Default::default())
 //!         .map(|fv| (fv.meta.tx_id, fv.values[0] as u64))
 //!         .capture()
 //! });
@@ -52,7 +52,8 @@
 //! assert_eq!(counts, vec![(0, 1), (1, 2), (2, 3)]);
 //! ```
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 use std::hash::{BuildHasherDefault, Hasher};
 
 use timely::container::CapacityContainerBuilder;
@@ -64,6 +65,7 @@ use timely::dataflow::StreamVec;
 use weir_core::{Label, RowMeta, Transaction};
 
 use crate::definition::{amount_micros, windowed_value, AccKind, Aggregation, Column, Entity, FeatureSpec};
+use crate::snapshot::{Restored, SnapshotHeader, SnapshotSettings};
 use crate::windows::FeatureValues;
 
 /// A fast hasher for integer keys (entity and transaction ids): one multiply (Fibonacci hashing,
@@ -433,6 +435,26 @@ impl StageState {
         self.entities.iter().map(EntityWindows::len).sum()
     }
 
+    /// One worker's share of the states `parts` (every worker's state of one stage, as a
+    /// snapshot holds them): the entities for which `owned(id)` holds, each with its log and
+    /// cursors.
+    pub fn merge_owned<'a>(parts: impl IntoIterator<Item = &'a StageState>, owned: impl Fn(u64) -> bool, n_windows: usize) -> Self {
+        let mut out = Self::new(n_windows);
+        for part in parts {
+            let n = part.n_windows;
+            for (id, slot) in &part.index {
+                if !owned(*id) {
+                    continue;
+                }
+                let s = *slot as usize;
+                out.index.insert(*id, out.entities.len() as u32);
+                out.entities.push(part.entities[s].clone());
+                out.cursors.extend_from_slice(&part.cursors[s * n..(s + 1) * n]);
+            }
+        }
+        out
+    }
+
     /// The slot of entity `id`, created if new.
     #[inline]
     fn slot(&mut self, id: u64) -> u32 {
@@ -588,6 +610,89 @@ fn write_values(outs: &[Out], cursors: &[Cursor], values: &mut [f64]) {
     }
 }
 
+/// Snapshots of a dataflow's keyed window operators: where to write them, and what a restart
+/// loaded (see [`crate::snapshot`]).
+#[derive(Debug, Clone, Default)]
+pub struct Snapshots {
+    /// Write snapshots there, every interval.
+    pub settings: Option<SnapshotSettings>,
+    /// Start from this state: rows and labels before its cut are passed through (rows) or
+    /// dropped (labels) without changing it, as it holds them already.
+    pub restore: Option<Arc<Restored>>,
+}
+
+/// What a snapshot of each stage of `spec` must say its definition is (stage name ->
+/// definition), for [`crate::snapshot::SnapshotStore::load_latest`].
+pub fn stage_definitions(spec: &FeatureSpec) -> BTreeMap<String, String> {
+    stage_accs(spec)
+        .into_iter()
+        .map(|(entity, accs)| (format!("{entity:?}"), definition_of(&accs)))
+        .collect()
+}
+
+fn definition_of(accs: &[Acc]) -> String {
+    let wins: Vec<(u64, u64)> = windows_of(accs).iter().map(|w| (w.window_ms, w.delay_ms)).collect();
+    let kinds: Vec<String> = accs.iter().map(|a| format!("{:?}", a.kind)).collect();
+    format!("v1 windows {wins:?} kinds {kinds:?}")
+}
+
+/// The stages of `spec`: each entity kind with its accumulators, in order.
+fn stage_accs(spec: &FeatureSpec) -> Vec<(Entity, Vec<Acc>)> {
+    let mut out = Vec::new();
+    for entity in [Entity::Customer, Entity::Terminal] {
+        let accs: Vec<Acc> = spec
+            .accumulators()
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| a.entity == entity)
+            .map(|(slot, a)| Acc {
+                slot,
+                kind: a.kind,
+                window_ms: a.window_ms,
+                delay_ms: a.delay_ms,
+            })
+            .collect();
+        if !accs.is_empty() {
+            out.push((entity, accs));
+        }
+    }
+    out
+}
+
+/// When a stage writes its next snapshot.
+struct SnapshotClock {
+    settings: SnapshotSettings,
+    header: SnapshotHeader,
+    last_cut: u64,
+    last_write: Option<std::time::Instant>,
+}
+
+impl SnapshotClock {
+    /// The cut to write now, if one is due: the latest multiple of the interval at or before
+    /// `upto`, at or after `applied_below` (one past the latest time applied), after the last cut
+    /// written, and at least an interval of wall-clock time after the last write.
+    fn due(&self, upto: u64, applied_below: u64) -> Option<u64> {
+        let i = self.settings.interval_ms.max(1);
+        let cut = upto / i * i;
+        let wall = self
+            .last_write
+            .is_none_or(|w| w.elapsed().as_millis() as u64 >= self.settings.min_wall_ms);
+        (cut > self.last_cut && cut >= applied_below && cut > 0 && wall).then_some(cut)
+    }
+
+    fn write(&mut self, cut: u64, state: &StageState) {
+        self.header.cut_ms = cut;
+        let result = self.settings.store.write(&self.header, state);
+        self.settings.record(&result, cut);
+        if result.is_ok() {
+            let h = &self.header;
+            self.settings.store.prune(&h.stage, h.worker, h.workers, self.settings.keep);
+        }
+        self.last_cut = cut;
+        self.last_write = Some(std::time::Instant::now());
+    }
+}
+
 /// One stage: the windows of entity kind `entity` for the accumulators `accs`, filling the
 /// columns `outs`.
 fn stage<'s>(
@@ -596,8 +701,27 @@ fn stage<'s>(
     entity: Entity,
     accs: Vec<Acc>,
     spec: &FeatureSpec,
+    snapshots: &Snapshots,
+    stages: usize,
 ) -> StreamVec<'s, u64, StagedRow> {
     let name = format!("KeyedWindows({entity:?})");
+    let stage_name = format!("{entity:?}");
+    let definition = definition_of(&accs);
+    let (index, peers) = (rows.scope().index(), rows.scope().peers());
+    let restore = snapshots.restore.clone();
+    let mut clock = snapshots.settings.clone().map(|settings| SnapshotClock {
+        settings,
+        header: SnapshotHeader {
+            stage: stage_name.clone(),
+            worker: index as u32,
+            workers: peers as u32,
+            stages: stages as u32,
+            cut_ms: 0,
+            definition: definition.clone(),
+        },
+        last_cut: restore.as_ref().map_or(0, |r| r.cut_ms),
+        last_write: None,
+    });
     let lookback = accs.iter().map(|a| a.window_ms + a.delay_ms).max().unwrap_or(0);
     let cols = Columns {
         amounts: accs.iter().any(|a| a.kind == AccKind::AmountMicros),
@@ -618,7 +742,19 @@ fn stage<'s>(
         route_labels,
         &name,
         move |_cap, _info| {
-            let mut state = StageState::new(wins.len());
+            // A restart starts from its snapshot's state: this worker's share of it.
+            let (mut state, cut) = match restore.as_ref().and_then(|r| Some((r.cut_ms, r.stages.get(&stage_name)?))) {
+                Some((cut, parts)) => {
+                    let parts = parts.iter().filter(|(d, _)| *d == definition).map(|(_, s)| s);
+                    let owned = |id: u64| spread(id) % peers as u64 == index as u64;
+                    let state = StageState::merge_owned(parts, owned, wins.len());
+                    tracing::info!(stage = %stage_name, worker = index, cut_ms = cut, entities = state.entities(), entries = state.entries(), "feature state restored from a snapshot");
+                    (state, cut)
+                }
+                None => (StageState::new(wins.len()), 0),
+            };
+            // One past the latest time applied to the state.
+            let mut applied_below = cut;
             let (mut row_slots, mut label_slots): (Vec<u32>, Vec<u32>) = (Vec::new(), Vec::new());
             // Rows and labels waiting for the frontier, with their processing time, and
             // whether each buffer is still in time order.
@@ -688,6 +824,21 @@ fn stage<'s>(
                         (None, Some((lt, _))) => *lt,
                         (None, None) => unreachable!("the loop condition"),
                     };
+                    if t < cut {
+                        // In the restored state already: rows go on (their scores were
+                        // delivered before the restart: the score gate acknowledges them).
+                        while li < labels_now.len() && labels_now[li].0 == t {
+                            li += 1;
+                        }
+                        while i < rows_now.len() && rows_now[i].t == t {
+                            i += 1;
+                        }
+                        continue;
+                    }
+                    if let Some(c) = clock.as_ref().and_then(|c| c.due(t, applied_below)) {
+                        clock.as_mut().expect("due").write(c, &state);
+                    }
+                    applied_below = t + 1;
                     while li < labels_now.len() && labels_now[li].0 == t {
                         ahead(&state, &label_slots, li);
                         let l = labels_now[li].1;
@@ -723,6 +874,11 @@ fn stage<'s>(
                     }
                 }
                 labels_pending.drain(..n_labels);
+                // Everything before the frontier is applied: a cut up to it may be written (not
+                // once the inputs are gone: a bounded run's end is no time of the topic's).
+                if let Some(c) = clock.as_ref().filter(|_| frontier != u64::MAX).and_then(|c| c.due(frontier, applied_below)) {
+                    clock.as_mut().expect("due").write(c, &state);
+                }
                 // Emitted at the least time held (coarse: one time per round, not one per
                 // millisecond, so progress tracking stays per epoch). A row not yet emitted will
                 // be emitted at or after the time held for it, which is at or before its
@@ -758,6 +914,7 @@ pub fn keyed_features<'s>(
     txs: StreamVec<'s, u64, (RowMeta, Transaction)>,
     labels: Option<StreamVec<'s, u64, Label>>,
     spec: FeatureSpec,
+    snapshots: &Snapshots,
 ) -> StreamVec<'s, u64, FeatureValues> {
     assert!(
         !spec.needs_labels() || labels.is_some(),
@@ -770,25 +927,12 @@ pub fn keyed_features<'s>(
         meta,
         tx,
     });
-    for entity in [Entity::Customer, Entity::Terminal] {
-        let accs: Vec<Acc> = spec
-            .accumulators()
-            .iter()
-            .enumerate()
-            .filter(|(_, a)| a.entity == entity)
-            .map(|(slot, a)| Acc {
-                slot,
-                kind: a.kind,
-                window_ms: a.window_ms,
-                delay_ms: a.delay_ms,
-            })
-            .collect();
-        if accs.is_empty() {
-            continue;
-        }
+    let stages = stage_accs(&spec);
+    let n_stages = stages.len();
+    for (entity, accs) in stages {
         let needs_labels = accs.iter().any(|a| a.kind == AccKind::FraudCount);
         let l = if needs_labels { labels.clone() } else { None };
-        rows = stage(rows, l, entity, accs, &spec);
+        rows = stage(rows, l, entity, accs, &spec, snapshots, n_stages);
     }
     rows.map(|r| FeatureValues {
         values: r.values,

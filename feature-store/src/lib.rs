@@ -20,10 +20,11 @@
 
 pub mod definition;
 pub mod keyed;
+pub mod snapshot;
 pub mod windows;
 
 pub use definition::{handbook_features, Aggregation, Entity, Feature, FeatureSpec, WindowedFeature};
-pub use windows::{windowed_features, FeatureValues};
+pub use windows::{windowed_features, windowed_features_with, FeatureValues};
 
 /// Errors in feature definitions.
 #[derive(Debug, thiserror::Error, PartialEq)]

@@ -19,6 +19,7 @@ use timely::dataflow::StreamVec;
 use weir_core::{Label, RowMeta, Transaction};
 
 use crate::definition::FeatureSpec;
+use crate::keyed::Snapshots;
 
 /// A transaction's feature vector, `[n_features] f64` in the spec's column order.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -47,6 +48,18 @@ pub fn windowed_features<'s>(
     labels: Option<StreamVec<'s, u64, Label>>,
     spec: FeatureSpec,
 ) -> StreamVec<'s, u64, FeatureValues> {
+    windowed_features_with(txs, labels, spec, &Snapshots::default())
+}
+
+/// [`windowed_features`] with snapshots of the keyed window operator's state: written every
+/// interval where `snapshots.settings` says, and restored from `snapshots.restore` (see
+/// [`crate::snapshot`]).
+pub fn windowed_features_with<'s>(
+    txs: StreamVec<'s, u64, (RowMeta, Transaction)>,
+    labels: Option<StreamVec<'s, u64, Label>>,
+    spec: FeatureSpec,
+    snapshots: &Snapshots,
+) -> StreamVec<'s, u64, FeatureValues> {
     if !spec.is_windowed() {
         return txs.map(move |(meta, tx)| FeatureValues {
             values: spec.values(tx.tx_time_ms, tx.amount, &[]),
@@ -54,5 +67,5 @@ pub fn windowed_features<'s>(
             meta,
         });
     }
-    crate::keyed::keyed_features(txs, labels, spec)
+    crate::keyed::keyed_features(txs, labels, spec, snapshots)
 }
