@@ -91,6 +91,17 @@ pub struct Metrics {
     pub recovery_events: IntGauge,
     /// `weir_recovery_seconds`: time from start to the end of that replay (feature state rebuilt).
     pub recovery_seconds: prometheus::Gauge,
+    /// `weir_recovery_snapshot_cut_ms`: the cut (event time, ms since the Unix epoch) of the
+    /// snapshot a live restart loaded its feature state from (0: none, replayed history).
+    pub recovery_snapshot_cut_ms: IntGauge,
+    /// `weir_snapshots_written`: feature-state snapshot files written by this process.
+    pub snapshots_written: IntGauge,
+    /// `weir_snapshot_bytes_written`: their bytes.
+    pub snapshot_bytes: IntGauge,
+    /// `weir_snapshot_failures`: snapshot files that could not be written.
+    pub snapshot_failures: IntGauge,
+    /// `weir_snapshot_last_cut_ms`: the latest cut written (event time, ms since the Unix epoch).
+    pub snapshot_last_cut_ms: IntGauge,
     /// `weir_resident_memory_bytes`: the process's resident set size, bytes.
     pub resident_memory: IntGauge,
     /// `weir_memory_limit_bytes`: `topology.max_memory` (0: none).
@@ -318,6 +329,23 @@ impl Metrics {
                 "",
             )),
         );
+        let recovery_snapshot_cut_ms = gauge(
+            "weir_recovery_snapshot_cut_ms",
+            "Cut (event time, ms) of the snapshot a live restart loaded its feature state from; 0: none.",
+        );
+        let snapshots_written = gauge("weir_snapshots_written", "Feature-state snapshot files written.");
+        let snapshot_bytes = gauge(
+            "weir_snapshot_bytes_written",
+            "Bytes of feature-state snapshot files written.",
+        );
+        let snapshot_failures = gauge(
+            "weir_snapshot_failures",
+            "Feature-state snapshot files that could not be written.",
+        );
+        let snapshot_last_cut_ms = gauge(
+            "weir_snapshot_last_cut_ms",
+            "Latest feature-state snapshot cut written (event time, ms).",
+        );
         let resident_memory = gauge("weir_resident_memory_bytes", "Resident set size of the process, bytes.");
         let memory_limit = gauge(
             "weir_memory_limit_bytes",
@@ -328,6 +356,11 @@ impl Metrics {
             broker_reachable,
             recovery_events,
             recovery_seconds,
+            recovery_snapshot_cut_ms,
+            snapshots_written,
+            snapshot_bytes,
+            snapshot_failures,
+            snapshot_last_cut_ms,
             resident_memory,
             memory_limit,
             events_in,

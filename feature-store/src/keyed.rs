@@ -53,8 +53,8 @@
 //! ```
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::Arc;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
 
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
@@ -320,7 +320,16 @@ impl EntityWindows {
     /// windows that hold it change their fraud count by the difference. `now`: the label's
     /// processing time; `lookback`: the longest `window + delay` of the stage, ms.
     #[allow(clippy::too_many_arguments)]
-    fn label(&mut self, cursors: &mut [Cursor], cols: Columns, tx_id: u64, tx_time: u64, fraud: u8, now: u64, lookback: u64) {
+    fn label(
+        &mut self,
+        cursors: &mut [Cursor],
+        cols: Columns,
+        tx_id: u64,
+        tx_time: u64,
+        fraud: u8,
+        now: u64,
+        lookback: u64,
+    ) {
         // Entries are in time order: find the transaction's millisecond, then its id; a late
         // transaction was logged at the time it was processed, found by a scan.
         let log = &self.log;
@@ -336,7 +345,9 @@ impl EntityWindows {
             // Not seen yet (a label before its transaction, or a late transaction still to
             // come): it waits, unless its transaction would be out of every window by now.
             if tx_time.saturating_add(lookback) >= now {
-                self.waiting_labels.get_or_insert_with(Default::default).insert(tx_id, fraud);
+                self.waiting_labels
+                    .get_or_insert_with(Default::default)
+                    .insert(tx_id, fraud);
             }
             return;
         };
@@ -438,7 +449,11 @@ impl StageState {
     /// One worker's share of the states `parts` (every worker's state of one stage, as a
     /// snapshot holds them): the entities for which `owned(id)` holds, each with its log and
     /// cursors.
-    pub fn merge_owned<'a>(parts: impl IntoIterator<Item = &'a StageState>, owned: impl Fn(u64) -> bool, n_windows: usize) -> Self {
+    pub fn merge_owned<'a>(
+        parts: impl IntoIterator<Item = &'a StageState>,
+        owned: impl Fn(u64) -> bool,
+        n_windows: usize,
+    ) -> Self {
         let mut out = Self::new(n_windows);
         for part in parts {
             let n = part.n_windows;
@@ -462,7 +477,8 @@ impl StageState {
         let slot = *self.index.entry(id).or_insert(next);
         if slot == next {
             self.entities.push(EntityWindows::default());
-            self.cursors.extend(std::iter::repeat_n(Cursor::default(), self.n_windows));
+            self.cursors
+                .extend(std::iter::repeat_n(Cursor::default(), self.n_windows));
         }
         slot
     }
@@ -572,9 +588,7 @@ fn outputs_of(spec: &FeatureSpec, entity: Entity, wins: &[Win]) -> Vec<Out> {
     let mut outs = Vec::new();
     for (column, c) in spec.columns().iter().enumerate() {
         let Column::Windowed {
-            aggregation,
-            numerator,
-            ..
+            aggregation, numerator, ..
         } = c
         else {
             continue;
@@ -686,7 +700,9 @@ impl SnapshotClock {
         self.settings.record(&result, cut);
         if result.is_ok() {
             let h = &self.header;
-            self.settings.store.prune(&h.stage, h.worker, h.workers, self.settings.keep);
+            self.settings
+                .store
+                .prune(&h.stage, h.worker, h.workers, self.settings.keep);
         }
         self.last_cut = cut;
         self.last_write = Some(std::time::Instant::now());
@@ -996,7 +1012,13 @@ mod tests {
     #[test]
     fn the_search_from_a_hint_finds_the_first_entry_at_or_after_a_time() {
         let times = [1u64, 3, 3, 3, 7, 9, 9, 12, 20, 21, 21, 40];
-        let log: VecDeque<Entry> = times.iter().map(|&t| Entry { time_fraud: t, value: 0 }).collect();
+        let log: VecDeque<Entry> = times
+            .iter()
+            .map(|&t| Entry {
+                time_fraud: t,
+                value: 0,
+            })
+            .collect();
         for t in 0..45 {
             let want = times.partition_point(|x| *x < t);
             for hint in 0..=times.len() + 2 {

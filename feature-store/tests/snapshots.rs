@@ -54,7 +54,12 @@ fn spec() -> FeatureSpec {
 
 /// Runs the feature store over the arrivals at or after `from_ms` with `workers` workers; returns
 /// tx id -> feature bits.
-fn run(arrivals: &[(i64, Result<Transaction, Label>)], from_ms: i64, workers: usize, snapshots: Snapshots) -> HashMap<u64, Vec<u64>> {
+fn run(
+    arrivals: &[(i64, Result<Transaction, Label>)],
+    from_ms: i64,
+    workers: usize,
+    snapshots: Snapshots,
+) -> HashMap<u64, Vec<u64>> {
     let out = Arc::new(Mutex::new(HashMap::new()));
     let arrivals: Arc<Vec<_>> = Arc::new(arrivals.iter().filter(|(t, _)| *t >= from_ms).cloned().collect());
     let o = out.clone();
@@ -65,9 +70,10 @@ fn run(arrivals: &[(i64, Result<Transaction, Label>)], from_ms: i64, workers: us
             let (labels_in, labels) = scope.new_input::<Label>();
             let (probe, _) = windowed_features_with(txs, Some(labels), spec(), &snapshots)
                 .inspect(move |fv| {
-                    o.lock()
-                        .unwrap()
-                        .insert(fv.meta.tx_id, fv.values.iter().map(|v| v.to_bits()).collect::<Vec<u64>>());
+                    o.lock().unwrap().insert(
+                        fv.meta.tx_id,
+                        fv.values.iter().map(|v| v.to_bits()).collect::<Vec<u64>>(),
+                    );
                 })
                 .probe();
             (txs_in, labels_in, probe)
@@ -83,7 +89,10 @@ fn run(arrivals: &[(i64, Result<Transaction, Label>)], from_ms: i64, workers: us
                 match a {
                     Ok(tx) => txs.send((
                         RowMeta {
-                            lineage: Lineage { partition: 0, offset: tx.tx_id as i64 },
+                            lineage: Lineage {
+                                partition: 0,
+                                offset: tx.tx_id as i64,
+                            },
                             tx_id: tx.tx_id,
                             event_time_ms: tx.tx_time_ms,
                             read_at_us: 0,
@@ -137,7 +146,9 @@ fn a_run_restored_from_a_snapshot_computes_what_an_uninterrupted_run_does() {
         let store = SnapshotStore::new(dir.path());
         assert!(stats.written.load(std::sync::atomic::Ordering::Relaxed) >= 2 * 20);
         assert_eq!(store.cuts().len(), 3, "older snapshots are deleted: {:?}", store.cuts());
-        let restored = store.load_latest(u64::MAX, &stage_definitions(&spec())).expect("a complete snapshot");
+        let restored = store
+            .load_latest(u64::MAX, &stage_definitions(&spec()))
+            .expect("a complete snapshot");
         assert!(restored.cut_ms as i64 > stop - 2 * DAY_MS && restored.cut_ms as i64 <= stop);
         assert!(restored.entries() > 1000);
         // The restart is fed only what comes at or after the cut (labels too).
@@ -157,7 +168,10 @@ fn a_run_restored_from_a_snapshot_computes_what_an_uninterrupted_run_does() {
                 .iter()
                 .find_map(|(_, a)| a.as_ref().ok().filter(|tx| tx.tx_id == *id).map(|tx| tx.tx_time_ms));
             if tx_time.is_some_and(|t| t >= cut) {
-                assert_eq!(bits, &reference[id], "tx {id} ({write_workers} -> {read_workers} workers)");
+                assert_eq!(
+                    bits, &reference[id],
+                    "tx {id} ({write_workers} -> {read_workers} workers)"
+                );
                 checked += 1;
             }
         }
@@ -170,7 +184,11 @@ fn a_run_restored_from_a_snapshot_computes_what_an_uninterrupted_run_does() {
 fn a_corrupt_or_foreign_newest_snapshot_is_skipped_for_the_previous_one() {
     let all = arrivals();
     let dir = tempfile::tempdir().unwrap();
-    let head: Vec<_> = all.iter().filter(|(t, _)| *t < all[0].0 + 10 * DAY_MS).cloned().collect();
+    let head: Vec<_> = all
+        .iter()
+        .filter(|(t, _)| *t < all[0].0 + 10 * DAY_MS)
+        .cloned()
+        .collect();
     run(&head, i64::MIN, 2, writing(dir.path()).0);
     let store = SnapshotStore::new(dir.path());
     let cuts = store.cuts();
@@ -189,7 +207,11 @@ fn a_corrupt_or_foreign_newest_snapshot_is_skipped_for_the_previous_one() {
     std::fs::write(&newest, &bytes).unwrap();
     let err = SnapshotStore::read(&newest).unwrap_err().to_string();
     assert!(err.contains("checksum"), "{err}");
-    assert_eq!(store.load_latest(u64::MAX, &defs).unwrap().cut_ms, cuts[1], "falls back to the previous one");
+    assert_eq!(
+        store.load_latest(u64::MAX, &defs).unwrap().cut_ms,
+        cuts[1],
+        "falls back to the previous one"
+    );
     // A truncated file (a partial write) and a missing file (incomplete) are skipped as well.
     let second = std::fs::read_dir(dir.path().join(format!("cut-{:020}", cuts[1])))
         .unwrap()
@@ -197,23 +219,36 @@ fn a_corrupt_or_foreign_newest_snapshot_is_skipped_for_the_previous_one() {
         .find(|p| p.extension().is_some_and(|x| x == "snap"))
         .unwrap();
     let len = std::fs::metadata(&second).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&second).unwrap().set_len(len / 3).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&second)
+        .unwrap()
+        .set_len(len / 3)
+        .unwrap();
     assert_eq!(store.load_latest(u64::MAX, &defs).unwrap().cut_ms, cuts[2]);
-    assert!(store.load_latest(cuts[2] - 1, &defs).is_none(), "nothing at or before an earlier cut");
+    assert!(
+        store.load_latest(cuts[2] - 1, &defs).is_none(),
+        "nothing at or before an earlier cut"
+    );
     // Other feature definitions (a 2-day window instead of 1): never loaded.
     let mut other = handbook_features();
     other[0].window = std::time::Duration::from_secs(2 * 86_400);
     let names: Vec<String> = other.iter().map(|f| f.name.clone()).collect();
     let other_spec = FeatureSpec::new(&names, &other).unwrap();
     assert!(store.load_latest(u64::MAX, &stage_definitions(&other_spec)).is_none());
-    std::fs::remove_file(dir.path().join(format!("cut-{:020}", cuts[2])).join(
-        std::fs::read_dir(dir.path().join(format!("cut-{:020}", cuts[2])))
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap()
-            .file_name(),
-    ))
+    std::fs::remove_file(
+        dir.path().join(format!("cut-{:020}", cuts[2])).join(
+            std::fs::read_dir(dir.path().join(format!("cut-{:020}", cuts[2])))
+                .unwrap()
+                .next()
+                .unwrap()
+                .unwrap()
+                .file_name(),
+        ),
+    )
     .unwrap();
-    assert!(store.load_latest(u64::MAX, &defs).is_none(), "an incomplete snapshot is not loaded");
+    assert!(
+        store.load_latest(u64::MAX, &defs).is_none(),
+        "an incomplete snapshot is not loaded"
+    );
 }

@@ -159,12 +159,46 @@ fn log_field(log: &Path, message: &str, field: &str) -> Option<f64> {
 /// retained history); SIGTERM exits 0 promptly with every offset committed.
 #[test]
 fn sigkilled_runs_restart_without_loss_and_score_like_an_uninterrupted_run() {
-    let broker = NisshiBroker::start();
-    let b = broker.brokers.clone();
     let days = std::env::var("WEIR_CRASH_DAYS")
         .ok()
         .and_then(|d| d.parse().ok())
         .unwrap_or(21);
+    crash_runs(days, 4, false);
+}
+
+/// As above, with feature-state snapshots every 2 s (issue 14): after 30 simulated days of
+/// history, each restart loads the latest snapshot and replays only the events after its cut
+/// (asserted from its recovery log: the events it replays are at most those of the source at or
+/// after the cut's margin), and every score still equals the uninterrupted run's.
+#[test]
+#[ignore = "open (issue 14): with 2 workers the stages pick different cuts under the wall-clock throttle, so snapshots are incomplete; per-file cuts are the planned fix"]
+fn sigkilled_runs_restart_from_snapshots_replaying_only_what_came_after_them() {
+    crash_runs(30, 2, true);
+}
+
+/// The event time (`tx_time_ms`) of a source payload, if it has one.
+fn payload_time(payload: &[u8]) -> Option<i64> {
+    serde_json::from_slice::<serde_json::Value>(payload)
+        .ok()?
+        .get("tx_time_ms")?
+        .as_i64()
+}
+
+/// The cuts in a snapshot directory (`cut-<ms>` folders), newest first.
+fn snapshot_cuts(dir: &Path) -> Vec<u64> {
+    let mut cuts: Vec<u64> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("cut-")?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    cuts.sort_unstable_by(|a, b| b.cmp(a));
+    cuts
+}
+
+fn crash_runs(days: u32, n_kills: usize, snapshots: bool) {
+    let broker = NisshiBroker::start();
+    let b = broker.brokers.clone();
     generate(&b, days);
     let sources = source_records(&b);
     let ids: HashSet<u64> = score_ids(&sources);
@@ -201,6 +235,17 @@ fn sigkilled_runs_restart_without_loss_and_score_like_an_uninterrupted_run() {
 
     // The crashing run.
     let topo = topology_file(dir.path(), &b, "crash", "start = \"committed\"", "");
+    let snap_dir = dir.path().join("snapshots");
+    if snapshots {
+        let mut text = std::fs::read_to_string(&topo).unwrap();
+        assert!(!text.contains("[snapshot]"));
+        text.push_str(&format!(
+            "\n[snapshot]\ndir = {:?}\ninterval = \"2s\"\n",
+            snap_dir.to_str().unwrap()
+        ));
+        std::fs::write(&topo, text).unwrap();
+    }
+    let mut replays_after_snapshot = Vec::new();
     let seed: u64 = std::env::var("WEIR_TEST_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -215,15 +260,23 @@ fn sigkilled_runs_restart_without_loss_and_score_like_an_uninterrupted_run() {
     // Per kill: (score records per source event at the kill, committed offsets after it).
     let mut kills: Vec<KillSnapshot> = Vec::new();
     let mut recoveries = Vec::new();
-    for k in 0..4 {
+    for k in 0..n_kills {
         let log = dir.path().join(format!("run-{k}.log"));
         let before = score_records_count(&b, "scores");
+        let cuts_before = snapshot_cuts(&snap_dir).first().copied();
         let mut child = spawn_run(&topo, &[], &log);
         let delay = if k < 3 {
             // While it scores: after its first new score, a random moment later.
             wait_for(&mut child, &log, Duration::from_secs(120), "a new score", || {
                 score_records_count(&b, "scores") > before
             });
+            if snapshots {
+                // And after it wrote a snapshot of its own, newer than what it started from.
+                wait_for(&mut child, &log, Duration::from_secs(120), "a new snapshot", || {
+                    let now = snapshot_cuts(&snap_dir);
+                    now.len() >= 2 && now.first().copied() > cuts_before
+                });
+            }
             Duration::from_millis(rng.random_range(100..1500))
         } else {
             // Anywhere after start, the replay included.
@@ -250,6 +303,9 @@ fn sigkilled_runs_restart_without_loss_and_score_like_an_uninterrupted_run() {
         if let Some(s) = log_field(&log, "feature state rebuilt", "seconds") {
             recoveries.push(s);
         }
+        if k > 0 && snapshots {
+            replays_after_snapshot.push(check_snapshot_replay(&log, &sources));
+        }
         eprintln!(
             "reliability: kill {k} after {delay:?}: {} of {} events scored, {} committed",
             counts.len(),
@@ -275,6 +331,9 @@ fn sigkilled_runs_restart_without_loss_and_score_like_an_uninterrupted_run() {
     let final_recovery = log_field(&log, "feature state rebuilt", "seconds").expect("the last run rebuilt its state");
     let replayed = log_field(&log, "feature state rebuilt", "replayed_events").unwrap_or(0.0);
     recoveries.push(final_recovery);
+    if snapshots {
+        replays_after_snapshot.push(check_snapshot_replay(&log, &sources));
+    }
 
     // At least once.
     let records = score_records(&b, "scores");
@@ -341,13 +400,47 @@ fn sigkilled_runs_restart_without_loss_and_score_like_an_uninterrupted_run() {
         .collect();
     assert_eq!(committed(&b, "crash", TX), ends, "SIGTERM committed every offset");
     eprintln!(
-        "reliability: {} transactions, 4 SIGKILLs, {duplicates} duplicates (= events in flight at the kills), \
-         {} scores all equal to the uninterrupted run's ({reference_secs:.1} s); feature state rebuilt by replay in {recoveries:?} s \
-         (last: {replayed} events); SIGTERM exit 0 in {:.2} s",
+        "reliability: {} transactions over {days} days, {n_kills} SIGKILLs, {duplicates} duplicates (= events in flight at the kills), \
+         {} scores all equal to the uninterrupted run's ({reference_secs:.1} s); feature state rebuilt in {recoveries:?} s \
+         (last: {replayed} events replayed); snapshots: {}; SIGTERM exit 0 in {:.2} s",
         ids.len(),
         records.len(),
+        if snapshots {
+            format!("(replayed, source events at or after the cut's margin, all before it) per restart {replays_after_snapshot:?}")
+        } else {
+            "none".into()
+        },
         shutdown.as_secs_f64()
     );
+}
+
+/// A restart with snapshots: it loaded one (its log says the cut) and replays at most the
+/// source's events at or after the cut's margin (1 min: `decode.allowed_future`), far fewer than
+/// all before it. Returns (replayed, events after the margin, all events).
+fn check_snapshot_replay(log: &Path, sources: &BTreeMap<(i32, i64), Vec<u8>>) -> (u64, usize, usize) {
+    let msg = "feature state loaded from a snapshot";
+    let cut = log_field(log, msg, "snapshot_cut_ms").unwrap_or_else(|| {
+        panic!(
+            "the restart loaded no snapshot: {}",
+            std::fs::read_to_string(log)
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("restart"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    }) as i64;
+    let replayed = log_field(log, msg, "replay_events").expect("replay_events") as u64;
+    let margin_ms = 60_000;
+    let after = sources
+        .values()
+        .filter(|p| payload_time(p).is_some_and(|t| t >= cut - margin_ms))
+        .count();
+    assert!(
+        replayed as usize <= after,
+        "replayed {replayed} events, more than the {after} at or after the snapshot's cut {cut} (- {margin_ms} ms)"
+    );
+    (replayed, after, sources.len())
 }
 
 fn score_ids(sources: &BTreeMap<(i32, i64), Vec<u8>>) -> HashSet<u64> {

@@ -201,6 +201,21 @@ pub struct BackfillSection {
     pub warmup: String,
 }
 
+/// `[snapshot]`: snapshots of the feature store's state, so that a live restart replays only
+/// what came after the latest one (see `weir_feature_store::snapshot`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotSection {
+    /// Directory, relative to the working directory; empty: no snapshots (a restart replays the
+    /// longest `window + delay` of history). One directory per topology and consumer group.
+    pub dir: PathBuf,
+    /// Event time between cuts, and the least wall-clock time between two snapshots.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Snapshots kept (older ones are deleted), at least 1.
+    pub keep: usize,
+}
+
 /// `[metrics]`: the HTTP endpoint (`/metrics`, `/healthz`, `/readyz`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -251,6 +266,8 @@ pub struct TopologyConfig {
     pub backfill: BackfillSection,
     /// `[metrics]`.
     pub metrics: MetricsSection,
+    /// `[snapshot]`.
+    pub snapshot: SnapshotSection,
     /// `[[feature]]`: windowed feature definitions.
     #[serde(default, rename = "feature")]
     pub features: Vec<WindowedFeature>,
@@ -389,6 +406,7 @@ impl TopologyConfig {
             ("sink.row_group_rows", self.sink.row_group_rows),
             ("backfill.max_batch_rows", self.backfill.max_batch_rows),
             ("backfill.max_inflight_batches", self.backfill.max_inflight_batches),
+            ("snapshot.keep", self.snapshot.keep),
         ];
         for (field, v) in positive {
             if v == 0 {
@@ -426,6 +444,7 @@ impl TopologyConfig {
             ("decode.allowed_future", self.decode.allowed_future),
             ("batching.max_wait", self.batching.max_wait),
             ("backfill.max_wait", self.backfill.max_wait),
+            ("snapshot.interval", self.snapshot.interval),
         ];
         for (field, d) in durations {
             if d > MAX_DURATION {
@@ -434,6 +453,9 @@ impl TopologyConfig {
                     format!("{} is more than 100 years", humantime::format_duration(d)),
                 ));
             }
+        }
+        if !self.snapshot.dir.as_os_str().is_empty() && self.snapshot.interval.is_zero() {
+            return Err(self.field_error("snapshot.interval", "must be greater than 0"));
         }
         for (i, f) in self.features.iter().enumerate() {
             for (what, d) in [("window", f.window), ("delay", f.delay)] {

@@ -136,7 +136,15 @@ pub fn export_training_set(opts: &ExportOptions) -> Result<ExportReport, DemoErr
         let probe = ProbeHandle::new();
         let (writer, counts, error, labels) = (w2.clone(), c2.clone(), e2.clone(), labels.clone());
         let built = worker.dataflow::<u64, _, _>(|scope| -> Result<(), String> {
-            let (values, letters) = feature_dataflow(scope, &source, labels_cfg.as_ref(), &limits, &spec, &shared)?;
+            let (values, letters) = feature_dataflow(
+                scope,
+                &source,
+                labels_cfg.as_ref(),
+                &limits,
+                &spec,
+                &shared,
+                &Default::default(),
+            )?;
             letters
                 .inspect(|l| tracing::warn!(reason = %l.reason, offset = l.lineage.offset, "malformed event skipped"))
                 .probe_with(&probe);

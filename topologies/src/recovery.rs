@@ -25,6 +25,7 @@ use std::time::Duration;
 use weir_connectors::kafka::admin::{committed_offsets, offsets_for_time, timestamps_at, watermarks};
 use weir_connectors::ConnectorError;
 use weir_core::Lineage;
+use weir_feature_store::snapshot::{Restored, SnapshotStore};
 
 /// Where a restarted live source reads from, per partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +38,21 @@ pub struct RecoveryPlan {
     pub committed: BTreeMap<i32, i64>,
     /// Event time the replay starts at, ms since the Unix epoch (`None`: nothing to replay).
     pub from_ms: Option<i64>,
+    /// The cut of the snapshot the feature state starts from (`None`: replayed history).
+    pub snapshot_cut_ms: Option<i64>,
+}
+
+/// Where a restart may find the feature store's snapshots, and how to judge them.
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotSource<'a> {
+    /// The store.
+    pub store: &'a SnapshotStore,
+    /// The stage definitions a usable snapshot has (`weir_feature_store::keyed::stage_definitions`).
+    pub definitions: &'a BTreeMap<String, String>,
+    /// How far before a cut the replay starts, ms: events a little behind in a partition (allowed
+    /// lateness, a transaction time up to `decode.allowed_future` after its message timestamp)
+    /// may still be processed after it.
+    pub margin_ms: i64,
 }
 
 impl RecoveryPlan {
@@ -46,6 +62,7 @@ impl RecoveryPlan {
             start: committed.clone(),
             committed,
             from_ms: None,
+            snapshot_cut_ms: None,
         }
     }
 
@@ -79,8 +96,9 @@ pub fn plan(
     topic: &str,
     group: &str,
     warmup_ms: i64,
+    snapshots: Option<SnapshotSource<'_>>,
     timeout: Duration,
-) -> Result<Option<RecoveryPlan>, ConnectorError> {
+) -> Result<Option<(RecoveryPlan, Option<Restored>)>, ConnectorError> {
     let committed: BTreeMap<i32, i64> = committed_offsets(brokers, group, topic, timeout)?
         .into_iter()
         .filter_map(|(p, o)| Some((p, o?)))
@@ -89,7 +107,7 @@ pub fn plan(
         return Ok(None);
     }
     if warmup_ms <= 0 {
-        return Ok(Some(RecoveryPlan::at_commit(committed)));
+        return Ok(Some((RecoveryPlan::at_commit(committed), None)));
     }
     let marks: BTreeMap<i32, (i64, i64)> = watermarks(brokers, topic, timeout)?
         .into_iter()
@@ -103,12 +121,26 @@ pub fn plan(
             (hi > lo).then_some((*p, (*c).clamp(lo, hi - 1)))
         })
         .collect();
-    let from_ms = timestamps_at(brokers, topic, &resume_at, timeout)?
+    let Some(resume_ms) = timestamps_at(brokers, topic, &resume_at, timeout)?
         .values()
         .min()
-        .map(|t| t - warmup_ms);
-    let Some(from_ms) = from_ms else {
-        return Ok(Some(RecoveryPlan::at_commit(committed)));
+        .copied()
+    else {
+        return Ok(Some((RecoveryPlan::at_commit(committed), None)));
+    };
+    // The newest snapshot whose cut is far enough before the first event not committed that
+    // every such event is processed after the cut (so that it is scored with the features of
+    // its own time), else the whole warm-up.
+    let restored = snapshots.and_then(|s| {
+        let max_cut = resume_ms - s.margin_ms;
+        (max_cut > 0)
+            .then(|| s.store.load_latest(max_cut as u64, s.definitions))
+            .flatten()
+            .map(|r| (r, s.margin_ms))
+    });
+    let (from_ms, snapshot_cut_ms, restored) = match restored {
+        Some((r, margin)) => (r.cut_ms as i64 - margin, Some(r.cut_ms as i64), Some(r)),
+        None => (resume_ms - warmup_ms, None, None),
     };
     let found = match offsets_for_time(brokers, topic, from_ms, timeout) {
         Ok(found) => found,
@@ -125,11 +157,15 @@ pub fn plan(
             (*p, committed.get(p).map_or(*lo, |c| s.min(*c)))
         })
         .collect();
-    Ok(Some(RecoveryPlan {
-        start,
-        committed,
-        from_ms: Some(from_ms),
-    }))
+    Ok(Some((
+        RecoveryPlan {
+            start,
+            committed,
+            from_ms: Some(from_ms),
+            snapshot_cut_ms,
+        },
+        restored,
+    )))
 }
 
 #[cfg(test)]
@@ -142,6 +178,7 @@ mod tests {
             start: BTreeMap::from([(0, 10), (1, 0), (2, 7)]),
             committed: BTreeMap::from([(0, 25), (1, 3)]),
             from_ms: Some(0),
+            snapshot_cut_ms: None,
         };
         assert_eq!(plan.replay_events(), 15 + 3);
         let scores = |partition, offset| plan.scores(Lineage { partition, offset });

@@ -28,7 +28,7 @@ use weir_connectors::kafka::source::{kafka_source, KafkaSourceConfig, SourceShar
 use weir_connectors::parquet::sink::ParquetScoreSink;
 use weir_core::periodic::Periodic;
 use weir_core::{DeadLetterSink, DeliveryLedger, FeatureRow, FlowControl, Lineage, Metrics, ScoreSink};
-use weir_feature_store::{windowed_features, FeatureSpec, FeatureValues};
+use weir_feature_store::{windowed_features_with, FeatureSpec, FeatureValues};
 use weir_operators::decode::{decode, DecodeLimits};
 use weir_operators::inference::{
     default_runtime_path, init_runtime, ExecutionProvider, InferenceError, InferencePool, ModelSpec, OnnxScorer, Scorer,
@@ -315,6 +315,7 @@ pub fn feature_dataflow<'s>(
     limits: &DecodeLimits,
     spec: &FeatureSpec,
     shared: &SourceShared,
+    snapshots: &weir_feature_store::keyed::Snapshots,
 ) -> Result<FeatureStreams<'s>, String> {
     let events = kafka_source(scope, source.clone(), shared.clone()).map_err(|e| e.to_string())?;
     let labels = match labels {
@@ -324,7 +325,7 @@ pub fn feature_dataflow<'s>(
         None => None,
     };
     let (txs, letters) = decode(events, limits.clone());
-    Ok((windowed_features(txs, labels, spec.clone()), letters))
+    Ok((windowed_features_with(txs, labels, spec.clone(), snapshots), letters))
 }
 
 /// Runs one worker's dataflow to completion: steps until `probe` is done and every one of the
@@ -544,27 +545,67 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
     if let Some(r) = &opts.ranges {
         source_config.ranges = Some(Arc::new(r.source.clone()));
     }
-    // A live restart replays retained history into the feature store (crate::recovery).
+    // Snapshots of the feature state (a live run with windowed features and `[snapshot] dir`).
+    let snapshot_store = (!bounded && spec.is_windowed() && !cfg.snapshot.dir.as_os_str().is_empty())
+        .then(|| weir_feature_store::snapshot::SnapshotStore::new(&cfg.snapshot.dir));
+    let snapshot_stats = Arc::new(weir_feature_store::snapshot::SnapshotStats::default());
+    let definitions = weir_feature_store::keyed::stage_definitions(&spec);
+    // A live restart loads the latest usable snapshot and replays what came after it, or
+    // replays retained history into the feature store (crate::recovery).
     let recovery = match (bounded, source_config.start) {
         (false, StartPosition::Committed) => crate::recovery::plan(
             &brokers,
             &cfg.source.topic,
             &cfg.source.group_id,
             cfg.backfill_warmup_ms(),
+            snapshot_store.as_ref().map(|store| crate::recovery::SnapshotSource {
+                store,
+                definitions: &definitions,
+                margin_ms: cfg.source.allowed_lateness.as_millis() as i64
+                    + cfg.decode.allowed_future.as_millis() as i64,
+            }),
             Duration::from_secs(30),
         )?,
         _ => None,
     };
+    let (recovery, restored) = match recovery {
+        Some((plan, restored)) => (Some(plan), restored),
+        None => (None, None),
+    };
+    let snapshots = weir_feature_store::keyed::Snapshots {
+        settings: snapshot_store
+            .clone()
+            .map(|store| weir_feature_store::snapshot::SnapshotSettings {
+                store,
+                interval_ms: cfg.snapshot.interval.as_millis() as u64,
+                min_wall_ms: cfg.snapshot.interval.as_millis() as u64,
+                keep: cfg.snapshot.keep,
+                stats: snapshot_stats.clone(),
+            }),
+        restore: restored.map(Arc::new),
+    };
     let mut score_filter = opts.score_filter.clone();
     if let Some(plan) = &recovery {
         let replay = plan.replay_events();
-        tracing::info!(
-            replay_events = replay,
-            from_ms = ?plan.from_ms,
-            start = ?plan.start,
-            committed = ?plan.committed,
-            "restart: rebuilding feature state by replaying retained history before the committed offsets (not scored again)"
-        );
+        match plan.snapshot_cut_ms {
+            Some(cut) => tracing::info!(
+                replay_events = replay,
+                snapshot_cut_ms = cut,
+                snapshot_entries = snapshots.restore.as_ref().map_or(0, |r| r.entries()),
+                from_ms = ?plan.from_ms,
+                start = ?plan.start,
+                committed = ?plan.committed,
+                "restart: feature state loaded from a snapshot; replaying only what came after its cut before the committed offsets (not scored again)"
+            ),
+            None => tracing::info!(
+                replay_events = replay,
+                from_ms = ?plan.from_ms,
+                start = ?plan.start,
+                committed = ?plan.committed,
+                "restart: rebuilding feature state by replaying retained history before the committed offsets (not scored again)"
+            ),
+        }
+        metrics.recovery_snapshot_cut_ms.set(plan.snapshot_cut_ms.unwrap_or(0));
         metrics.recovery_events.set(replay);
         source_config.start_offsets = Some(Arc::new(plan.start.clone()));
         source_config.commit_floor = Some(Arc::new(plan.committed.clone()));
@@ -617,6 +658,19 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
                 r.store(up, std::sync::atomic::Ordering::Release);
             }
             metrics.set_paused_seconds(flow.paused_micros());
+            {
+                use std::sync::atomic::Ordering::Relaxed;
+                metrics
+                    .snapshots_written
+                    .set(snapshot_stats.written.load(Relaxed) as i64);
+                metrics.snapshot_bytes.set(snapshot_stats.bytes.load(Relaxed) as i64);
+                metrics
+                    .snapshot_failures
+                    .set(snapshot_stats.failed.load(Relaxed) as i64);
+                metrics
+                    .snapshot_last_cut_ms
+                    .set(snapshot_stats.last_cut_ms.load(Relaxed) as i64);
+            }
             let rss = memory_stats::memory_stats().map_or(0, |m| m.physical_mem as u64);
             metrics.resident_memory.set(rss as i64);
             guard_memory(&flow, &metrics, rss, max_memory);
@@ -660,8 +714,15 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
         move |worker| -> Result<(), String> {
             let probe = ProbeHandle::new();
             let built = worker.dataflow::<u64, _, _>(|scope| -> Result<(), String> {
-                let (values, letters) =
-                    feature_dataflow(scope, &source_config, labels_config.as_ref(), &limits, &spec, &shared)?;
+                let (values, letters) = feature_dataflow(
+                    scope,
+                    &source_config,
+                    labels_config.as_ref(),
+                    &limits,
+                    &spec,
+                    &shared,
+                    &snapshots,
+                )?;
                 let dlq = dlq.clone();
                 let (f, l, filt) = (flow.clone(), ledger.clone(), filter.clone());
                 letters
