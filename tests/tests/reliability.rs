@@ -78,7 +78,7 @@ fn wait_for(child: &mut Child, log: &Path, timeout: Duration, what: &str, mut do
             "timed out waiting for {what}:\n{}",
             std::fs::read_to_string(log).unwrap_or_default()
         );
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -266,10 +266,10 @@ fn crash_runs(days: u32, n_kills: usize, snapshots: bool) {
         let cuts_before = snapshot_cuts(&snap_dir).first().copied();
         let mut child = spawn_run(&topo, &[], &log);
         let delay = if k < 3 {
-            // While it scores: after its first new score, a random moment later.
-            wait_for(&mut child, &log, Duration::from_secs(120), "a new score", || {
-                score_records_count(&b, "scores") > before
-            });
+            // While it scores: at a random point of its progress (after 2% to 30% of what is
+            // left), not at a random time, so that a fast run is still killed mid-stream.
+            let left = (ids.len() as i64 - before).max(1000);
+            let target = before + (left as f64 * rng.random_range(0.02..0.30)) as i64;
             if snapshots {
                 // And after it wrote a snapshot of its own, newer than what it started from.
                 wait_for(&mut child, &log, Duration::from_secs(120), "a new snapshot", || {
@@ -277,7 +277,10 @@ fn crash_runs(days: u32, n_kills: usize, snapshots: bool) {
                     now.len() >= 2 && now.first().copied() > cuts_before
                 });
             }
-            Duration::from_millis(rng.random_range(100..1500))
+            wait_for(&mut child, &log, Duration::from_secs(120), "new scores", || {
+                score_records_count(&b, "scores") > target
+            });
+            Duration::ZERO
         } else {
             // Anywhere after start, the replay included.
             Duration::from_millis(rng.random_range(200..2500))
