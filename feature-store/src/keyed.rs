@@ -630,8 +630,9 @@ fn write_values(outs: &[Out], cursors: &[Cursor], values: &mut [f64]) {
 pub struct Snapshots {
     /// Write snapshots there, every interval.
     pub settings: Option<SnapshotSettings>,
-    /// Start from this state: rows and labels before its cut are passed through (rows) or
-    /// dropped (labels) without changing it, as it holds them already.
+    /// Start from this state: an entity's rows and labels before the cut of the file its state
+    /// came from are passed through (rows) or dropped (labels) without changing it, as it holds
+    /// them already.
     pub restore: Option<Arc<Restored>>,
 }
 
@@ -700,9 +701,8 @@ impl SnapshotClock {
         self.settings.record(&result, cut);
         if result.is_ok() {
             let h = &self.header;
-            self.settings
-                .store
-                .prune(&h.stage, h.worker, h.workers, self.settings.keep);
+            let s = &self.settings;
+            s.store.prune(&h.stage, h.worker, h.workers, s.keep, s.retain_ms);
         }
         self.last_cut = cut;
         self.last_write = Some(std::time::Instant::now());
@@ -735,7 +735,7 @@ fn stage<'s>(
             cut_ms: 0,
             definition: definition.clone(),
         },
-        last_cut: restore.as_ref().map_or(0, |r| r.cut_ms),
+        last_cut: 0,
         last_write: None,
     });
     let lookback = accs.iter().map(|a| a.window_ms + a.delay_ms).max().unwrap_or(0);
@@ -758,19 +758,35 @@ fn stage<'s>(
         route_labels,
         &name,
         move |_cap, _info| {
-            // A restart starts from its snapshot's state: this worker's share of it.
-            let (mut state, cut) = match restore.as_ref().and_then(|r| Some((r.cut_ms, r.stages.get(&stage_name)?))) {
-                Some((cut, parts)) => {
-                    let parts = parts.iter().filter(|(d, _)| *d == definition).map(|(_, s)| s);
+            // A restart starts from its snapshot's state: this worker's share of it. Each
+            // entity's state holds its events before the cut of the file it came from (the
+            // worker that owned it then: `spread(id) % workers`).
+            let (mut state, cuts, max_cut) = match restore.as_ref().and_then(|r| r.stages.get(&stage_name)) {
+                Some(rs) => {
                     let owned = |id: u64| spread(id) % peers as u64 == index as u64;
-                    let state = StageState::merge_owned(parts, owned, wins.len());
-                    tracing::info!(stage = %stage_name, worker = index, cut_ms = cut, entities = state.entities(), entries = state.entries(), "feature state restored from a snapshot");
-                    (state, cut)
+                    let state = StageState::merge_owned(rs.parts.iter().map(|p| &p.state), owned, wins.len());
+                    let cuts: Vec<u64> = rs.parts.iter().map(|p| p.cut_ms).collect();
+                    // The same worker count: this worker's entities are all its old ones.
+                    let max_cut = if rs.workers as usize == peers {
+                        cuts[index]
+                    } else {
+                        cuts.iter().copied().max().unwrap_or(0)
+                    };
+                    tracing::info!(stage = %stage_name, worker = index, cut_ms = max_cut, entities = state.entities(), entries = state.entries(), "feature state restored from a snapshot");
+                    (state, cuts, max_cut)
                 }
-                None => (StageState::new(wins.len()), 0),
+                None => (StageState::new(wins.len()), Vec::new(), 0),
             };
+            // The cut of entity `id`'s restored state (0: none).
+            let cut_of = move |id: u64| match cuts.len() {
+                0 => 0,
+                n => cuts[(spread(id) % n as u64) as usize],
+            };
+            if let Some(c) = clock.as_mut() {
+                c.last_cut = max_cut;
+            }
             // One past the latest time applied to the state.
-            let mut applied_below = cut;
+            let mut applied_below = max_cut;
             let (mut row_slots, mut label_slots): (Vec<u32>, Vec<u32>) = (Vec::new(), Vec::new());
             // Rows and labels waiting for the frontier, with their processing time, and
             // whether each buffer is still in time order.
@@ -840,14 +856,36 @@ fn stage<'s>(
                         (None, Some((lt, _))) => *lt,
                         (None, None) => unreachable!("the loop condition"),
                     };
-                    if t < cut {
-                        // In the restored state already: rows go on (their scores were
-                        // delivered before the restart: the score gate acknowledges them).
+                    if t < max_cut {
+                        // Before some restored entity's cut: what an entity's state holds
+                        // already passes (rows: their scores were delivered before the restart,
+                        // the score gate acknowledges them) or is dropped (labels).
                         while li < labels_now.len() && labels_now[li].0 == t {
+                            let l = labels_now[li].1;
+                            if t >= cut_of(label_entity(entity, &l)) {
+                                let (w, c) = state.parts(label_slots[li]);
+                                w.label(c, cols, l.tx_id, l.tx_time_ms.max(0) as u64, l.tx_fraud.min(1), t, lookback);
+                            }
                             li += 1;
                         }
+                        let first = i;
                         while i < rows_now.len() && rows_now[i].t == t {
                             i += 1;
+                        }
+                        let fresh = |r: &StagedRow| t >= cut_of(entity_id(entity, &r.tx));
+                        for j in first..i {
+                            let r = &rows_now[j];
+                            if fresh(r) {
+                                let (w, _) = state.parts(row_slots[j]);
+                                w.insert(cols, t, amount_micros(r.tx.amount), r.tx.tx_id);
+                            }
+                        }
+                        for j in first..i {
+                            if fresh(&rows_now[j]) {
+                                let (w, c) = state.parts(row_slots[j]);
+                                w.advance(c, &wins, cols, t);
+                                write_values(&outs, c, &mut rows_now[j].values);
+                            }
                         }
                         continue;
                     }

@@ -1,11 +1,14 @@
 //! Snapshots of the keyed window operator's state, so that a restart replays only what came
 //! after the latest snapshot instead of the whole longest window.
 //!
-//! **Cut.** A snapshot at cut `c` (ms, event time) holds, for one stage on one worker, the state
-//! after every row and label with processing time `< c` and none after. Cuts are multiples of
-//! the snapshot interval, so every worker and both stages cut at the same times; a stage writes
-//! one when its frontier passes a cut and at least an interval of wall-clock time has gone by
-//! since its last one (during a catch-up, most cuts are skipped).
+//! **Cut.** A snapshot file at cut `c` (ms, event time) holds, for one stage on one worker, the
+//! state after every row and label with processing time `< c` and none after. Cuts are
+//! multiples of the snapshot interval; each stage on each worker writes one when its frontier
+//! passes a cut and at least [`SnapshotSettings::min_wall_ms`] of wall-clock time has gone by
+//! since its last one (during a catch-up, most cuts are skipped). Workers and stages do not wait
+//! for each other, so their newest cuts differ: a restart takes each one's newest usable file,
+//! replays from the least cut (less a margin), and each stage skips, per entity, what its
+//! entity's file holds already (processing time before that file's cut).
 //!
 //! **Files.** `DIR/cut-<c>/<stage>-<worker>-of-<workers>.snap`, written to a temporary name,
 //! synced and renamed (a crash leaves no partial file under the final name):
@@ -19,13 +22,15 @@
 //! | `p` | the stage's [`StageState`], bincode 1 |
 //! | 4 | CRC-32 (IEEE, `crc32fast`) of everything before it, little endian |
 //!
-//! A snapshot is **complete** when every stage of every worker wrote its file for the cut (the
-//! header says how many). [`SnapshotStore::load_latest`] takes the newest complete snapshot at
-//! or before a given cut whose files all check out (magic, lengths, checksum, the same window
-//! definitions); a corrupt, partial or foreign one is skipped, with a warning, for the one
-//! before. Each worker keeps its newest [`SnapshotSettings::keep`] snapshots and deletes older
-//! ones. The state is re-sharded on load (each worker keeps the entities the exchange routes to
-//! it), so a restart may change the worker count.
+//! [`SnapshotStore::load_latest`] takes, for each stage and each worker of the newest run's
+//! worker count, the newest file at or before a given cut that checks out (magic, lengths,
+//! checksum, header, the same window definitions); a corrupt, partial or foreign file is
+//! skipped, with a warning, for that worker's previous one. If some worker of some stage has
+//! none, the snapshot cannot be used (a restart then replays the whole warm-up). Each worker
+//! keeps, per stage, its files newer than [`SnapshotSettings::retain_ms`] before its newest
+//! and the newest [`SnapshotSettings::keep`] older ones, and deletes the rest. The state is
+//! re-sharded on load (each worker keeps the entities the exchange routes to it), so a restart
+//! may change the worker count.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -105,25 +110,87 @@ pub struct SnapshotSettings {
     /// The least wall-clock time between two snapshots of a stage, ms (a topology sets it to
     /// the interval: during a catch-up, event time runs faster than the clock).
     pub min_wall_ms: u64,
-    /// Snapshots each worker keeps (older ones are deleted), at least 1.
+    /// Files each worker keeps per stage at or before `retain_ms` behind its newest (older
+    /// ones are deleted), at least 1.
     pub keep: usize,
+    /// Files of cuts within this much of a worker's newest are kept as well, ms: a restart
+    /// needs a cut at least its margin (`allowed_lateness + allowed_future`) before the first
+    /// event not committed, so a topology sets this to that margin.
+    pub retain_ms: u64,
     /// Counters.
     pub stats: Arc<SnapshotStats>,
 }
 
-/// A loaded snapshot: the cut and every worker's state of every stage.
+/// One worker's file of one stage, as loaded.
+#[derive(Debug, Clone, Default)]
+pub struct RestoredPart {
+    /// Its cut, ms: the state holds every event of the worker's entities with processing time
+    /// before it.
+    pub cut_ms: u64,
+    /// The state.
+    pub state: StageState,
+}
+
+/// A loaded snapshot of one stage: a file per worker of the run that wrote it, each with its own
+/// cut.
+#[derive(Debug, Clone, Default)]
+pub struct RestoredStage {
+    /// Workers of the run that wrote it.
+    pub workers: u32,
+    /// Its files, by worker (`parts[w]` is worker `w`'s).
+    pub parts: Vec<RestoredPart>,
+}
+
+/// A loaded snapshot: every worker's newest usable state of every stage. Files are cut
+/// independently (no worker waits for another), so their cuts differ: an entity's state holds
+/// its events before the cut of the worker that owned it (`spread(id) % workers`).
 #[derive(Debug, Clone, Default)]
 pub struct Restored {
-    /// The cut, ms.
+    /// The least cut of all its files, ms: a replay from there (less the margin) feeds every
+    /// state everything after its own cut.
     pub cut_ms: u64,
-    /// Stage name -> the states its workers wrote, with their definitions.
-    pub stages: BTreeMap<String, Vec<(String, StageState)>>,
+    /// The greatest cut of all its files, ms.
+    pub max_cut_ms: u64,
+    /// Stage name -> its files.
+    pub stages: BTreeMap<String, RestoredStage>,
 }
 
 impl Restored {
     /// Entries in all logs of all stages.
     pub fn entries(&self) -> usize {
-        self.stages.values().flatten().map(|(_, s)| s.entries()).sum()
+        self.stages
+            .values()
+            .flat_map(|s| &s.parts)
+            .map(|p| p.state.entries())
+            .sum()
+    }
+}
+
+/// A snapshot file's place: its cut, stage, worker and worker count (from its name).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct FileName {
+    cut_ms: u64,
+    stage: String,
+    worker: u32,
+    workers: u32,
+}
+
+impl FileName {
+    fn name(&self) -> String {
+        format!("{}-{}-of-{}.snap", self.stage, self.worker, self.workers)
+    }
+
+    /// Parses `<stage>-<worker>-of-<workers>.snap` in cut directory `cut_ms`.
+    fn parse(cut_ms: u64, name: &str) -> Option<Self> {
+        let rest = name.strip_suffix(".snap")?;
+        let (head, workers) = rest.rsplit_once("-of-")?;
+        let (stage, worker) = head.rsplit_once('-')?;
+        Some(Self {
+            cut_ms,
+            stage: stage.to_string(),
+            worker: worker.parse().ok()?,
+            workers: workers.parse().ok()?,
+        })
     }
 }
 
@@ -223,88 +290,118 @@ impl SnapshotStore {
         cuts
     }
 
-    /// Loads the snapshot at `cut_ms` if it is complete, every file checks out and its stages
-    /// have the `expected` definitions (stage name -> definition,
-    /// [`crate::keyed::stage_definitions`]).
-    ///
-    /// # Errors
-    /// Why it cannot be used: a missing file (incomplete), a corrupt one, files that disagree,
-    /// other feature definitions.
-    pub fn load(&self, cut_ms: u64, expected: &BTreeMap<String, String>) -> Result<Restored, SnapshotError> {
-        let dir = self.cut_dir(cut_ms);
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .map_err(io(&dir))?
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "snap"))
-            .collect();
-        files.sort();
-        let incomplete = |reason: String| SnapshotError::Corrupt {
-            path: dir.clone(),
-            reason,
-        };
-        let mut restored = Restored {
-            cut_ms,
-            ..Default::default()
-        };
-        let mut shape: Option<(u32, u32)> = None;
-        for f in &files {
-            let (h, state) = Self::read(f)?;
-            if h.cut_ms != cut_ms {
-                return Err(incomplete(format!("{} says cut {}", f.display(), h.cut_ms)));
-            }
-            if *shape.get_or_insert((h.workers, h.stages)) != (h.workers, h.stages) {
-                return Err(incomplete("files of different runs".into()));
-            }
-            restored.stages.entry(h.stage).or_default().push((h.definition, state));
+    /// Every snapshot file present (by name; not read).
+    fn files(&self) -> Vec<FileName> {
+        let mut out = Vec::new();
+        for cut in self.cuts() {
+            let Ok(entries) = std::fs::read_dir(self.cut_dir(cut)) else {
+                continue;
+            };
+            out.extend(
+                entries
+                    .filter_map(|e| e.ok())
+                    .filter_map(|e| FileName::parse(cut, e.file_name().to_str()?)),
+            );
         }
-        let Some((workers, stages)) = shape else {
-            return Err(incomplete("no files".into()));
-        };
-        if files.len() != (workers * stages) as usize
-            || restored.stages.len() != stages as usize
-            || restored.stages.values().any(|v| v.len() != workers as usize)
-        {
-            return Err(incomplete(format!(
-                "incomplete: {} of {} files ({workers} workers x {stages} stages)",
-                files.len(),
-                workers * stages
-            )));
-        }
-        let same = restored.stages.len() == expected.len()
-            && restored
-                .stages
-                .iter()
-                .all(|(k, v)| v.iter().all(|(d, _)| Some(d) == expected.get(k)));
-        if !same {
-            let found: BTreeMap<&String, &String> = restored.stages.iter().map(|(k, v)| (k, &v[0].0)).collect();
-            return Err(incomplete(format!(
-                "written for other feature definitions ({found:?}; now {expected:?})"
-            )));
-        }
-        Ok(restored)
+        out
     }
 
-    /// The newest complete, valid snapshot with a cut at or before `max_cut_ms`, if any; each
-    /// one skipped is logged with the reason.
+    /// Reads file `f` and checks that it is what its name says, of definition `expected`.
+    fn load_file(&self, f: &FileName, expected: &str) -> Result<RestoredPart, SnapshotError> {
+        let path = self.cut_dir(f.cut_ms).join(f.name());
+        let (h, state) = Self::read(&path)?;
+        let wrong = |reason: String| SnapshotError::Corrupt {
+            path: path.clone(),
+            reason,
+        };
+        if (h.cut_ms, &h.stage, h.worker, h.workers) != (f.cut_ms, &f.stage, f.worker, f.workers) {
+            return Err(wrong(format!(
+                "its header says cut {} stage {} worker {} of {}",
+                h.cut_ms, h.stage, h.worker, h.workers
+            )));
+        }
+        if h.definition != expected {
+            return Err(wrong(format!(
+                "written for other feature definitions ({}; now {expected})",
+                h.definition
+            )));
+        }
+        Ok(RestoredPart {
+            cut_ms: h.cut_ms,
+            state,
+        })
+    }
+
+    /// The newest usable snapshot with every cut at or before `max_cut_ms`: for each stage of
+    /// `expected` (stage name -> definition, [`crate::keyed::stage_definitions`]) and each
+    /// worker of one run's worker count, the newest file that checks out (magic, lengths,
+    /// checksum, header, definition). The worker count of the newest files is tried first, then
+    /// the others. Each file skipped is logged with the reason; `None` if some stage's worker
+    /// has no usable file (its entities' state is then unknown).
     pub fn load_latest(&self, max_cut_ms: u64, expected: &BTreeMap<String, String>) -> Option<Restored> {
-        for cut in self.cuts().into_iter().filter(|c| *c <= max_cut_ms) {
-            match self.load(cut, expected) {
-                Ok(r) => return Some(r),
-                Err(e) => tracing::warn!(cut_ms = cut, error = %e, "skipping a snapshot that cannot be used"),
+        let mut files: Vec<FileName> = self.files().into_iter().filter(|f| f.cut_ms <= max_cut_ms).collect();
+        // Newest first.
+        files.sort_unstable_by(|a, b| b.cmp(a));
+        let mut counts: Vec<u32> = Vec::new();
+        for f in &files {
+            if !counts.contains(&f.workers) {
+                counts.push(f.workers);
             }
+        }
+        'runs: for workers in counts {
+            let mut restored = Restored {
+                cut_ms: u64::MAX,
+                ..Default::default()
+            };
+            for (stage, definition) in expected {
+                let mut parts = Vec::with_capacity(workers as usize);
+                for worker in 0..workers {
+                    let found = files
+                        .iter()
+                        .filter(|f| f.workers == workers && f.worker == worker && &f.stage == stage)
+                        .find_map(|f| match self.load_file(f, definition) {
+                            Ok(part) => Some(part),
+                            Err(e) => {
+                                tracing::warn!(cut_ms = f.cut_ms, error = %e, "skipping a snapshot file that cannot be used");
+                                None
+                            }
+                        });
+                    let Some(part) = found else {
+                        tracing::warn!(stage = %stage, worker, workers, "no usable snapshot file for this stage and worker");
+                        continue 'runs;
+                    };
+                    restored.cut_ms = restored.cut_ms.min(part.cut_ms);
+                    restored.max_cut_ms = restored.max_cut_ms.max(part.cut_ms);
+                    parts.push(part);
+                }
+                restored.stages.insert(stage.clone(), RestoredStage { workers, parts });
+            }
+            if restored.stages.is_empty() {
+                continue;
+            }
+            return Some(restored);
         }
         None
     }
 
-    /// Deletes this worker's files of stage `stage` in all but the newest `keep` cuts, and
-    /// cut directories left empty.
-    pub fn prune(&self, stage: &str, worker: u32, workers: u32, keep: usize) {
-        let name = format!("{stage}-{worker}-of-{workers}.snap");
-        for cut in self.cuts().into_iter().skip(keep.max(1)) {
-            let dir = self.cut_dir(cut);
-            let _ = std::fs::remove_file(dir.join(&name));
-            // Fails while other workers' files are still there.
+    /// Deletes this worker's files of stage `stage` but the newest `keep` at or before
+    /// `newest_cut_ms - retain_ms` (and every newer one), and cut directories left empty.
+    /// `retain_ms` is how far behind the newest cut a restart may need one (its margin).
+    pub fn prune(&self, stage: &str, worker: u32, workers: u32, keep: usize, retain_ms: u64) {
+        let mut mine: Vec<FileName> = self
+            .files()
+            .into_iter()
+            .filter(|f| f.stage == stage && f.worker == worker && f.workers == workers)
+            .collect();
+        mine.sort_unstable_by(|a, b| b.cut_ms.cmp(&a.cut_ms));
+        let Some(newest) = mine.first().map(|f| f.cut_ms) else {
+            return;
+        };
+        let old_enough = newest.saturating_sub(retain_ms);
+        for f in mine.iter().filter(|f| f.cut_ms <= old_enough).skip(keep.max(1)) {
+            let dir = self.cut_dir(f.cut_ms);
+            let _ = std::fs::remove_file(dir.join(f.name()));
+            // Fails while other files are still there.
             let _ = std::fs::remove_dir(&dir);
         }
     }

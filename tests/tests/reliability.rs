@@ -166,14 +166,13 @@ fn sigkilled_runs_restart_without_loss_and_score_like_an_uninterrupted_run() {
     crash_runs(days, 4, false);
 }
 
-/// As above, with feature-state snapshots every 2 s (issue 14): after 30 simulated days of
+/// As above, with feature-state snapshots every 1 s (issue 14): after 60 simulated days of
 /// history, each restart loads the latest snapshot and replays only the events after its cut
 /// (asserted from its recovery log: the events it replays are at most those of the source at or
 /// after the cut's margin), and every score still equals the uninterrupted run's.
 #[test]
-#[ignore = "open (issue 14): with 2 workers the stages pick different cuts under the wall-clock throttle, so snapshots are incomplete; per-file cuts are the planned fix"]
 fn sigkilled_runs_restart_from_snapshots_replaying_only_what_came_after_them() {
-    crash_runs(30, 2, true);
+    crash_runs(60, 2, true);
 }
 
 /// The event time (`tx_time_ms`) of a source payload, if it has one.
@@ -184,16 +183,28 @@ fn payload_time(payload: &[u8]) -> Option<i64> {
         .as_i64()
 }
 
-/// The cuts in a snapshot directory (`cut-<ms>` folders), newest first.
-fn snapshot_cuts(dir: &Path) -> Vec<u64> {
-    let mut cuts: Vec<u64> = std::fs::read_dir(dir)
-        .map(|d| {
-            d.filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("cut-")?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    cuts.sort_unstable_by(|a, b| b.cmp(a));
-    cuts
+/// The files in a snapshot directory: (cut, `<stage>-<worker>-of-<workers>.snap`).
+fn snapshot_files(dir: &Path) -> Vec<(u64, String)> {
+    let mut out = Vec::new();
+    for cut_dir in std::fs::read_dir(dir).into_iter().flatten().filter_map(|e| e.ok()) {
+        let Some(cut) = cut_dir
+            .file_name()
+            .to_str()
+            .and_then(|n| n.strip_prefix("cut-")?.parse().ok())
+        else {
+            continue;
+        };
+        for f in std::fs::read_dir(cut_dir.path())
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+        {
+            if let Some(name) = f.file_name().to_str().filter(|n| n.ends_with(".snap")) {
+                out.push((cut, name.to_string()));
+            }
+        }
+    }
+    out
 }
 
 fn crash_runs(days: u32, n_kills: usize, snapshots: bool) {
@@ -240,12 +251,15 @@ fn crash_runs(days: u32, n_kills: usize, snapshots: bool) {
         let mut text = std::fs::read_to_string(&topo).unwrap();
         assert!(!text.contains("[snapshot]"));
         text.push_str(&format!(
-            "\n[snapshot]\ndir = {:?}\ninterval = \"2s\"\n",
+            "\n[snapshot]\ndir = {:?}\ninterval = \"1s\"\n",
             snap_dir.to_str().unwrap()
         ));
         std::fs::write(&topo, text).unwrap();
     }
     let mut replays_after_snapshot = Vec::new();
+    // Per kill with snapshots: the newest cut a restart could use when it came.
+    let mut usable_cuts: Vec<u64> = Vec::new();
+    let mut usable_least: Vec<u64> = Vec::new();
     let seed: u64 = std::env::var("WEIR_TEST_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -263,20 +277,55 @@ fn crash_runs(days: u32, n_kills: usize, snapshots: bool) {
     for k in 0..n_kills {
         let log = dir.path().join(format!("run-{k}.log"));
         let before = score_records_count(&b, "scores");
-        let cuts_before = snapshot_cuts(&snap_dir).first().copied();
+        // The least cut the restart can load (None: the first run, which starts from none).
+        let started_from = usable_least.last().copied();
         let mut child = spawn_run(&topo, &[], &log);
         let delay = if k < 3 {
             // While it scores: at a random point of its progress (after 2% to 30% of what is
             // left), not at a random time, so that a fast run is still killed mid-stream.
-            let left = (ids.len() as i64 - before).max(1000);
-            let target = before + (left as f64 * rng.random_range(0.02..0.30)) as i64;
+            let mut from = before;
             if snapshots {
-                // And after it wrote a snapshot of its own, newer than what it started from.
-                wait_for(&mut child, &log, Duration::from_secs(120), "a new snapshot", || {
-                    let now = snapshot_cuts(&snap_dir);
-                    now.len() >= 2 && now.first().copied() > cuts_before
-                });
+                // And after it wrote a snapshot of its own, newer than what it started from and
+                // usable by a restart: its cut a margin before the first event not committed.
+                wait_for(
+                    &mut child,
+                    &log,
+                    Duration::from_secs(120),
+                    "a new usable snapshot",
+                    || {
+                        let resume = committed(&b, "crash", TX)
+                            .iter()
+                            .filter_map(|(p, c)| payload_time(sources.get(&(*p, *c))?))
+                            .min();
+                        let Some(resume) = resume else { return false };
+                        // Each stage's worker's newest file a restart could use: all of them newer
+                        // than what this run started from.
+                        let files = snapshot_files(&snap_dir);
+                        let usable = files
+                            .iter()
+                            .filter(|(c, _)| (*c as i64) <= resume - SNAPSHOT_MARGIN_MS)
+                            .fold(BTreeMap::<&str, u64>::new(), |mut m, (c, name)| {
+                                let e = m.entry(name.as_str()).or_default();
+                                *e = (*e).max(*c);
+                                m
+                            });
+                        let least = usable.values().min().copied();
+                        let ready = usable.len() == 4
+                            && least
+                                > Some(
+                                    started_from.unwrap_or_else(|| files.iter().map(|(c, _)| *c).min().unwrap_or(0)),
+                                );
+                        if ready {
+                            usable_cuts.push(usable.values().max().copied().unwrap_or(0));
+                            usable_least.push(least.unwrap_or(0));
+                        }
+                        ready
+                    },
+                );
+                from = score_records_count(&b, "scores").max(before);
             }
+            let left = (ids.len() as i64 - from).max(1000);
+            let target = from + (left as f64 * rng.random_range(0.02..0.30)) as i64;
             wait_for(&mut child, &log, Duration::from_secs(120), "new scores", || {
                 score_records_count(&b, "scores") > target
             });
@@ -307,7 +356,7 @@ fn crash_runs(days: u32, n_kills: usize, snapshots: bool) {
             recoveries.push(s);
         }
         if k > 0 && snapshots {
-            replays_after_snapshot.push(check_snapshot_replay(&log, &sources));
+            replays_after_snapshot.push(check_snapshot_replay(&log, &sources, usable_cuts[k - 1]));
         }
         eprintln!(
             "reliability: kill {k} after {delay:?}: {} of {} events scored, {} committed",
@@ -335,7 +384,7 @@ fn crash_runs(days: u32, n_kills: usize, snapshots: bool) {
     let replayed = log_field(&log, "feature state rebuilt", "replayed_events").unwrap_or(0.0);
     recoveries.push(final_recovery);
     if snapshots {
-        replays_after_snapshot.push(check_snapshot_replay(&log, &sources));
+        replays_after_snapshot.push(check_snapshot_replay(&log, &sources, usable_cuts[n_kills - 1]));
     }
 
     // At least once.
@@ -417,10 +466,15 @@ fn crash_runs(days: u32, n_kills: usize, snapshots: bool) {
     );
 }
 
-/// A restart with snapshots: it loaded one (its log says the cut) and replays at most the
-/// source's events at or after the cut's margin (1 min: `decode.allowed_future`), far fewer than
-/// all before it. Returns (replayed, events after the margin, all events).
-fn check_snapshot_replay(log: &Path, sources: &BTreeMap<(i32, i64), Vec<u8>>) -> (u64, usize, usize) {
+/// How far before the first event not committed a restart's snapshot cut must be, ms
+/// (`source.allowed_lateness` 0 + `decode.allowed_future` 1 min).
+const SNAPSHOT_MARGIN_MS: i64 = 60_000;
+
+/// A restart with snapshots: the newest file it loaded is at least as new as `usable` (the
+/// newest usable cut when the run before was killed), and it replays at most the source's
+/// events at or after the margin of the least cut it loaded, fewer than all. Returns (replayed, events after the margin, all
+/// events).
+fn check_snapshot_replay(log: &Path, sources: &BTreeMap<(i32, i64), Vec<u8>>, usable: u64) -> (u64, usize, usize) {
     let msg = "feature state loaded from a snapshot";
     let cut = log_field(log, msg, "snapshot_cut_ms").unwrap_or_else(|| {
         panic!(
@@ -428,20 +482,25 @@ fn check_snapshot_replay(log: &Path, sources: &BTreeMap<(i32, i64), Vec<u8>>) ->
             std::fs::read_to_string(log)
                 .unwrap_or_default()
                 .lines()
-                .filter(|l| l.contains("restart"))
+                .filter(|l| l.contains("restart") || l.contains("snapshot"))
                 .collect::<Vec<_>>()
                 .join("\n")
         )
     }) as i64;
+    let newest = log_field(log, msg, "snapshot_max_cut_ms").expect("snapshot_max_cut_ms") as u64;
+    assert!(
+        newest >= usable,
+        "the restart's newest file has cut {newest}, older than the usable {usable}"
+    );
     let replayed = log_field(log, msg, "replay_events").expect("replay_events") as u64;
-    let margin_ms = 60_000;
     let after = sources
         .values()
-        .filter(|p| payload_time(p).is_some_and(|t| t >= cut - margin_ms))
+        .filter(|p| payload_time(p).is_some_and(|t| t >= cut - SNAPSHOT_MARGIN_MS))
         .count();
     assert!(
-        replayed as usize <= after,
-        "replayed {replayed} events, more than the {after} at or after the snapshot's cut {cut} (- {margin_ms} ms)"
+        replayed as usize <= after && after < sources.len(),
+        "replayed {replayed} events, more than the {after} of {} at or after the snapshot's cut {cut} (- {SNAPSHOT_MARGIN_MS} ms)",
+        sources.len()
     );
     (replayed, after, sources.len())
 }

@@ -550,6 +550,9 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
         .then(|| weir_feature_store::snapshot::SnapshotStore::new(&cfg.snapshot.dir));
     let snapshot_stats = Arc::new(weir_feature_store::snapshot::SnapshotStats::default());
     let definitions = weir_feature_store::keyed::stage_definitions(&spec);
+    // How far before the first event not committed a usable cut is: an event may arrive that
+    // much behind the latest one (late, or stamped in the future).
+    let snapshot_margin_ms = (cfg.source.allowed_lateness + cfg.decode.allowed_future).as_millis() as u64;
     // A live restart loads the latest usable snapshot and replays what came after it, or
     // replays retained history into the feature store (crate::recovery).
     let recovery = match (bounded, source_config.start) {
@@ -561,8 +564,7 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
             snapshot_store.as_ref().map(|store| crate::recovery::SnapshotSource {
                 store,
                 definitions: &definitions,
-                margin_ms: cfg.source.allowed_lateness.as_millis() as i64
-                    + cfg.decode.allowed_future.as_millis() as i64,
+                margin_ms: snapshot_margin_ms as i64,
             }),
             Duration::from_secs(30),
         )?,
@@ -580,6 +582,7 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
                 interval_ms: cfg.snapshot.interval.as_millis() as u64,
                 min_wall_ms: cfg.snapshot.interval.as_millis() as u64,
                 keep: cfg.snapshot.keep,
+                retain_ms: snapshot_margin_ms,
                 stats: snapshot_stats.clone(),
             }),
         restore: restored.map(Arc::new),
@@ -591,6 +594,7 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
             Some(cut) => tracing::info!(
                 replay_events = replay,
                 snapshot_cut_ms = cut,
+                snapshot_max_cut_ms = snapshots.restore.as_ref().map_or(0, |r| r.max_cut_ms),
                 snapshot_entries = snapshots.restore.as_ref().map_or(0, |r| r.entries()),
                 from_ms = ?plan.from_ms,
                 start = ?plan.start,
