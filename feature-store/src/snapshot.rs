@@ -393,7 +393,7 @@ impl SnapshotStore {
             .into_iter()
             .filter(|f| f.stage == stage && f.worker == worker && f.workers == workers)
             .collect();
-        mine.sort_unstable_by(|a, b| b.cut_ms.cmp(&a.cut_ms));
+        mine.sort_unstable_by_key(|f| std::cmp::Reverse(f.cut_ms));
         let Some(newest) = mine.first().map(|f| f.cut_ms) else {
             return;
         };
