@@ -48,6 +48,9 @@ pub struct Metrics {
     /// `weir_dead_letters_truncated_total`: dead letters written with a truncated payload (the
     /// original did not fit the producer's or the broker's record size limit).
     pub dead_letters_truncated: IntCounter,
+    /// `weir_source_late_events_total{topic}`: events behind their partition's watermark when
+    /// read (processed at the watermark instead of their own event time).
+    pub late_events: IntCounterVec,
     /// `weir_batches_total{cause}`: micro-batches flushed, by cause (size, time, drain).
     pub batches: IntCounterVec,
     /// `weir_batch_rows`: rows per flushed micro-batch.
@@ -174,6 +177,17 @@ impl Metrics {
                     "dead_letter_sink",
                 ),
                 &["reason"],
+            ),
+        );
+        let late_events = register(
+            &registry,
+            IntCounterVec::new(
+                opts(
+                    "weir_source_late_events_total",
+                    "Events behind their partition's watermark when read, processed at the watermark, by topic.",
+                    "source",
+                ),
+                &["topic"],
             ),
         );
         let batches = register(
@@ -366,6 +380,7 @@ impl Metrics {
             events_in,
             scores_out,
             dead_letters,
+            late_events,
             dead_letters_unwritten,
             dead_letters_truncated,
             batches,

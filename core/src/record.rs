@@ -25,8 +25,16 @@ pub struct SourceEvent {
     /// Message headers in order, `(name, value)` (a header's value may be null); empty when the
     /// message has none. A dead letter carries them unchanged.
     pub headers: Vec<(String, Option<Vec<u8>>)>,
-    /// Event time: the message timestamp, milliseconds since the Unix epoch (UTC).
+    /// The Kafka message timestamp (CreateTime or LogAppendTime), ms since the Unix epoch (UTC).
     pub timestamp_ms: i64,
+    /// Event time as the source processes it, ms since the Unix epoch: the time the topology's
+    /// `[source] event_time` names (a payload field, or the message timestamp), raised to its
+    /// partition's watermark (the largest event time read before it in the partition, minus the
+    /// allowed lateness) when it is behind it (a late event), and to the source's watermark.
+    /// The first raise depends only on the partition's content, so a live run, a restart and a
+    /// backfill process a late event at the same time; the second only applies to a partition
+    /// that was idle. The watermark and the windows both follow this one value.
+    pub event_time_ms: i64,
     /// When the source read the event, from [`crate::clock::now_micros`] (µs).
     pub read_at_us: u64,
 }

@@ -747,10 +747,11 @@ fn stage<'s>(
     let outs = outputs_of(spec, entity, &wins);
     let route_rows = Exchange::new(move |r: &StagedRow| spread(entity_id(entity, &r.tx)));
     let route_labels = Exchange::new(move |l: &Label| spread(label_entity(entity, l)));
-    // A stage without labels reads an empty label stream (its frontier is then the rows').
+    // A stage without labels reads an empty label stream (its frontier is then the rows'): not
+    // one derived from the rows, which would clone every row batch for nothing.
     let labels = match labels {
         Some(l) => l,
-        None => rows.clone().flat_map(|_| None::<Label>),
+        None => timely::dataflow::operators::generic::operator::empty(rows.scope()),
     };
     rows.binary_frontier::<_, CapacityContainerBuilder<Vec<StagedRow>>, _, _, _, _>(
         labels,

@@ -9,12 +9,16 @@
 //! - the transaction time is before 1970, more than `max_future_ms` after the read time, or more
 //!   than `allowed_future_ms` after its message timestamp (`"invalid_time"`).
 //!
-//! **Event time.** The watermark follows the Kafka message timestamps, so a transaction stamped
-//! after its own message (producer clock skew) would wait for a watermark that may never come
-//! (its partition's commits with it). Such a transaction, up to `allowed_future_ms` ahead, is
-//! windowed at its message timestamp ([`RowMeta::event_time_ms`]); its per-transaction features
-//! (hour, weekend, night) still use `tx_time_ms`. Both are properties of the record, so live,
-//! restarted and backfill runs compute the same values. Further ahead it is a dead letter.
+//! **Event time.** The source reads each message's event time where the topology's
+//! `[source] event_time` says (the `tx_time_ms` field through [`payload_time`], or the Kafka
+//! message timestamp), follows it with its watermark, and hands it over, raised to the
+//! partition's watermark if late, as [`SourceEvent::event_time_ms`]: the transaction is windowed
+//! there ([`RowMeta::event_time_ms`]). Its per-transaction features (hour, weekend, night) use
+//! `tx_time_ms`. The `allowed_future_ms` check holds in both settings: it bounds how far a
+//! payload time runs ahead of the message timestamps by which a restart's replay and a
+//! backfill's time range look offsets up (Kafka's ListOffsets), so that those lookups never skip
+//! an event they need. Both are properties of the record, so live, restarted and backfill runs
+//! compute the same values.
 //!
 //! A dead letter keeps the original key, value (a tombstone stays null) and headers.
 //!
@@ -27,6 +31,7 @@
 //!     payload: Some(br#"{"tx_id":1,"tx_time_ms":1522540800000,"customer_id":3,"terminal_id":4,"amount":12.5}"#.to_vec()),
 //!     headers: vec![],
 //!     timestamp_ms: 1522540800000,
+//!     event_time_ms: 1522540800000,
 //!     read_at_us: 0,
 //! };
 //! let (meta, tx) = decode_transaction(&ev, &DecodeLimits::default(), 1_700_000_000_000).unwrap();
@@ -176,7 +181,7 @@ pub fn decode_transaction(
             "invalid_time",
             format!(
                 "tx_time_ms {} is {} ms after its message timestamp {}, more than decode.allowed_future ({} ms): \
-                 the watermark follows message timestamps, so its windows could not be computed",
+                 restarts and backfills look offsets up by message timestamp and could miss it",
                 tx.tx_time_ms, ahead, ev.timestamp_ms, limits.allowed_future_ms
             ),
         ));
@@ -184,14 +189,91 @@ pub fn decode_transaction(
     let meta = RowMeta {
         lineage: ev.lineage,
         tx_id: tx.tx_id,
-        // Windowed at its message timestamp when stamped after it (see the module doc).
-        event_time_ms: tx.tx_time_ms.min(ev.timestamp_ms.max(0)),
+        // The source's event time (see the module doc).
+        event_time_ms: ev.event_time_ms,
         read_at_us: ev.read_at_us,
     };
     Ok((meta, tx))
 }
 
-/// Decodes one fraud label; its `available_at_ms` is the message timestamp.
+/// Reads the event time a source needs for its watermark from a transaction's payload: the
+/// integer top-level `field` (epoch ms) of a JSON object, or `None` when the payload is not a
+/// JSON object, lacks it, or has a time [`decode_transaction`] would dead-letter (`invalid_time`
+/// under `limits`, with the wall clock for `max_future_ms`), so that no event with an unusable
+/// time moves the watermark. Only the one field is parsed; the rest is skipped
+/// (`serde::de::IgnoredAny`). Returns a function `(payload, message timestamp ms) -> Option<ms>`.
+///
+/// ```
+/// use weir_operators::decode::{payload_time, DecodeLimits};
+/// let time = payload_time("tx_time_ms", DecodeLimits::default());
+/// let p = br#"{"tx_id":1,"tx_time_ms":1522540800000,"amount":{"nested":[1,2]}}"#;
+/// assert_eq!(time(p, 1522540800000), Some(1522540800000));
+/// // More than allowed_future (1 min) after its message timestamp: dead-lettered, no time.
+/// assert_eq!(time(p, 1522540800000 - 120_000), None);
+/// assert_eq!(time(b"[1,2]", 0), None);
+/// ```
+pub fn payload_time(field: &str, limits: DecodeLimits) -> impl Fn(&[u8], i64) -> Option<i64> + Send + Sync + 'static {
+    let field = field.to_string();
+    move |payload: &[u8], msg_ts: i64| {
+        let mut de = serde_json::Deserializer::from_slice(payload);
+        let t = serde::de::DeserializeSeed::deserialize(FieldTime(&field), &mut de).ok()??;
+        let usable = t >= 0
+            && t <= weir_core::clock::wall_ms().saturating_add(limits.max_future_ms)
+            && t.saturating_sub(msg_ts) <= limits.allowed_future_ms;
+        usable.then_some(t)
+    }
+}
+
+/// Deserializes a JSON object to the integer value of one top-level key (`None` if absent).
+struct FieldTime<'a>(&'a str);
+
+impl<'de> serde::de::DeserializeSeed<'de> for FieldTime<'_> {
+    type Value = Option<i64>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for FieldTime<'_> {
+    type Value = Option<i64>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "a JSON object with an integer `{}`", self.0)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(is_field) = map.next_key_seed(KeyIs(self.0))? {
+            if is_field && found.is_none() {
+                found = Some(map.next_value::<i64>()?);
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// A map key compared with a name, without allocating.
+struct KeyIs<'a>(&'a str);
+
+impl<'de> serde::de::DeserializeSeed<'de> for KeyIs<'_> {
+    type Value = bool;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for KeyIs<'_> {
+    type Value = bool;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a key")
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<bool, E> {
+        Ok(v == self.0)
+    }
+}
+
+/// Decodes one fraud label; its `available_at_ms` is the source's event time (the labels source
+/// reads message timestamps: when the label became known), raised if late.
 ///
 /// # Errors
 /// A [`DeadLetter`] with `reason` `json` or `schema`, or `invalid_label` for a `tx_fraud` other
@@ -205,7 +287,7 @@ pub fn decode_label(ev: &SourceEvent) -> Result<Label, DeadLetter> {
             format!("tx_fraud {} is not 0 or 1", label.tx_fraud),
         ));
     }
-    label.available_at_ms = ev.timestamp_ms;
+    label.available_at_ms = ev.event_time_ms;
     Ok(label)
 }
 
@@ -246,6 +328,7 @@ mod tests {
             payload: Some(payload.to_vec()),
             headers: vec![("trace".into(), Some(b"abc".to_vec())), ("null".into(), None)],
             timestamp_ms: NOW,
+            event_time_ms: 1000,
             read_at_us: 5,
         }
     }
@@ -356,15 +439,16 @@ mod tests {
     }
 
     #[test]
-    fn a_transaction_after_its_message_timestamp_is_windowed_at_it_or_dead_lettered() {
+    fn a_transaction_far_after_its_message_timestamp_is_dead_lettered_and_one_near_is_windowed_at_the_sources_time() {
         // Issue 13, item 1: now + 12 h among traffic stamped in 2018 waited forever for the
-        // watermark (message timestamps) and blocked its partition's commits.
+        // watermark and blocked its partition's commits.
         let stamped = |tx_time: i64, msg_ts: i64| {
             let mut e = ev(format!(
                 r#"{{"tx_id":5,"tx_time_ms":{tx_time},"customer_id":1,"terminal_id":2,"amount":1}}"#
             )
             .as_bytes());
             e.timestamp_ms = msg_ts;
+            e.event_time_ms = tx_time;
             decode_transaction(&e, &DecodeLimits::default(), NOW)
         };
         let t2018 = 1_522_540_800_000;
@@ -372,18 +456,46 @@ mod tests {
         assert_eq!(far.reason, "invalid_time");
         assert!(far.detail.contains("decode.allowed_future"), "{}", far.detail);
         let (meta, tx) = stamped(t2018 + 30_000, t2018).unwrap();
-        assert_eq!(meta.event_time_ms, t2018, "windowed at its message timestamp");
-        assert_eq!(
-            tx.tx_time_ms,
-            t2018 + 30_000,
-            "its own time is kept for per-transaction features"
-        );
-        let (meta, _) = stamped(t2018 - 5_000, t2018).unwrap();
         assert_eq!(
             meta.event_time_ms,
-            t2018 - 5_000,
-            "an earlier transaction keeps its time"
+            t2018 + 30_000,
+            "windowed at the source's event time"
         );
+        assert_eq!(tx.tx_time_ms, t2018 + 30_000);
+        let (meta, _) = stamped(t2018 - 5_000, t2018).unwrap();
+        assert_eq!(meta.event_time_ms, t2018 - 5_000);
+    }
+
+    #[test]
+    fn the_payload_time_is_the_field_decode_accepts_or_none() {
+        let time = payload_time("tx_time_ms", DecodeLimits::default());
+        let t = 1_522_540_800_000i64;
+        let tx = |body: &str| format!(r#"{{"tx_id":5,{body},"customer_id":1,"terminal_id":2,"amount":1}}"#);
+        assert_eq!(time(tx(&format!(r#""tx_time_ms":{t}"#)).as_bytes(), t), Some(t));
+        // An escaped key is the same key; nested objects and strings are skipped.
+        let escaped = format!(r#"{{"a":{{"tx_time_ms":1}},"b":"tx_time_ms","tx_time\u005fms":{t}}}"#);
+        assert_eq!(time(escaped.as_bytes(), t), Some(t));
+        // Exactly what decode dead-letters as invalid_time, schema or json gives no time.
+        for bad in [
+            tx(r#""tx_time_ms":-1"#),
+            tx(r#""tx_time_ms":1.5"#),
+            tx(r#""tx_time_ms":"1522540800000""#),
+            tx(r#""other":1"#),
+            tx(&format!(r#""tx_time_ms":{}"#, t + 61_000)),
+            tx(&format!(
+                r#""tx_time_ms":{}"#,
+                weir_core::clock::wall_ms() + 2 * 86_400_000
+            )),
+            "[1,2]".to_string(),
+            format!(r#"{{"tx_time_ms":{t}"#),
+        ] {
+            assert_eq!(time(bad.as_bytes(), t), None, "{bad}");
+            let mut e = ev(bad.as_bytes());
+            e.timestamp_ms = t;
+            if let Ok((meta, _)) = decode_transaction(&e, &DecodeLimits::default(), weir_core::clock::wall_ms()) {
+                panic!("{bad} decoded at {}", meta.event_time_ms);
+            }
+        }
     }
 
     /// Property tests (proptest, 256 cases each by default; `PROPTEST_CASES` raises it): the
@@ -401,7 +513,7 @@ mod tests {
                     prop_assert!(tx.amount.is_finite() && tx.amount >= 0.0);
                     prop_assert!(tx.tx_time_ms >= 0 && tx.tx_time_ms <= NOW + 86_400_000);
                     prop_assert!(tx.amount <= DecodeLimits::default().max_amount);
-                    prop_assert!(meta.event_time_ms <= tx.tx_time_ms && meta.event_time_ms <= NOW);
+                    prop_assert_eq!(meta.event_time_ms, 1000, "the source's event time");
                     prop_assert_eq!(
                         meta.lineage,
                         Lineage {

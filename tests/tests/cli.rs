@@ -84,7 +84,8 @@ fn the_benchmark_reports_the_three_throughputs_and_their_ratio() {
         "pipeline end to end",
         "pipeline / slower raw limit",
         "pipeline / raw bound",
-        "backfill / raw bound at its batch",
+        "raw Kafka input",
+        "backfill / raw bound",
     ] {
         assert!(text.contains(needle), "bench output lacks `{needle}`:\n{text}");
     }

@@ -94,11 +94,25 @@ pub struct SourceSection {
     /// Watermark lag behind the largest event time seen.
     #[serde(with = "humantime_serde")]
     pub allowed_lateness: Duration,
+    /// Where event time comes from: the watermark and the windows both follow it.
+    pub event_time: EventTimeSetting,
     /// Longest wait at shutdown for in-flight events before the final commit.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
     /// librdkafka consumer properties, overriding weir's.
     pub properties: BTreeMap<String, String>,
+}
+
+/// `source.event_time`: the one clock of the watermark and the windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventTimeSetting {
+    /// The transaction's `tx_time_ms` field (epoch ms): when the transaction happened, whatever
+    /// the producer stamped on the message. The default.
+    TxTimeMs,
+    /// The Kafka message timestamp (the producer's CreateTime or the broker's LogAppendTime);
+    /// `tx_time_ms` still gives the per-transaction features (hour, weekend, night).
+    MessageTimestamp,
 }
 
 /// `[labels]`: where fraud labels come from (for `fraud_ratio` features).
@@ -118,7 +132,7 @@ pub struct DecodeSection {
     #[serde(with = "humantime_serde")]
     pub max_future: Duration,
     /// Largest accepted distance of a transaction time after its own Kafka message timestamp
-    /// (the watermark's clock); a transaction within it is windowed at its message timestamp.
+    /// (restarts and backfills look offsets up by message timestamp and must not skip it).
     #[serde(with = "humantime_serde")]
     pub allowed_future: Duration,
     /// Largest accepted payload, bytes.
@@ -596,6 +610,17 @@ impl TopologyConfig {
         }
         check_client_properties(brokers, &self.dead_letter.properties, true)
             .map_err(|e| self.field_error("dead_letter.properties", e))
+    }
+
+    /// The event time of the transactions source, per `source.event_time`.
+    pub fn event_time(&self) -> weir_connectors::kafka::source::EventTime {
+        use weir_connectors::kafka::source::EventTime;
+        match self.source.event_time {
+            EventTimeSetting::MessageTimestamp => EventTime::MessageTimestamp,
+            EventTimeSetting::TxTimeMs => EventTime::Payload(std::sync::Arc::new(
+                weir_operators::decode::payload_time("tx_time_ms", self.decode_limits()),
+            )),
+        }
     }
 
     /// The decode limits of `[decode]`.

@@ -24,7 +24,7 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::{Inspect, Probe};
 use timely::dataflow::{ProbeHandle, StreamVec};
 use weir_connectors::kafka::sink::{KafkaDeadLetterSink, KafkaScoreSink};
-use weir_connectors::kafka::source::{kafka_source, KafkaSourceConfig, SourceShared, StartPosition};
+use weir_connectors::kafka::source::{kafka_source, EventTime, KafkaSourceConfig, SourceShared, StartPosition};
 use weir_connectors::parquet::sink::ParquetScoreSink;
 use weir_core::periodic::Periodic;
 use weir_core::{DeadLetterSink, DeliveryLedger, FeatureRow, FlowControl, Lineage, Metrics, ScoreSink};
@@ -381,6 +381,7 @@ pub fn source_config(
         commit_interval: cfg.source.commit_interval,
         pause_after: cfg.source.pause_after,
         allowed_lateness_ms: cfg.source.allowed_lateness.as_millis() as i64,
+        event_time: cfg.event_time(),
         drain_timeout: cfg.source.drain_timeout,
         properties: cfg.source.properties.clone(),
     }
@@ -398,6 +399,8 @@ pub fn labels_source(cfg: &TopologyConfig, source: &KafkaSourceConfig) -> Option
         start_offsets: None,
         commit_floor: None,
         follows: Some(source.topic.clone()),
+        // A label's time is when it became known: its message timestamp.
+        event_time: EventTime::MessageTimestamp,
         ..source.clone()
     })
 }

@@ -70,15 +70,22 @@
 //! input that commits nothing (labels) is not held back by backpressure: the main events in
 //! flight may be waiting for its watermark, which only reading it advances.
 //!
-//! **Time**: timely timestamps are event time (Kafka message timestamp), ms since the Unix epoch.
-//! The operator's capability follows a watermark: per partition, the largest timestamp seen minus
-//! `allowed_lateness_ms`; partitions that finished their range, or reached their end (partition
-//! EOF) and then stayed silent for `idle_timeout`, do not count (as Flink's `withIdleness`, but a
-//! partition with unread messages never turns idle, except under backpressure; silence after a
-//! shutdown request does not count), and the minimum is taken over every worker of the
-//! process through a [`WatermarkBoard`], so an idle worker does not hold the others back. When no
-//! partition counts, everything read is complete (largest seen + 1). Records are emitted at the
-//! capability's time and carry their own event time.
+//! **Time**: one event time per message, from where [`KafkaSourceConfig::event_time`] says (a
+//! payload field, or the Kafka message timestamp): the watermark follows it and
+//! [`SourceEvent::event_time_ms`] carries it to the windows, so that the two never disagree.
+//! Timely timestamps are ms since the Unix epoch. The operator's capability follows a watermark:
+//! per partition, the largest event time seen minus `allowed_lateness_ms`; partitions that
+//! finished their range, or reached their end (partition EOF) and then stayed silent for
+//! `idle_timeout`, do not count (as Flink's `withIdleness`, but a partition with unread messages
+//! never turns idle, except under backpressure; silence after a shutdown request does not count),
+//! and the minimum is taken over every worker of the process through a [`WatermarkBoard`], so an
+//! idle worker does not hold the others back. When no partition counts, everything read is
+//! complete (largest seen + 1). Records are emitted at the capability's time and carry their
+//! processing time ([`processing_time`]): their event time, raised to their partition's watermark
+//! when behind it (a **late** event, counted in `weir_source_late_events_total`). That raise
+//! depends only on what came before in the partition, so every run that reads the partition
+//! (live, restarted, backfill) processes a late event at the same time. A message whose event
+//! time cannot be read (a malformed payload, which its decoder dead-letters) moves no watermark.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -160,12 +167,60 @@ pub struct KafkaSourceConfig {
     /// consumer (`assign = false`) also pauses its partitions then (a pause drops the prefetched
     /// messages, which are fetched again on resume).
     pub pause_after: Duration,
-    /// Watermark lag behind the largest timestamp seen, ms.
+    /// Watermark lag behind the largest event time seen, ms.
     pub allowed_lateness_ms: i64,
+    /// Where each message's event time comes from (the watermark's and the windows' one clock).
+    pub event_time: EventTime,
     /// Longest wait, at shutdown, for in-flight events to be acknowledged before the final commit.
     pub drain_timeout: Duration,
     /// librdkafka consumer properties overriding weir's defaults.
     pub properties: BTreeMap<String, String>,
+}
+
+/// Extracts a message's event time from its payload: `(payload, message timestamp ms) -> event
+/// time ms`, `None` for a message whose time cannot be used (unparseable, missing, or one its
+/// decoder will dead-letter, e.g. too far in the future). Such a message moves no watermark.
+pub type PayloadTime = Arc<dyn Fn(&[u8], i64) -> Option<i64> + Send + Sync>;
+
+/// Where a source reads each message's event time: the watermark follows it, and it is what
+/// [`SourceEvent::event_time_ms`] carries to the windows (see the module doc, "Time").
+#[derive(Clone, Default)]
+pub enum EventTime {
+    /// The Kafka message timestamp (the producer's CreateTime, or the broker's LogAppendTime).
+    #[default]
+    MessageTimestamp,
+    /// A payload field, read by the given function (the connector knows no schema).
+    Payload(PayloadTime),
+}
+
+impl std::fmt::Debug for EventTime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EventTime::MessageTimestamp => f.write_str("MessageTimestamp"),
+            EventTime::Payload(_) => f.write_str("Payload(..)"),
+        }
+    }
+}
+
+/// The event time a source processes a message at: its own time `et` (`None`: unusable),
+/// raised to its partition's watermark before it (`partition_max`, the largest event time read
+/// before it in the partition, minus `lateness_ms`) and to the source's capability `cap_ms`.
+/// Returns `(processing time, whether it was late)`; late means behind the partition's
+/// watermark, which depends only on the partition's content (not on timing).
+///
+/// ```
+/// use weir_connectors::kafka::source::processing_time;
+/// // In order: its own time.
+/// assert_eq!(processing_time(Some(5_000), Some(4_000), 0, 0), (5_000, false));
+/// // 3 s behind the partition's largest time, with 1 s of allowed lateness: raised to 4 s.
+/// assert_eq!(processing_time(Some(2_000), Some(5_000), 1_000, 0), (4_000, true));
+/// // Within the allowed lateness: its own time.
+/// assert_eq!(processing_time(Some(4_500), Some(5_000), 1_000, 0), (4_500, false));
+/// ```
+pub fn processing_time(et: Option<i64>, partition_max: Option<i64>, lateness_ms: i64, cap_ms: i64) -> (i64, bool) {
+    let floor = partition_max.map_or(i64::MIN, |m| m.saturating_sub(lateness_ms));
+    let own = et.unwrap_or(i64::MIN);
+    (own.max(floor).max(cap_ms), et.is_some_and(|t| t < floor))
 }
 
 /// One worker's view of a topic: the watermark its partitions hold (if any still expected to
@@ -663,6 +718,7 @@ pub fn kafka_source<'s>(
                 }
 
                 let mut emitted = 0usize;
+                let mut late_events = 0u64;
                 {
                     let mut session = output.session(&*c);
                     let polled_at = Instant::now();
@@ -697,13 +753,23 @@ pub fn kafka_source<'s>(
                                 }
                                 caught_up.remove(&partition);
                                 let ts = m.timestamp().to_millis().unwrap_or_else(clock::wall_ms);
-                                let e = max_ts.entry(partition).or_insert((ts, polled_at));
-                                e.0 = e.0.max(ts);
+                                let et = match &config.event_time {
+                                    EventTime::MessageTimestamp => Some(ts),
+                                    EventTime::Payload(f) => m.payload().and_then(|p| f(p, ts)),
+                                };
+                                let e = max_ts.entry(partition).or_insert((i64::MIN, polled_at));
+                                let before = (e.0 > i64::MIN).then_some(e.0);
+                                let (event_time_ms, late) =
+                                    processing_time(et, before, config.allowed_lateness_ms, cap_time as i64);
+                                if let Some(t) = et {
+                                    e.0 = e.0.max(t);
+                                }
                                 e.1 = polled_at;
+                                late_events += late as u64;
                                 let lineage = Lineage { partition, offset };
                                 if config.commit {
-                                    // The time it enters the dataflow (late records are raised).
-                                    shared.ledger.register(lineage, (ts.max(0) as u64).max(cap_time));
+                                    // The time it enters the dataflow.
+                                    shared.ledger.register(lineage, event_time_ms.max(0) as u64);
                                 }
                                 let headers = m
                                     .headers()
@@ -719,6 +785,7 @@ pub fn kafka_source<'s>(
                                     payload: m.payload().map(<[u8]>::to_vec),
                                     headers,
                                     timestamp_ms: ts,
+                                    event_time_ms,
                                     read_at_us: clock::now_micros(),
                                 });
                                 emitted += 1;
@@ -734,11 +801,13 @@ pub fn kafka_source<'s>(
                     };
                     // The main queue: callbacks, and the messages of partitions without a queue of
                     // their own (subscribed, or fetched before the split).
+                    // (A poll that returns nothing uses none of the budget: with
+                    // max_poll_records = 1 the partition queues were never read.)
                     while budget > 0 {
-                        budget -= 1;
                         if !handle(consumer_ref.poll(Duration::ZERO)) {
                             break;
                         }
+                        budget -= 1;
                     }
                     // Each partition's queue in turn, skipping those ahead (watermark alignment:
                     // they keep what librdkafka prefetched, no pause and no fetch round trip).
@@ -771,6 +840,13 @@ pub fn kafka_source<'s>(
                     // Records were stamped with the capability's time (late ones included): once
                     // nothing holds, the watermark must pass it too.
                     max_emitted = max_emitted.max(*c.time() as i64);
+                }
+                if late_events > 0 {
+                    shared
+                        .metrics
+                        .late_events
+                        .with_label_values(&[&config.topic])
+                        .inc_by(late_events);
                 }
                 if config.commit {
                     // The main input: each event ends as a batch row or a dead letter.
@@ -813,7 +889,7 @@ pub fn kafka_source<'s>(
                         Some(&(ts, last)) => {
                             seen_max = Some(seen_max.map_or(ts, |m| m.max(ts)));
                             if !finished && (now - last < config.idle_timeout || !may_idle) {
-                                let h = ts - config.allowed_lateness_ms;
+                                let h = ts.saturating_sub(config.allowed_lateness_ms);
                                 holding = Some(holding.map_or(h, |m| m.min(h)));
                                 last_holding.insert(*p, h);
                             }

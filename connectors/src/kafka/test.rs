@@ -14,7 +14,7 @@ use weir_core::{
 use super::admin::{read_topic, BulkProducer};
 use super::embedded::EmbeddedKafka;
 use super::sink::{KafkaDeadLetterSink, KafkaScoreSink};
-use super::source::{kafka_source, KafkaSourceConfig, SourceShared, StartPosition};
+use super::source::{kafka_source, EventTime, KafkaSourceConfig, SourceShared, StartPosition};
 
 fn config(brokers: &str, bounded: bool, group: &str) -> KafkaSourceConfig {
     KafkaSourceConfig {
@@ -34,6 +34,7 @@ fn config(brokers: &str, bounded: bool, group: &str) -> KafkaSourceConfig {
         commit_interval: Duration::from_millis(50),
         pause_after: Duration::from_secs(1),
         allowed_lateness_ms: 0,
+        event_time: Default::default(),
         drain_timeout: Duration::from_secs(2),
         properties: BTreeMap::from([("session.timeout.ms".into(), "6000".into())]),
     }
@@ -393,4 +394,54 @@ fn a_score_record_whose_delivery_fails_becomes_a_dead_letter_and_is_acknowledged
     let v: serde_json::Value = serde_json::from_slice(out[0].payload.as_deref().unwrap()).unwrap();
     assert_eq!(v["tx_id"], 7, "the score record travels as the letter's payload");
     assert_eq!(metrics.scores_out.get(), 0);
+}
+
+#[test]
+fn event_time_is_the_configured_clock_and_late_events_are_raised_to_their_partitions_watermark() {
+    // Issue 14: the watermark followed message timestamps while the windows used the payload's
+    // time, so features changed from run to run when the two differed.
+    let kafka = EmbeddedKafka::start().unwrap();
+    kafka.create_topic("events", 1).unwrap();
+    let brokers = kafka.bootstrap_servers();
+    let own = [1_000i64, 5_000, 2_000, 6_000, 3_000, 5_500, 7_000];
+    let p = BulkProducer::new(&brokers, &BTreeMap::new()).unwrap();
+    for t in own {
+        // Message timestamps a day after the payload's time, and not in the payload's order.
+        let ts = 86_400_000 + 10_000 - t;
+        p.send("events", None, t.to_string().as_bytes(), Some(ts)).unwrap();
+    }
+    // A payload without a usable time moves no watermark.
+    p.send("events", None, b"not a time", Some(1)).unwrap();
+    p.flush(Duration::from_secs(30)).unwrap();
+    drop(p);
+    let read = |event_time: EventTime| {
+        let mut cfg = config(&brokers, true, "g-event-time");
+        cfg.allowed_lateness_ms = 1_000;
+        cfg.event_time = event_time;
+        let mut seen = run(cfg, usize::MAX, |_| true);
+        seen.sort_by_key(|e| e.lineage.offset);
+        seen
+    };
+    let payload: super::source::PayloadTime =
+        Arc::new(|p: &[u8], _ts: i64| std::str::from_utf8(p).ok()?.parse::<i64>().ok());
+    let seen = read(EventTime::Payload(payload));
+    let times: Vec<i64> = seen.iter().map(|e| e.event_time_ms).collect();
+    // Each one's own time, or the largest before it in the partition minus 1 s when behind that.
+    assert_eq!(times, vec![1_000, 5_000, 4_000, 6_000, 5_000, 5_500, 7_000, 6_000]);
+    let ts: Vec<i64> = seen.iter().map(|e| e.timestamp_ms).take(own.len()).collect();
+    assert_eq!(
+        ts,
+        own.iter().map(|t| 86_400_000 + 10_000 - t).collect::<Vec<_>>(),
+        "message timestamps kept"
+    );
+
+    let seen = read(EventTime::MessageTimestamp);
+    let times: Vec<i64> = seen.iter().map(|e| e.event_time_ms).collect();
+    let mut expected = Vec::new();
+    let mut max = i64::MIN;
+    for t in own.iter().map(|t| 86_400_000 + 10_000 - t).chain([1]) {
+        expected.push(if max == i64::MIN { t } else { t.max(max - 1_000) });
+        max = max.max(t);
+    }
+    assert_eq!(times, expected, "message timestamps, raised the same way");
 }
