@@ -105,20 +105,20 @@ impl Buffer {
     fn take(&mut self, max: usize, cause: FlushCause, metrics: &Metrics) -> Batch {
         let n = self.rows.len().min(max);
         let waited = self.oldest.map(|t| t.elapsed()).unwrap_or_default();
-        let (rows, features) = if n == self.rows.len() {
+        // The next batch fills buffers sized for a full one: growing them by doubling from
+        // empty cost a reallocation and a copy every few rows (~7% of a run's CPU).
+        let nf = self.n_features;
+        let mut rows = std::mem::replace(&mut self.rows, Vec::with_capacity(max));
+        let mut features = std::mem::replace(&mut self.features, Vec::with_capacity(max * nf));
+        if n == rows.len() {
             self.oldest = None;
-            (std::mem::take(&mut self.rows), std::mem::take(&mut self.features))
         } else {
             // The rest arrived while a batch was pending; they count as waiting from now on
             // (an underestimate of their wait, never an overestimate of the window).
             self.oldest = Some(Instant::now());
-            let rest_rows = self.rows.split_off(n);
-            let rest_features = self.features.split_off(n * self.n_features);
-            (
-                std::mem::replace(&mut self.rows, rest_rows),
-                std::mem::replace(&mut self.features, rest_features),
-            )
-        };
+            self.rows.extend(rows.drain(n..));
+            self.features.extend(features.drain(n * nf..));
+        }
         metrics.batches.with_label_values(&[cause.as_str()]).inc();
         metrics.batch_rows.observe(n as f64);
         metrics.batch_fill_wait.observe(waited.as_secs_f64());

@@ -353,40 +353,7 @@ pub fn tx_ids(brokers: &str, topic: &str) -> Vec<u64> {
 /// # Panics
 /// If the broker refuses or does not answer within 30 s.
 pub fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
-    use rdkafka::config::ClientConfig;
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .expect("admin client");
-    let new: Vec<NewTopic> = topics
-        .iter()
-        // The generated data is from 2018: with the default retention (7 days by message
-        // timestamp) nisshi deletes it when it restarts.
-        .map(|(name, parts)| NewTopic::new(name, *parts, TopicReplication::Fixed(1)).set("retention.ms", "-1"))
-        .collect();
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    // librdkafka completes the future on its own thread: poll it with a no-op waker.
-    let mut fut = std::pin::pin!(admin.create_topics(&new, &opts));
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let results = loop {
-        if let std::task::Poll::Ready(r) = std::future::Future::poll(fut.as_mut(), &mut cx) {
-            break r.expect("create topics");
-        }
-        assert!(Instant::now() < deadline, "CreateTopics timed out");
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    for r in results {
-        if let Err((name, code)) = r {
-            assert_eq!(
-                code,
-                rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists,
-                "create topic `{name}`"
-            );
-        }
-    }
+    weir_connectors::kafka::admin::create_topics(brokers, topics, Duration::from_secs(30)).expect("create topics");
 }
 
 /// Sends SIGTERM to `child` (a graceful shutdown request).

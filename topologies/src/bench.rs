@@ -47,6 +47,9 @@ pub struct BenchOptions {
     pub partitions: i32,
     /// Seconds to run the raw ONNX Runtime loop.
     pub onnx_seconds: f64,
+    /// A real broker to run against (topics created with `partitions` partitions, names
+    /// suffixed with the process id so that runs do not mix); `None`: the embedded broker.
+    pub brokers: Option<String>,
 }
 
 /// The three measurements.
@@ -66,6 +69,8 @@ pub struct BenchReport {
     pub kafka_consume_events_per_s: f64,
     /// Labels in the labels topic (read by the topology and by the bare loops).
     pub labels: u64,
+    /// The broker: `embedded broker` or `broker <bootstrap servers>`.
+    pub broker: String,
     /// The topology end to end.
     pub pipeline: RunReport,
     /// Timely workers.
@@ -101,7 +106,7 @@ impl BenchReport {
     pub fn render(&self) -> String {
         let p = self.pipeline.events_per_second();
         format!(
-            "weir bench: {} events and {} labels, batch {} rows, {} workers, execution provider {}, embedded broker\n\
+            "weir bench: {} events and {} labels, batch {} rows, {} workers, execution provider {}, {}\n\
              \x20 raw ONNX Runtime     {:>12.0} rows/s   (one session, batch {})\n\
              \x20 raw Kafka I/O        {:>12.0} events/s (bare consumer of events + labels, producer of one record per event)\n\
              \x20 raw Kafka input      {:>12.0} events/s (bare consumer of events + labels, the backfill's Kafka part)\n\
@@ -121,6 +126,7 @@ impl BenchReport {
             self.batch_rows,
             self.workers,
             self.pipeline.execution_provider,
+            self.broker,
             self.onnx_rows_per_s,
             self.batch_rows,
             self.kafka_events_per_s,
@@ -186,32 +192,23 @@ struct RawKafka {
     rate: f64,
 }
 
-/// A bare consumer reading every message of `topics` from the earliest offset and, with
+/// Bare consumers reading every message of `topics` from the earliest offset and, with
 /// `out_topic`, a producer (weir's sink settings) writing one score-sized record per message of
 /// the first topic (the transactions) until all are acknowledged: the Kafka I/O the topology
-/// cannot avoid, as fast as librdkafka goes from one loop.
-fn raw_kafka(brokers: &str, topics: &[&str], out_topic: Option<&str>) -> Result<RawKafka, DemoError> {
-    let kafka_err = |context: &str| {
-        let context = context.to_string();
-        move |e| weir_connectors::ConnectorError::Kafka { context, source: e }
-    };
-    let mut totals = Vec::new();
-    let mut tpl = TopicPartitionList::new();
-    for topic in topics {
-        let marks = watermarks(brokers, topic, Duration::from_secs(10))?;
-        totals.push(marks.iter().map(|(_, lo, hi)| (hi - lo) as u64).sum::<u64>());
-        for (p, lo, _) in &marks {
-            let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(*lo));
+/// cannot avoid, as fast as librdkafka goes. `threads` loops share the work as the topology's
+/// workers do (partition `p` of every topic to loop `p % threads`, each with its own consumer,
+/// one producer shared), so that the bound uses the same cores as the pipeline.
+fn raw_kafka(brokers: &str, topics: &[&str], out_topic: Option<&str>, threads: usize) -> Result<RawKafka, DemoError> {
+    let threads = threads.max(1);
+    let mut totals = vec![vec![0u64; topics.len()]; threads];
+    let mut tpls: Vec<TopicPartitionList> = (0..threads).map(|_| TopicPartitionList::new()).collect();
+    for (k, topic) in topics.iter().enumerate() {
+        for (p, lo, hi) in watermarks(brokers, topic, Duration::from_secs(10))? {
+            let w = p as usize % threads;
+            totals[w][k] += (hi - lo) as u64;
+            let _ = tpls[w].add_partition_offset(topic, p, Offset::Offset(lo));
         }
     }
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "weir-bench-raw")
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "10")
-        .create()
-        .map_err(kafka_err("bench consumer"))?;
-    consumer.assign(&tpl).map_err(kafka_err("bench assign"))?;
     let producer = match out_topic {
         Some(_) => Some(BulkProducer::new(
             brokers,
@@ -220,32 +217,27 @@ fn raw_kafka(brokers: &str, topics: &[&str], out_topic: Option<&str>) -> Result<
         None => None,
     };
     let t0 = Instant::now();
+    let loops: Vec<Result<Vec<u64>, DemoError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = tpls
+            .iter()
+            .zip(&totals)
+            .map(|(tpl, totals)| {
+                let producer = producer.as_ref();
+                scope.spawn(move || raw_kafka_loop(brokers, topics, tpl, totals, producer.zip(out_topic), t0))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(DemoError::Usage("bench loop panicked".into())))
+            })
+            .collect()
+    });
     let mut read = vec![0u64; topics.len()];
-    let mut value = Vec::with_capacity(160);
-    while read.iter().zip(&totals).any(|(r, t)| r < t) {
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => {
-                let k = topics.iter().position(|t| *t == m.topic()).unwrap_or(0);
-                read[k] += 1;
-                if let (0, Some(p), Some(out)) = (k, producer.as_ref(), out_topic) {
-                    value.clear();
-                    use std::io::Write;
-                    let _ = write!(
-                        value,
-                        r#"{{"tx_id":{},"score":0.5,"model_version":"bench","event_time_ms":{},"partition":{},"offset":{}}}"#,
-                        read[0],
-                        m.timestamp().to_millis().unwrap_or(0),
-                        m.partition(),
-                        m.offset()
-                    );
-                    p.send(out, m.key(), &value, None)?;
-                }
-            }
-            Some(Err(KafkaError::PartitionEOF(_))) | None => {}
-            Some(Err(e)) => tracing::warn!(error = %e, "bench consumer"),
-        }
-        if t0.elapsed() > Duration::from_secs(600) {
-            break;
+    for r in loops {
+        for (a, b) in read.iter_mut().zip(r?) {
+            *a += b;
         }
     }
     if let Some(p) = producer {
@@ -258,6 +250,62 @@ fn raw_kafka(brokers: &str, topics: &[&str], out_topic: Option<&str>) -> Result<
     })
 }
 
+/// One loop of [`raw_kafka`]: reads `tpl` until `totals` messages of each topic are read.
+fn raw_kafka_loop(
+    brokers: &str,
+    topics: &[&str],
+    tpl: &TopicPartitionList,
+    totals: &[u64],
+    out: Option<(&BulkProducer, &str)>,
+    t0: Instant,
+) -> Result<Vec<u64>, DemoError> {
+    let kafka_err = |context: &'static str| {
+        move |e| weir_connectors::ConnectorError::Kafka {
+            context: context.into(),
+            source: e,
+        }
+    };
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "weir-bench-raw")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        // As weir's sources: librdkafka's default (1 s) stalls a partition whose queue filled.
+        .set("fetch.queue.backoff.ms", "5")
+        .create()
+        .map_err(kafka_err("bench consumer"))?;
+    consumer.assign(tpl).map_err(kafka_err("bench assign"))?;
+    let mut read = vec![0u64; topics.len()];
+    let mut value = Vec::with_capacity(160);
+    while read.iter().zip(totals).any(|(r, t)| r < t) {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                let k = topics.iter().position(|t| *t == m.topic()).unwrap_or(0);
+                read[k] += 1;
+                if let (0, Some((p, topic))) = (k, out) {
+                    value.clear();
+                    use std::io::Write;
+                    let _ = write!(
+                        value,
+                        r#"{{"tx_id":{},"score":0.5,"model_version":"bench","event_time_ms":{},"partition":{},"offset":{}}}"#,
+                        m.offset(),
+                        m.timestamp().to_millis().unwrap_or(0),
+                        m.partition(),
+                        m.offset()
+                    );
+                    p.send(topic, m.key(), &value, None)?;
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) | None => {}
+            Some(Err(e)) => tracing::warn!(error = %e, "bench consumer"),
+        }
+        if t0.elapsed() > Duration::from_secs(600) {
+            break;
+        }
+    }
+    Ok(read)
+}
+
 /// Runs the benchmark.
 ///
 /// # Errors
@@ -267,14 +315,37 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchReport, DemoError> {
     let onnx = raw_onnx(&cfg, &opts.sim, opts.onnx_seconds, cfg.batching.max_batch_rows)?;
     let onnx_backfill = raw_onnx(&cfg, &opts.sim, opts.onnx_seconds, cfg.backfill.max_batch_rows)?;
 
-    let kafka = EmbeddedKafka::start()?;
-    let topic = "bench-transactions";
-    kafka.create_topic(topic, opts.partitions)?;
-    kafka.create_topic(&cfg.labels.topic, opts.partitions)?;
-    kafka.create_topic("bench-raw-out", opts.partitions)?;
-    kafka.create_topic("bench-scores", opts.partitions)?;
-    kafka.create_topic(&cfg.dead_letter.topic, 1)?;
-    let brokers = kafka.bootstrap_servers();
+    // Fresh topics per run on a real broker (a rerun must not read the last one's events).
+    let suffix = match opts.brokers {
+        Some(_) => format!("-{}", std::process::id()),
+        None => String::new(),
+    };
+    let topic = format!("bench-transactions{suffix}");
+    let topic = topic.as_str();
+    cfg.labels.topic = format!("{}{suffix}", cfg.labels.topic);
+    cfg.dead_letter.topic = format!("{}{suffix}", cfg.dead_letter.topic);
+    let (raw_out, scores) = (format!("bench-raw-out{suffix}"), format!("bench-scores{suffix}"));
+    let topics = [
+        (topic, opts.partitions),
+        (cfg.labels.topic.as_str(), opts.partitions),
+        (raw_out.as_str(), opts.partitions),
+        (scores.as_str(), opts.partitions),
+        (cfg.dead_letter.topic.as_str(), 1),
+    ];
+    let (kafka, brokers) = match &opts.brokers {
+        Some(b) => {
+            weir_connectors::kafka::admin::create_topics(b, &topics, Duration::from_secs(30))?;
+            (None, b.clone())
+        }
+        None => {
+            let kafka = EmbeddedKafka::start()?;
+            for (t, p) in topics {
+                kafka.create_topic(t, p)?;
+            }
+            let b = kafka.bootstrap_servers();
+            (Some(kafka), b)
+        }
+    };
     let generated = generate(
         opts.sim.clone(),
         &Target::Kafka {
@@ -290,13 +361,13 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchReport, DemoError> {
     )?;
     // The topology reads the labels too (the fraud ratios): so do the bare loops.
     let inputs = [topic, cfg.labels.topic.as_str()];
-    let raw = raw_kafka(&brokers, &inputs, Some("bench-raw-out"))?;
+    let raw = raw_kafka(&brokers, &inputs, Some(&raw_out), cfg.topology.workers)?;
     debug_assert_eq!(raw.transactions, generated.transactions);
     // The backfill writes Parquet, not Kafka: its bound is the bare consumer's.
-    let raw_consume = raw_kafka(&brokers, &inputs, None)?;
+    let raw_consume = raw_kafka(&brokers, &inputs, None, cfg.topology.workers)?;
 
     cfg.source.topic = topic.into();
-    cfg.sink.topic = "bench-scores".into();
+    cfg.sink.topic = scores.clone();
     cfg.sink.kind = "kafka".into();
     let pipeline = run_topology(
         &cfg,
@@ -335,6 +406,10 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchReport, DemoError> {
         kafka_events_per_s: raw.rate,
         kafka_consume_events_per_s: raw_consume.rate,
         labels: raw.labels,
+        broker: match &opts.brokers {
+            Some(b) => format!("broker {b}"),
+            None => "embedded broker".into(),
+        },
         pipeline,
         workers: cfg.topology.workers,
         backfill_batch_rows: cfg.backfill.max_batch_rows,

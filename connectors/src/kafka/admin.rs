@@ -480,3 +480,50 @@ pub fn committed_offsets(
         })
         .collect())
 }
+
+/// Creates `topics` (`(name, partitions)`, replication 1) on a real broker with Kafka's
+/// CreateTopics API, kept forever (`retention.ms = -1`: the simulated data is from 2018, which
+/// the default retention of 7 days by message timestamp would delete). Topics that exist already
+/// are left as they are (their partition counts included).
+///
+/// # Errors
+/// [`ConnectorError::Kafka`] if the broker refuses a topic or does not answer within `timeout`.
+pub fn create_topics(brokers: &str, topics: &[(&str, i32)], timeout: Duration) -> Result<(), ConnectorError> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = client_config(brokers, &[], &BTreeMap::new())
+        .create()
+        .map_err(ConnectorError::kafka("create admin client"))?;
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|(name, parts)| NewTopic::new(name, *parts, TopicReplication::Fixed(1)).set("retention.ms", "-1"))
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(timeout));
+    // librdkafka completes the future on its own thread: poll it with a no-op waker.
+    let mut fut = std::pin::pin!(admin.create_topics(&new, &opts));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let deadline = Instant::now() + timeout;
+    let results = loop {
+        if let std::task::Poll::Ready(r) = std::future::Future::poll(fut.as_mut(), &mut cx) {
+            break r.map_err(ConnectorError::kafka("create topics"))?;
+        }
+        if Instant::now() >= deadline {
+            return Err(ConnectorError::Kafka {
+                context: format!("create topics on {brokers}: no answer within {timeout:?}"),
+                source: KafkaError::AdminOp(RDKafkaErrorCode::RequestTimedOut),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    for r in results {
+        if let Err((name, code)) = r {
+            if code != RDKafkaErrorCode::TopicAlreadyExists {
+                return Err(ConnectorError::Kafka {
+                    context: format!("create topic `{name}`"),
+                    source: KafkaError::AdminOp(code),
+                });
+            }
+        }
+    }
+    Ok(())
+}

@@ -448,6 +448,10 @@ fn consumer_defaults(group_id: &str) -> Vec<(&str, &str)> {
         // Bounds librdkafka's prefetch queue: 4 MiB per partition read directly (its own queue),
         // per consumer otherwise.
         ("queued.max.messages.kbytes", "4096"),
+        // A partition whose queue reached that bound is fetched again only after this long
+        // (librdkafka's default 1 s): a queue the worker drains while busy elsewhere (the labels
+        // beside the transactions) then sat empty for up to a second, idling the whole pipeline.
+        ("fetch.queue.backoff.ms", "5"),
     ]
 }
 

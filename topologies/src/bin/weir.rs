@@ -221,6 +221,10 @@ enum Command {
         /// Seconds of the raw ONNX Runtime loop.
         #[arg(long, default_value_t = 3.0)]
         onnx_seconds: f64,
+        /// Run against this real broker (fresh topics named after the process id) instead of
+        /// the embedded one.
+        #[arg(long)]
+        brokers: Option<String>,
     },
     /// Measure the feature store alone: events/s and resident memory over N simulated events.
     BenchFeatures {
@@ -632,6 +636,7 @@ fn main() -> ExitCode {
             sim,
             partitions,
             onnx_seconds,
+            brokers,
         } => {
             init_logging("warn");
             (|| {
@@ -640,6 +645,7 @@ fn main() -> ExitCode {
                     sim: sim.config()?,
                     partitions,
                     onnx_seconds,
+                    brokers,
                 };
                 let report = run_bench(&opts).map_err(|e| e.to_string())?;
                 print!("{}", report.render());
