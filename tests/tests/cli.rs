@@ -92,6 +92,34 @@ fn the_benchmark_reports_the_three_throughputs_and_their_ratio() {
 }
 
 #[test]
+fn the_latency_benchmark_measures_weir_beside_a_bare_consumer_and_producer() {
+    let out = run_weir(
+        &["bench-latency", "--rate", "2000", "--seconds", "1"],
+        Duration::from_secs(300),
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    // "  bare consumer + producer  read->ack p50     5.33 ms  p99    20.71 ms"
+    let quantiles = |prefix: &str| -> (f64, f64) {
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(prefix))
+            .unwrap_or_else(|| panic!("no `{prefix}` line:\n{text}"));
+        let after = |key: &str| -> f64 {
+            let rest = &line[line.find(key).unwrap() + key.len()..];
+            rest.split_whitespace().next().unwrap().parse().unwrap()
+        };
+        (after("p50"), after("p99"))
+    };
+    for path in ["bare consumer", "weir (mean batch"] {
+        let (p50, p99) = quantiles(path);
+        assert!(p50 > 0.0 && p99 >= p50, "{path}: p50 {p50} p99 {p99}\n{text}");
+    }
+    assert!(text.contains("weir - bare"), "{text}");
+    assert!(text.contains("2000 events at 2000 events/s"), "{text}");
+}
+
+#[test]
 fn the_metrics_endpoint_serves_during_a_run() {
     let broker =
         weir_tests::BrokerProcess::start(&["transactions:4", "fraud-labels:4", "scores:4", "transactions-dlq:1"]);

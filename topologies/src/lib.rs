@@ -11,6 +11,7 @@ pub mod eval;
 pub mod export;
 pub mod generate;
 pub mod http;
+pub mod latency;
 pub mod recovery;
 pub mod reload;
 pub mod runner;

@@ -354,7 +354,7 @@ pub fn recommend(points: &[TunePoint]) -> Option<usize> {
 }
 
 /// Replays `events` at `rate`, transactions stamped with the wall clock; stops early if `stop`.
-fn replay(
+pub(crate) fn replay(
     producer: &BulkProducer,
     topic: &str,
     events: &[RecordedEvent],

@@ -226,6 +226,24 @@ enum Command {
         #[arg(long)]
         brokers: Option<String>,
     },
+    /// Read-to-acknowledgement latency of the topology against a bare consumer + producer, on
+    /// the same broker at the same offered rate, in one run.
+    BenchLatency {
+        /// Topology file (default: `topologies/fraud-scoring.toml` in the working directory or in
+        /// the workspace the `weir` binary was built in).
+        #[arg(long)]
+        topology: Option<PathBuf>,
+        /// Run against this real broker (fresh topics named after the process id) instead of
+        /// the embedded one.
+        #[arg(long)]
+        brokers: Option<String>,
+        /// Offered load, events per second.
+        #[arg(long, default_value_t = 5000.0)]
+        rate: f64,
+        /// Measured traffic, seconds (after 2 s of priming traffic).
+        #[arg(long, default_value_t = 20.0)]
+        seconds: f64,
+    },
     /// Measure the feature store alone: events/s and resident memory over N simulated events.
     BenchFeatures {
         /// Topology file, for its feature definitions (default: `topologies/fraud-scoring.toml` in
@@ -648,6 +666,26 @@ fn main() -> ExitCode {
                     brokers,
                 };
                 let report = run_bench(&opts).map_err(|e| e.to_string())?;
+                print!("{}", report.render());
+                Ok(())
+            })()
+        }
+        Command::BenchLatency {
+            topology,
+            brokers,
+            rate,
+            seconds,
+        } => {
+            init_logging("warn");
+            (|| {
+                let opts = weir_topologies::latency::LatencyOptions {
+                    topology: default_topology(topology)?,
+                    brokers,
+                    rate,
+                    seconds,
+                    prime: 2.0,
+                };
+                let report = weir_topologies::latency::run_latency_bench(&opts).map_err(|e| e.to_string())?;
                 print!("{}", report.render());
                 Ok(())
             })()

@@ -1,0 +1,396 @@
+//! `weir bench-latency`: read-to-acknowledgement latency of the topology against a bare
+//! consumer + producer, on the same broker, at the same offered rate, in one run (issue 14).
+//!
+//! Both paths get the same traffic: simulated transactions replayed at `rate` events/s onto a
+//! fresh topic of 4 partitions, each stamped with the wall clock when sent (as `weir tune`
+//! replays). First `prime` seconds of traffic (the consumer has its partitions, ONNX Runtime is
+//! warm), then `seconds` of measured traffic.
+//!
+//! - **Bare**: one thread polls a `BaseConsumer` assigned to every partition and, for each
+//!   message, produces a score-sized record; the latency of a message is from the moment its
+//!   poll returned to its delivery report (µs). Same librdkafka settings as weir's source
+//!   (`fetch.wait.max.ms = 10`) and sink (`linger.ms` as `[sink.properties]` or 5 ms).
+//! - **weir**: the topology runs live (`weir run`, its features, model and `[batching]` window)
+//!   and reports its own read-to-acknowledgement latency (`weir_event_latency_seconds`'s
+//!   summary: from the source's poll to the score sink's delivery report).
+//!
+//! The target (issue 14): weir's p50 within `max_wait` + 5 ms and its p99 within `max_wait` +
+//! 10 ms of the bare path's. Labels are not replayed (`fraud_ratio` features read 0; the labels
+//! partitions turn idle after `idle_timeout`, before the measurement starts).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+use weir_connectors::kafka::admin::{create_topics, BulkProducer};
+use weir_connectors::kafka::embedded::EmbeddedKafka;
+use weir_connectors::kafka::source::StartPosition;
+use weir_core::Metrics;
+use weir_simulator::SimConfig;
+
+use crate::config::TopologyConfig;
+use crate::demo::DemoError;
+use crate::runner::{flow_control, run_topology, RunOptions};
+use crate::tune::{replay, Recording};
+
+/// Options of the latency benchmark.
+#[derive(Debug, Clone)]
+pub struct LatencyOptions {
+    /// Topology file.
+    pub topology: std::path::PathBuf,
+    /// A real broker; `None`: the embedded one.
+    pub brokers: Option<String>,
+    /// Offered load, events per second.
+    pub rate: f64,
+    /// Measured traffic, seconds.
+    pub seconds: f64,
+    /// Priming traffic before the measurement, seconds.
+    pub prime: f64,
+}
+
+/// What the latency benchmark measured (latencies in µs).
+#[derive(Debug, Clone)]
+pub struct LatencyReport {
+    /// `embedded broker` or `broker <bootstrap servers>`.
+    pub broker: String,
+    /// Offered load, events per second.
+    pub rate: f64,
+    /// Measured events per path.
+    pub events: usize,
+    /// The topology's `[batching] max_wait`.
+    pub max_wait: Duration,
+    /// Bare consumer + producer: read-to-acknowledgement p50 and p99, µs.
+    pub bare_us: (u64, u64),
+    /// The topology: read-to-acknowledgement p50 and p99, µs.
+    pub weir_us: (u64, u64),
+    /// The topology's mean micro-batch, rows.
+    pub mean_batch_rows: f64,
+}
+
+impl LatencyReport {
+    /// Whether weir's p50 is within `max_wait` + 5 ms and its p99 within `max_wait` + 10 ms of
+    /// the bare path's.
+    pub fn meets_target(&self) -> (bool, bool) {
+        let w = self.max_wait.as_micros() as u64;
+        (
+            self.weir_us.0 <= self.bare_us.0 + w + 5_000,
+            self.weir_us.1 <= self.bare_us.1 + w + 10_000,
+        )
+    }
+
+    /// The report as printed.
+    pub fn render(&self) -> String {
+        let ms = |us: u64| us as f64 / 1000.0;
+        let (p50_ok, p99_ok) = self.meets_target();
+        let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+        format!(
+            "weir bench-latency: {} events at {:.0} events/s, {}, max_wait {:?}\n\
+             \x20 bare consumer + producer  read->ack p50 {:>8.2} ms  p99 {:>8.2} ms\n\
+             \x20 weir (mean batch {:>6.1})   read->ack p50 {:>8.2} ms  p99 {:>8.2} ms\n\
+             \x20 weir - bare               p50 {:>+8.2} ms (target <= max_wait + 5 ms: {})   p99 {:>+8.2} ms (target <= max_wait + 10 ms: {})\n",
+            self.events,
+            self.rate,
+            self.broker,
+            self.max_wait,
+            ms(self.bare_us.0),
+            ms(self.bare_us.1),
+            self.mean_batch_rows,
+            ms(self.weir_us.0),
+            ms(self.weir_us.1),
+            ms(self.weir_us.0) - ms(self.bare_us.0),
+            verdict(p50_ok),
+            ms(self.weir_us.1) - ms(self.bare_us.1),
+            verdict(p99_ok),
+        )
+    }
+}
+
+/// Delivery reports of the bare path: each carries the instant its message was read.
+struct Acks {
+    measuring: AtomicBool,
+    acked: AtomicU64,
+    latencies_us: Mutex<Vec<u64>>,
+}
+
+/// The bare producer's context: records each delivery report in [`Acks`].
+struct AckContext(Arc<Acks>);
+
+impl ClientContext for AckContext {}
+
+impl ProducerContext for AckContext {
+    type DeliveryOpaque = Box<Instant>;
+    fn delivery(&self, result: &DeliveryResult<'_>, read_at: Box<Instant>) {
+        if result.is_ok() {
+            if self.0.measuring.load(Ordering::Acquire) {
+                self.0
+                    .latencies_us
+                    .lock()
+                    .unwrap()
+                    .push(read_at.elapsed().as_micros() as u64);
+            }
+            self.0.acked.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+}
+
+fn quantile(sorted: &[u64], q: f64) -> u64 {
+    match sorted.len() {
+        0 => 0,
+        n => sorted[((n - 1) as f64 * q).round() as usize],
+    }
+}
+
+fn wait_until(what: &str, timeout: Duration, done: impl Fn() -> bool) -> Result<(), DemoError> {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        if Instant::now() >= deadline {
+            return Err(DemoError::Usage(format!("bench-latency: timed out waiting for {what}")));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(())
+}
+
+fn kafka_err(context: &'static str) -> impl FnOnce(KafkaError) -> weir_connectors::ConnectorError {
+    move |e| weir_connectors::ConnectorError::Kafka {
+        context: context.into(),
+        source: e,
+    }
+}
+
+/// The bare path over `topic` (fresh, `partitions` partitions): returns read-to-ack p50, p99.
+fn bare(
+    brokers: &str,
+    topic: &str,
+    out: &str,
+    partitions: i32,
+    linger_ms: &str,
+    traffic: (&Recording, usize, f64),
+) -> Result<(u64, u64), DemoError> {
+    let (recording, prime, rate) = traffic;
+    let acks = Arc::new(Acks {
+        measuring: AtomicBool::new(false),
+        acked: AtomicU64::new(0),
+        latencies_us: Mutex::new(Vec::new()),
+    });
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "weir-bench-latency")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .set("fetch.queue.backoff.ms", "5")
+        .create()
+        .map_err(kafka_err("bench-latency consumer"))?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        let _ = tpl.add_partition_offset(topic, p, Offset::Beginning);
+    }
+    consumer.assign(&tpl).map_err(kafka_err("bench-latency assign"))?;
+    let producer: ThreadedProducer<AckContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", linger_ms)
+        .set("enable.idempotence", "true")
+        .create_with_context(AckContext(acks.clone()))
+        .map_err(kafka_err("bench-latency producer"))?;
+    let total = recording.events.len();
+    let stop = Arc::new(AtomicBool::new(false));
+    let result = std::thread::scope(|scope| {
+        let loop_stop = stop.clone();
+        let looper = scope.spawn(move || {
+            let mut value = Vec::with_capacity(160);
+            while !loop_stop.load(Ordering::Acquire) {
+                let Some(Ok(m)) = consumer.poll(Duration::from_millis(10)) else {
+                    continue;
+                };
+                let read_at = Instant::now();
+                value.clear();
+                use std::io::Write;
+                let _ = write!(
+                    value,
+                    r#"{{"tx_id":{},"score":0.5,"model_version":"bench","event_time_ms":{},"partition":{},"offset":{}}}"#,
+                    m.offset(),
+                    m.timestamp().to_millis().unwrap_or(0),
+                    m.partition(),
+                    m.offset()
+                );
+                let mut record = BaseRecord::with_opaque_to(out, Box::new(read_at)).payload(&value[..]);
+                if let Some(k) = m.key() {
+                    record = record.key(k);
+                }
+                let mut record = Some(record);
+                while let Some(r) = record.take() {
+                    if let Err((_, back)) = producer.send(r) {
+                        // Queue full: wait for the producer's thread to drain it.
+                        std::thread::sleep(Duration::from_micros(200));
+                        record = Some(back);
+                    }
+                }
+            }
+        });
+        let run = || -> Result<(), DemoError> {
+            let producer = BulkProducer::new(brokers, &BTreeMap::from([("linger.ms".to_string(), "1".to_string())]))?;
+            let never = AtomicBool::new(false);
+            let (first, rest) = recording.events.split_at(prime);
+            let timeout = Duration::from_secs_f64(60.0 + 4.0 * total as f64 / rate);
+            let primed = Recording { events: first.to_vec() };
+            replay(&producer, topic, &primed.events, rate, &never).map_err(|e| DemoError::Usage(e.to_string()))?;
+            producer.flush(Duration::from_secs(30))?;
+            wait_until("the bare path's priming", timeout, || {
+                acks.acked.load(Ordering::Acquire) >= prime as u64
+            })?;
+            acks.measuring.store(true, Ordering::Release);
+            replay(&producer, topic, rest, rate, &never).map_err(|e| DemoError::Usage(e.to_string()))?;
+            producer.flush(Duration::from_secs(30))?;
+            wait_until("the bare path's measured events", timeout, || {
+                acks.acked.load(Ordering::Acquire) >= total as u64
+            })
+        };
+        let r = run();
+        stop.store(true, Ordering::Release);
+        let _ = looper.join();
+        r
+    });
+    result?;
+    let mut l = acks.latencies_us.lock().unwrap().clone();
+    l.sort_unstable();
+    Ok((quantile(&l, 0.5), quantile(&l, 0.99)))
+}
+
+/// The topology live over `cfg.source.topic`: returns read-to-ack p50, p99 and the mean batch.
+fn weir(
+    cfg: &TopologyConfig,
+    brokers: &str,
+    traffic: (&Recording, usize, f64),
+) -> Result<((u64, u64), f64), DemoError> {
+    let (recording, prime, rate) = traffic;
+    let window = cfg.batching.window();
+    let flow = Arc::new(flow_control(cfg, window.max_batch_rows));
+    let metrics = Arc::new(Metrics::new(&cfg.topology.name));
+    let runner = {
+        let (cfg, brokers, flow, metrics) = (cfg.clone(), brokers.to_string(), flow.clone(), metrics.clone());
+        std::thread::spawn(move || {
+            run_topology(
+                &cfg,
+                RunOptions {
+                    brokers: Some(brokers),
+                    start: Some(StartPosition::Earliest),
+                    flow: Some(flow),
+                    metrics: Some(metrics),
+                    ..RunOptions::default()
+                },
+            )
+        })
+    };
+    let handled = |m: &Metrics| m.scores_out.get() + m.dead_letters_total();
+    let total = recording.events.len();
+    let result = (|| -> Result<((u64, u64), f64), DemoError> {
+        let producer = BulkProducer::new(brokers, &BTreeMap::from([("linger.ms".to_string(), "1".to_string())]))?;
+        let never = AtomicBool::new(false);
+        let (first, rest) = recording.events.split_at(prime);
+        let timeout = Duration::from_secs_f64(60.0 + 4.0 * total as f64 / rate);
+        replay(&producer, &cfg.source.topic, first, rate, &never).map_err(|e| DemoError::Usage(e.to_string()))?;
+        producer.flush(Duration::from_secs(30))?;
+        wait_until("weir's priming", timeout, || handled(&metrics) >= prime as u64)?;
+        metrics.reset_latency_summaries();
+        let (b0, r0) = (
+            metrics.batch_rows.get_sample_count(),
+            metrics.batch_rows.get_sample_sum(),
+        );
+        replay(&producer, &cfg.source.topic, rest, rate, &never).map_err(|e| DemoError::Usage(e.to_string()))?;
+        producer.flush(Duration::from_secs(30))?;
+        wait_until("weir's measured events", timeout, || handled(&metrics) >= total as u64)?;
+        let batches = metrics.batch_rows.get_sample_count() - b0;
+        let rows = metrics.batch_rows.get_sample_sum() - r0;
+        Ok((
+            (metrics.latency_quantile_us(0.5), metrics.latency_quantile_us(0.99)),
+            rows / batches.max(1) as f64,
+        ))
+    })();
+    flow.request_shutdown();
+    let run = runner
+        .join()
+        .map_err(|_| DemoError::Usage("the topology thread panicked".into()))?;
+    let out = result?;
+    run?;
+    Ok(out)
+}
+
+/// Runs the latency benchmark.
+///
+/// # Errors
+/// [`DemoError`] from the configuration, the broker, the model or the topology, or if a path
+/// does not handle its events within a minute plus four times the replay's duration.
+pub fn run_latency_bench(opts: &LatencyOptions) -> Result<LatencyReport, DemoError> {
+    let mut cfg = TopologyConfig::load(&opts.topology)?;
+    let partitions = 4;
+    let prime = (opts.rate * opts.prime).ceil() as usize;
+    let measured = (opts.rate * opts.seconds).ceil() as usize;
+    let recording = Recording::simulated(SimConfig::default(), prime + measured);
+    if recording.events.len() < prime + measured {
+        return Err(DemoError::Usage(format!(
+            "bench-latency: the simulation gave {} events, {} needed (lower --rate or --seconds)",
+            recording.events.len(),
+            prime + measured
+        )));
+    }
+    let suffix = format!("-latency-{}", std::process::id());
+    let bare_in = format!("bench-bare{suffix}");
+    let bare_out = format!("bench-bare-out{suffix}");
+    cfg.source.topic = format!("bench-transactions{suffix}");
+    cfg.source.group_id = format!("weir-bench{suffix}");
+    cfg.labels.topic = format!("bench-labels{suffix}");
+    cfg.sink.kind = "kafka".into();
+    cfg.sink.topic = format!("bench-scores{suffix}");
+    cfg.dead_letter.topic = format!("bench-dlq{suffix}");
+    cfg.metrics.listen.clear();
+    let topics = [
+        (bare_in.as_str(), partitions),
+        (bare_out.as_str(), partitions),
+        (cfg.source.topic.as_str(), partitions),
+        (cfg.labels.topic.as_str(), partitions),
+        (cfg.sink.topic.as_str(), partitions),
+        (cfg.dead_letter.topic.as_str(), 1),
+    ];
+    let (kafka, brokers) = match &opts.brokers {
+        Some(b) => {
+            create_topics(b, &topics, Duration::from_secs(30))?;
+            (None, b.clone())
+        }
+        None => {
+            let kafka = EmbeddedKafka::start()?;
+            for (t, p) in topics {
+                kafka.create_topic(t, p)?;
+            }
+            let b = kafka.bootstrap_servers();
+            (Some(kafka), b)
+        }
+    };
+    let linger = cfg
+        .sink
+        .properties
+        .get("linger.ms")
+        .cloned()
+        .unwrap_or_else(|| "5".into());
+    let traffic = (&recording, prime, opts.rate);
+    let bare_us = bare(&brokers, &bare_in, &bare_out, partitions, &linger, traffic)?;
+    let (weir_us, mean_batch_rows) = weir(&cfg, &brokers, traffic)?;
+    drop(kafka);
+    Ok(LatencyReport {
+        broker: match &opts.brokers {
+            Some(b) => format!("broker {b}"),
+            None => "embedded broker".into(),
+        },
+        rate: opts.rate,
+        events: measured,
+        max_wait: cfg.batching.max_wait,
+        bare_us,
+        weir_us,
+        mean_batch_rows,
+    })
+}
