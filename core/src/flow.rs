@@ -134,18 +134,9 @@ impl FlowControl {
     /// deadlocked, then let partitions turn idle and features depend on timing); it makes the
     /// sources align instead ([`should_align`](Self::should_align)).
     pub fn should_pause(&self) -> bool {
-        self.downstream_pressure() || self.in_flight() >= self.max_in_flight
-    }
-
-    /// Whether what is past the feature store holds the sources back: a blocked hand-off to
-    /// inference or `high_water` rows buffered in micro-batches. Those drain on their own, so a
-    /// source stops every partition. The in-flight limit alone does not stop a source: most of
-    /// those events wait for the watermark, which only the partitions holding it back advance;
-    /// past [`should_align`](Self::should_align) the source reads only those (a source that
-    /// stopped them too deadlocked when another worker had read its share ahead and filled the
-    /// limit, until the stall escape turned partitions idle and features depended on timing).
-    pub fn downstream_pressure(&self) -> bool {
-        self.blocked.load(Ordering::Acquire) > 0 || self.buffered_rows() >= self.high_water.load(Ordering::Acquire)
+        self.blocked.load(Ordering::Acquire) > 0
+            || self.buffered_rows() >= self.high_water.load(Ordering::Acquire)
+            || self.in_flight() >= self.max_in_flight
     }
 
     /// Whether half of `max_in_flight` events are in flight. Most of them wait in the feature

@@ -28,8 +28,8 @@
 //! broker thread's next round). librdkafka stops fetching a partition once its queue holds
 //! `queued.max.messages.kbytes` (4 MiB by default). The main queue is still polled, for callbacks.
 //!
-//! **Backpressure**: before reading, the operator checks [`FlowControl::downstream_pressure`]
-//! (a blocked hand-off to inference, full micro-batch buffers) and whether its partitions have [`FlowControl::max_unacked`] events read and not yet acknowledged
+//! **Backpressure**: before reading, the operator checks [`FlowControl::should_pause`] and
+//! whether its partitions have [`FlowControl::max_unacked`] events read and not yet acknowledged
 //! by a sink (a sink that stopped acknowledging must not grow the ledger without bound); while either
 //! holds, the operator stops reading its partition queues (librdkafka stops fetching once they
 //! are full, and keeps what it fetched), so lag grows instead of memory. An episode lasting
@@ -44,10 +44,7 @@
 //! the partitions at the process-wide watermark (the laggard may be another worker's: then this
 //! worker reads none) and leaves the others in their queues. The partitions ahead therefore hold
 //! at most half the limit, and the laggards' reads (released as the watermark passes them) have
-//! the other half. Past the limit itself the operator goes on aligning rather than stopping: the
-//! laggards still read, since their events are what releases the rest (another worker can fill
-//! the limit on its own, e.g. with what librdkafka fetched before the partition queues were
-//! split; stopping the laggards too then deadlocked until the stall escape below). A worker
+//! the other half, so the limit itself does not stop the reads the watermark waits for. A worker
 //! that has not published its watermark yet holds everything back ([`WatermarkBoard`]).
 //!
 //! **Stall escape**: a partition held back by backpressure or alignment does not turn idle (it
@@ -648,10 +645,7 @@ pub fn kafka_source<'s>(
                 let unacked_full = config.commit
                     && !assigned.is_empty()
                     && shared.ledger.unacked(&assigned) >= shared.flow.max_unacked();
-                // The in-flight limit is not a reason to stop: it aligns (below), so that the
-                // partitions holding the watermark back still read and release the rest.
-                let want_pause =
-                    shutting_down || (config.commit && (shared.flow.downstream_pressure() || unacked_full));
+                let want_pause = shutting_down || (config.commit && (shared.flow.should_pause() || unacked_full));
                 // Watermark alignment (as Flink's split alignment): with half the in-flight limit
                 // reached, rows wait in the feature store for the watermark, which only the
                 // partitions holding it back can advance; the others pause, those keep reading
