@@ -807,11 +807,23 @@ pub fn kafka_source<'s>(
                     // their own (subscribed, or fetched before the split).
                     // (A poll that returns nothing uses none of the budget: with
                     // max_poll_records = 1 the partition queues were never read.)
-                    while budget > 0 {
+                    // Aligning with every partition of this worker ahead: the main queue waits
+                    // too (its callbacks are served again once one partition holds). What librdkafka fetched before the partition queues were split
+                    // sits on the main queue, of any partition: read at full speed, it let a worker
+                    // read its whole share past the alignment and fill the in-flight limit while
+                    // the worker holding the watermark waited (a deadlock until the stall escape,
+                    // after which features depended on timing).
+                    let all_ahead = align
+                        && !queues.is_empty()
+                        && !assigned.is_empty()
+                        && assigned.iter().all(|p| ahead.contains(p));
+                    let mut main_budget = if all_ahead { 0 } else { budget };
+                    while main_budget > 0 {
                         if !handle(consumer_ref.poll(Duration::ZERO)) {
                             break;
                         }
                         budget -= 1;
+                        main_budget -= 1;
                     }
                     // Each partition's queue in turn, skipping those ahead (watermark alignment:
                     // they keep what librdkafka prefetched, no pause and no fetch round trip).
