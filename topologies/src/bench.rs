@@ -250,6 +250,46 @@ fn raw_kafka(brokers: &str, topics: &[&str], out_topic: Option<&str>, threads: u
     })
 }
 
+/// A bare consumer of the benchmarks, assigned `tpl`, with weir's source settings that bear on
+/// speed (`fetch.wait.max.ms = 10`; `fetch.queue.backoff.ms = 5`, as librdkafka's default of 1 s
+/// stalls a partition whose queue filled); no commits.
+///
+/// # Errors
+/// [`weir_connectors::ConnectorError::Kafka`] if it cannot be created or assigned.
+pub(crate) fn bare_consumer(brokers: &str, group: &str, tpl: &TopicPartitionList) -> Result<BaseConsumer, DemoError> {
+    let kafka_err = |context: &'static str| {
+        move |e| weir_connectors::ConnectorError::Kafka {
+            context: context.into(),
+            source: e,
+        }
+    };
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .set("fetch.queue.backoff.ms", "5")
+        .create()
+        .map_err(kafka_err("bench consumer"))?;
+    consumer.assign(tpl).map_err(kafka_err("bench assign"))?;
+    Ok(consumer)
+}
+
+/// Writes into `value` the score-sized record (the score sink's JSON shape) that the bare loops
+/// produce for message `m`.
+pub(crate) fn score_record(value: &mut Vec<u8>, m: &impl Message) {
+    use std::io::Write;
+    value.clear();
+    let _ = write!(
+        value,
+        r#"{{"tx_id":{},"score":0.5,"model_version":"bench","event_time_ms":{},"partition":{},"offset":{}}}"#,
+        m.offset(),
+        m.timestamp().to_millis().unwrap_or(0),
+        m.partition(),
+        m.offset()
+    );
+}
+
 /// One loop of [`raw_kafka`]: reads `tpl` until `totals` messages of each topic are read.
 fn raw_kafka_loop(
     brokers: &str,
@@ -259,22 +299,7 @@ fn raw_kafka_loop(
     out: Option<(&BulkProducer, &str)>,
     t0: Instant,
 ) -> Result<Vec<u64>, DemoError> {
-    let kafka_err = |context: &'static str| {
-        move |e| weir_connectors::ConnectorError::Kafka {
-            context: context.into(),
-            source: e,
-        }
-    };
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "weir-bench-raw")
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "10")
-        // As weir's sources: librdkafka's default (1 s) stalls a partition whose queue filled.
-        .set("fetch.queue.backoff.ms", "5")
-        .create()
-        .map_err(kafka_err("bench consumer"))?;
-    consumer.assign(tpl).map_err(kafka_err("bench assign"))?;
+    let consumer = bare_consumer(brokers, "weir-bench-raw", tpl)?;
     let mut read = vec![0u64; topics.len()];
     let mut value = Vec::with_capacity(160);
     while read.iter().zip(totals).any(|(r, t)| r < t) {
@@ -283,16 +308,7 @@ fn raw_kafka_loop(
                 let k = topics.iter().position(|t| *t == m.topic()).unwrap_or(0);
                 read[k] += 1;
                 if let (0, Some((p, topic))) = (k, out) {
-                    value.clear();
-                    use std::io::Write;
-                    let _ = write!(
-                        value,
-                        r#"{{"tx_id":{},"score":0.5,"model_version":"bench","event_time_ms":{},"partition":{},"offset":{}}}"#,
-                        m.offset(),
-                        m.timestamp().to_millis().unwrap_or(0),
-                        m.partition(),
-                        m.offset()
-                    );
+                    score_record(&mut value, &m);
                     p.send(topic, m.key(), &value, None)?;
                 }
             }

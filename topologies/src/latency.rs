@@ -24,7 +24,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
@@ -35,6 +34,7 @@ use weir_connectors::kafka::source::StartPosition;
 use weir_core::Metrics;
 use weir_simulator::SimConfig;
 
+use crate::bench::{bare_consumer, score_record};
 use crate::config::TopologyConfig;
 use crate::demo::DemoError;
 use crate::runner::{flow_control, run_topology, RunOptions};
@@ -242,19 +242,11 @@ fn bare(
         acked: AtomicU64::new(0),
         latencies_us: Mutex::new(Vec::new()),
     });
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "weir-bench-latency")
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "10")
-        .set("fetch.queue.backoff.ms", "5")
-        .create()
-        .map_err(kafka_err("bench-latency consumer"))?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         let _ = tpl.add_partition_offset(topic, p, Offset::Beginning);
     }
-    consumer.assign(&tpl).map_err(kafka_err("bench-latency assign"))?;
+    let consumer = bare_consumer(brokers, "weir-bench-latency", &tpl)?;
     let producer: ThreadedProducer<AckContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", linger_ms)
@@ -272,16 +264,7 @@ fn bare(
                     continue;
                 };
                 let read_at = Instant::now();
-                value.clear();
-                use std::io::Write;
-                let _ = write!(
-                    value,
-                    r#"{{"tx_id":{},"score":0.5,"model_version":"bench","event_time_ms":{},"partition":{},"offset":{}}}"#,
-                    m.offset(),
-                    m.timestamp().to_millis().unwrap_or(0),
-                    m.partition(),
-                    m.offset()
-                );
+                score_record(&mut value, &m);
                 let mut record = BaseRecord::with_opaque_to(out, Box::new(read_at)).payload(&value[..]);
                 if let Some(k) = m.key() {
                     record = record.key(k);
