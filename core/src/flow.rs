@@ -153,6 +153,35 @@ impl FlowControl {
         self.memory_pressure() || self.in_flight() >= self.max_in_flight / 2
     }
 
+    /// How many events one of `peers` source workers may read in its next activation, at most
+    /// `max_poll_records`. Below the alignment threshold (half of `max_in_flight`), each worker
+    /// gets its share of what is left below it, so that the workers reading at once cannot
+    /// overshoot it: the rows read before alignment starts (mostly ahead of the watermark) stay
+    /// within one half of the limit, and the other half stays free for the partitions holding
+    /// the watermark. (Without the cap, one activation of 1,024 records over a limit of 1,000
+    /// filled the limit with rows ahead of a partition never read, which then could not be read:
+    /// a deadlock until the stall escape.) While aligning, the rest of the limit.
+    ///
+    /// ```
+    /// use weir_core::flow::FlowControl;
+    /// let flow = FlowControl::with_in_flight_limit(100, 1000);
+    /// assert_eq!(flow.read_budget(1024, 2), 250); // (500 - 0) / 2 workers
+    /// flow.add_in_flight(600);
+    /// assert_eq!(flow.read_budget(1024, 2), 400); // aligning: up to the limit
+    /// flow.add_in_flight(400);
+    /// assert_eq!(flow.read_budget(1024, 2), 0);
+    /// ```
+    pub fn read_budget(&self, max_poll_records: usize, peers: usize) -> usize {
+        let in_flight = self.in_flight();
+        let half = self.max_in_flight / 2;
+        let room = if in_flight < half {
+            (half - in_flight).div_ceil(peers.max(1))
+        } else {
+            self.max_in_flight.saturating_sub(in_flight)
+        };
+        room.min(max_poll_records)
+    }
+
     /// Most events a source may have read and not yet seen acknowledged by a sink (the delivery
     /// ledger's pending entries) before it stops reading: twice the in-flight limit. Events
     /// past inference (queued, in the producer, failed and being dead-lettered) count here, so

@@ -326,6 +326,16 @@ fn a_killed_backfill_resumes_to_exactly_the_range() {
     };
     let complete_files = || parquet_file_count(&out_dir);
     let log = s.dir.path().join("backfill.log");
+    // The in-flight limit is small next to one poll (1,024 records) and 4 partitions start
+    // unread: the reads must still leave room for the partitions holding the watermark (the stall
+    // escape, logged, is for limits too small for that; a stall here once cost 30 s per 1,000
+    // events and timed the test out).
+    let no_stall = |text: &str, phase: &str| {
+        assert!(
+            !text.contains("stalled the watermark"),
+            "{phase}: the watermark stalled under the in-flight limit\n{text}"
+        );
+    };
     let wait_for_files = |child: &mut std::process::Child, at_least: usize| {
         let deadline = Instant::now() + Duration::from_secs(180);
         while complete_files() < at_least {
@@ -358,6 +368,7 @@ fn a_killed_backfill_resumes_to_exactly_the_range() {
         "an interrupted backfill does not report success: {stdout}\n{}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );
+    no_stall(&std::fs::read_to_string(&log).unwrap(), "first run");
     let id = job_ids(&state_dir).pop().expect("a job state file");
     let state = job_state(&state_dir, &id);
     assert_eq!(state["status"], "interrupted", "{stdout}");
@@ -375,6 +386,7 @@ fn a_killed_backfill_resumes_to_exactly_the_range() {
     wait_for_files(&mut second, files_before + 1);
     second.kill().unwrap(); // SIGKILL: no chance to record anything
     second.wait().unwrap();
+    no_stall(&std::fs::read_to_string(&log).unwrap(), "first resume");
     let at_kill = parquet_scores(&out_dir, &format!("scores-{id}-")).len();
 
     // 3. Resume to the end.
@@ -388,6 +400,7 @@ fn a_killed_backfill_resumes_to_exactly_the_range() {
         "resume failed\nstdout:\n{stdout}\nstderr:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    no_stall(&String::from_utf8_lossy(&out.stderr), "second resume");
     let rows = parquet_scores(&out_dir, &format!("scores-{id}-"));
     let expected = expected_in_range(&s.txs, from, to);
     assert!(

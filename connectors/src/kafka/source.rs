@@ -45,7 +45,9 @@
 //! worker reads none) and leaves the others in their queues. The partitions ahead therefore hold
 //! at most half the limit, and the laggards' reads (released as the watermark passes them) have
 //! the other half, so the limit itself does not stop the reads the watermark waits for. A worker
-//! that has not published its watermark yet holds everything back ([`WatermarkBoard`]).
+//! that has not published its watermark yet holds everything back ([`WatermarkBoard`]). Below
+//! the threshold each worker reads at most its share of what is left below it
+//! ([`FlowControl::read_budget`]), so that one large poll cannot fill the laggards' half.
 //!
 //! **Stall escape**: a partition held back by backpressure or alignment does not turn idle (it
 //! has unread messages), unless the pipeline stalls: if, despite alignment, the rows in flight
@@ -238,6 +240,9 @@ pub struct TopicWatermark {
     /// partition, or a worker, that has read nothing yet); `None` when none holds. Watermark
     /// alignment reads only the partitions at this value.
     pub holding: Option<i64>,
+    /// As `holding`, over the other workers only: watermark alignment reads a laggard until it
+    /// passes this (and the publishing worker's other partitions).
+    pub others: Option<i64>,
 }
 
 /// Watermarks published by every source worker of a process, per topic, so that an idle worker
@@ -269,12 +274,14 @@ impl WatermarkBoard {
     ) -> TopicWatermark {
         let mut e = self.entries.lock().unwrap();
         e.insert((topic.to_string(), worker), (holding, seen));
-        let topic_holding = |t: &str| -> Option<i64> {
+        let topic_holding = |t: &str, except: Option<usize>| -> Option<i64> {
             let mine = e.iter().filter(|((tt, _), _)| tt == t);
             if mine.clone().count() < peers {
                 return Some(i64::MIN);
             }
-            mine.filter_map(|(_, (h, _))| *h).min()
+            mine.filter(|((_, w), _)| Some(*w) != except)
+                .filter_map(|(_, (h, _))| *h)
+                .min()
         };
         let topic_wm = |t: &str, holding: Option<i64>| -> Option<i64> {
             let seen = e
@@ -288,10 +295,11 @@ impl WatermarkBoard {
                 (None, None) => None,
             }
         };
-        let holding = topic_holding(topic);
+        let holding = topic_holding(topic, None);
         TopicWatermark {
-            watermark: topic_wm(topic, holding).or_else(|| follows.and_then(|f| topic_wm(f, topic_holding(f)))),
+            watermark: topic_wm(topic, holding).or_else(|| follows.and_then(|f| topic_wm(f, topic_holding(f, None)))),
             holding,
+            others: topic_holding(topic, Some(worker)),
         }
     }
 }
@@ -619,6 +627,8 @@ pub fn kafka_source<'s>(
             let mut aligned: Vec<i32> = Vec::new();
             // The process-wide watermark of this topic at the last activation, if any partition held it.
             let mut last_wm: Option<i64> = None;
+            // The smallest watermark the other workers' partitions held at the last activation.
+            let mut others_wm: Option<i64> = None;
             // Which partition queue is read first (rotates, for fairness).
             let mut turn = 0usize;
             let mut in_flight_seen = (usize::MAX, Instant::now());
@@ -728,6 +738,9 @@ pub fn kafka_source<'s>(
                     let polled_at = Instant::now();
                     let cap_time = *c.time();
                     // Handles one poll result; `false`: that queue has nothing more now.
+                    // The holding (largest event time - allowed lateness) of the partition of the
+                    // last message handled.
+                    let last_holds = std::cell::Cell::new(i64::MIN);
                     let mut handle = |r: Option<Result<BorrowedMessage<'_>, KafkaError>>| -> bool {
                         match r {
                             None => false,
@@ -769,6 +782,7 @@ pub fn kafka_source<'s>(
                                     e.0 = e.0.max(t);
                                 }
                                 e.1 = polled_at;
+                                last_holds.set(e.0.saturating_sub(config.allowed_lateness_ms));
                                 late_events += late as u64;
                                 let lineage = Lineage { partition, offset };
                                 if config.commit {
@@ -801,6 +815,9 @@ pub fn kafka_source<'s>(
                     let mut budget = match (paused.is_some(), want_pause) {
                         (true, _) => 1,
                         (false, true) => 0,
+                        // The main input's reads stay within the in-flight limit's halves
+                        // (see FlowControl::read_budget); a side input is not held back.
+                        (false, false) if config.commit => shared.flow.read_budget(config.max_poll_records, peers),
                         (false, false) => config.max_poll_records,
                     };
                     // The main queue: callbacks, and the messages of partitions without a queue of
@@ -837,10 +854,31 @@ pub fn kafka_source<'s>(
                     }
                     for (i, p) in readable.iter().cycle().skip(turn).take(readable.len()).enumerate() {
                         let mut share = budget.div_ceil(readable.len() - i);
+                        // Aligning, a laggard is read until it passes the next partition's
+                        // watermark (the smallest other holding, of this worker or another):
+                        // what it read up to there is released as the watermark moves, and at
+                        // most one row past it stays, so that the laggards' half of the limit
+                        // is not taken by a partition that stopped holding the watermark (a
+                        // partition never read held it at i64::MIN with others: the first
+                        // read one filled the half, the others could not be read; deadlock).
+                        let next = align
+                            .then(|| {
+                                assigned
+                                    .iter()
+                                    .filter(|q| *q != p)
+                                    .filter_map(|q| last_holding.get(q).copied())
+                                    .chain(others_wm)
+                                    .min()
+                            })
+                            .flatten();
                         while share > 0 {
                             share -= 1;
                             budget -= 1;
+                            last_holds.set(i64::MIN);
                             if !handle(queues[p].poll(Duration::ZERO)) {
+                                break;
+                            }
+                            if next.is_some_and(|n| last_holds.get() > n) {
                                 break;
                             }
                         }
@@ -933,6 +971,7 @@ pub fn kafka_source<'s>(
                 );
                 let wm = board.watermark.unwrap_or(i64::MIN);
                 last_wm = board.holding;
+                others_wm = board.others;
                 if shutting_down {
                     // Freeze: from here on the capability stays where it is until it is dropped.
                     if frozen.is_none() {

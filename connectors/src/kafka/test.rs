@@ -240,25 +240,36 @@ fn score_sink_acknowledges_delivered_scores() {
 fn watermark_board_does_not_let_idle_workers_hold_back_the_others() {
     use super::source::{TopicWatermark, WatermarkBoard};
     let b = WatermarkBoard::default();
-    let wm = |watermark, holding| TopicWatermark { watermark, holding };
+    let wm = |watermark, holding, others| TopicWatermark {
+        watermark,
+        holding,
+        others,
+    };
     // Worker 1 has not run yet: what its partitions hold is unknown, so it holds everything back.
     assert_eq!(
         b.publish("tx", 0, 2, Some(100), Some(100), None),
-        wm(Some(i64::MIN), Some(i64::MIN))
+        wm(Some(i64::MIN), Some(i64::MIN), Some(i64::MIN))
     );
-    // Worker 0 still expects data up to 100, worker 1 is idle having read up to 500.
-    assert_eq!(b.publish("tx", 1, 2, None, Some(500), None), wm(Some(100), Some(100)));
+    // Worker 0 still expects data up to 100, worker 1 is idle having read up to 500: for worker
+    // 1, the others (worker 0) hold 100.
+    assert_eq!(
+        b.publish("tx", 1, 2, None, Some(500), None),
+        wm(Some(100), Some(100), Some(100))
+    );
     // Worker 0 goes idle too: everything read (up to 500) is complete.
-    assert_eq!(b.publish("tx", 0, 2, None, Some(120), None), wm(Some(501), None));
+    assert_eq!(b.publish("tx", 0, 2, None, Some(120), None), wm(Some(501), None, None));
     // A side input that has read nothing follows its main topic...
-    assert_eq!(b.publish("labels", 0, 1, None, None, Some("tx")), wm(Some(501), None));
+    assert_eq!(
+        b.publish("labels", 0, 1, None, None, Some("tx")),
+        wm(Some(501), None, None)
+    );
     // ... unless it holds (a partition not yet past its initial idle timeout).
     assert_eq!(
         b.publish("labels", 1, 2, Some(i64::MIN), None, Some("tx")),
-        wm(Some(i64::MIN), Some(i64::MIN))
+        wm(Some(i64::MIN), Some(i64::MIN), None)
     );
     // A main topic that knows nothing never follows another.
-    assert_eq!(b.publish("other", 0, 1, None, None, None), wm(None, None));
+    assert_eq!(b.publish("other", 0, 1, None, None, None), wm(None, None, None));
 }
 
 fn letter(offset: i64, payload: Option<Vec<u8>>) -> DeadLetter {
