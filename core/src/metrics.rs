@@ -65,6 +65,10 @@ pub struct Metrics {
     pub e2e_latency: Histogram,
     /// `weir_pipeline_latency_seconds`: per event, from source read to sink acknowledgement.
     pub pipeline_latency: Histogram,
+    /// `weir_feature_latency_seconds`: per event, from source read to its feature row reaching
+    /// the micro-batcher: the wait for the watermark plus the feature operator. The rest of
+    /// `pipeline_latency` is the micro-batch window, inference and the sink.
+    pub feature_latency: Histogram,
     /// `weir_consumer_lag_messages{topic,partition}`: messages between the source's position and
     /// the partition's high watermark, updated about once a second.
     pub consumer_lag: IntGaugeVec,
@@ -110,6 +114,7 @@ pub struct Metrics {
     /// `weir_memory_limit_bytes`: `topology.max_memory` (0: none).
     pub memory_limit: IntGauge,
     latency_us: Mutex<hdrhistogram::Histogram<u64>>,
+    feature_latency_us: Mutex<hdrhistogram::Histogram<u64>>,
     /// Milliseconds (the resolution of Kafka timestamps).
     event_latency_ms: Mutex<hdrhistogram::Histogram<u64>>,
 }
@@ -246,6 +251,15 @@ impl Metrics {
             Histogram::with_opts(histogram_opts(
                 "weir_pipeline_latency_seconds",
                 "Per event, from source read to sink acknowledgement.",
+                "",
+                seconds_buckets(),
+            )),
+        );
+        let feature_latency = register(
+            &registry,
+            Histogram::with_opts(histogram_opts(
+                "weir_feature_latency_seconds",
+                "Per event, from source read to its feature row reaching the micro-batcher (watermark wait and feature operator).",
                 "",
                 seconds_buckets(),
             )),
@@ -389,6 +403,7 @@ impl Metrics {
             inference_seconds,
             e2e_latency,
             pipeline_latency,
+            feature_latency,
             consumer_lag,
             window_max_rows,
             window_max_wait,
@@ -400,6 +415,9 @@ impl Metrics {
             paused_seconds,
             // 1 µs .. 1 h at 3 significant digits.
             latency_us: Mutex::new(
+                hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
+            ),
+            feature_latency_us: Mutex::new(
                 hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
             ),
             // 1 ms .. 1,000 days.
@@ -432,6 +450,36 @@ impl Metrics {
         }
     }
 
+    /// Records feature rows reaching the micro-batcher, each by when the source read its event
+    /// ([`crate::clock::now_micros`], µs). Feeds `weir_feature_latency_seconds` and
+    /// [`Metrics::feature_latency_quantile_us`].
+    pub fn record_featured(&self, read_at_us: impl IntoIterator<Item = u64>) {
+        self.record_featured_at(crate::clock::now_micros(), read_at_us);
+    }
+
+    /// As [`Metrics::record_featured`], at `now` ([`crate::clock::now_micros`], µs).
+    fn record_featured_at(&self, now: u64, read_at_us: impl IntoIterator<Item = u64>) {
+        let local = self.feature_latency.local();
+        let mut h = self.feature_latency_us.lock().unwrap();
+        for read_at in read_at_us {
+            let us = now.saturating_sub(read_at);
+            local.observe(us as f64 / 1e6);
+            h.saturating_record(us.max(1));
+        }
+        local.flush();
+    }
+
+    /// Read-to-micro-batcher latency quantile `q` (0..=1) in µs (see
+    /// [`Metrics::record_featured`]); 0 if none.
+    pub fn feature_latency_quantile_us(&self, q: f64) -> u64 {
+        let h = self.feature_latency_us.lock().unwrap();
+        if h.is_empty() {
+            0
+        } else {
+            h.value_at_quantile(q)
+        }
+    }
+
     /// Read-to-acknowledgement latency quantile `q` (0..=1) in µs over all recorded events; 0 if
     /// none.
     pub fn latency_quantile_us(&self, q: f64) -> u64 {
@@ -460,6 +508,7 @@ impl Metrics {
     /// cumulative by definition): starts a measurement window, e.g. after a warm-up.
     pub fn reset_latency_summaries(&self) {
         self.latency_us.lock().unwrap().reset();
+        self.feature_latency_us.lock().unwrap().reset();
         self.event_latency_ms.lock().unwrap().reset();
     }
 
@@ -545,6 +594,16 @@ mod tests {
         let p99 = m.event_latency_quantile_us(0.99);
         assert!((1_000_000..1_010_000).contains(&p99), "{p99}");
         assert!(m.event_latency_quantile_us(0.25) < 100_000);
+        // Feature rows: 90 read 2 s ago, 10 read 20 s ago.
+        assert_eq!(m.feature_latency_quantile_us(0.5), 0, "nothing recorded yet");
+        let now = 60_000_000;
+        m.record_featured_at(now, (0..100).map(|i| now - if i < 90 { 2_000_000 } else { 20_000_000 }));
+        let p50 = m.feature_latency_quantile_us(0.5);
+        assert!((2_000_000..2_010_000).contains(&p50), "{p50}");
+        assert!(m.feature_latency_quantile_us(0.95) >= 20_000_000);
+        assert_eq!(m.feature_latency.get_sample_count(), 100);
+        m.reset_latency_summaries();
+        assert_eq!(m.feature_latency_quantile_us(0.5), 0);
         assert!(m
             .render()
             .contains("weir_batches_total{cause=\"size\",operator=\"micro_batch\",topology=\"t\"} 3"));

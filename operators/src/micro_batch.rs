@@ -161,6 +161,7 @@ pub fn micro_batch<'s, T: Timestamp>(
             let max_rows = window.max_batch_rows;
             let mut received = 0usize;
             input.for_each(|_cap, data| {
+                metrics.record_featured(data.iter().map(|r| r.meta.read_at_us));
                 for row in data.drain(..) {
                     assert_eq!(row.features.len(), n_features, "feature row width");
                     if buf.oldest.is_none() {

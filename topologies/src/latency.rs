@@ -72,6 +72,11 @@ pub struct LatencyReport {
     pub weir_us: (u64, u64),
     /// The topology's mean micro-batch, rows.
     pub mean_batch_rows: f64,
+    /// The topology, read to the feature row reaching the micro-batcher (the watermark wait and
+    /// the feature operator): p50 and p99, µs.
+    pub features_us: (u64, u64),
+    /// The topology's mean wait of a micro-batch's oldest row for its flush, µs.
+    pub mean_fill_wait_us: u64,
     /// Memory and flow control of the topology while measured.
     pub memory: MemoryReport,
 }
@@ -112,6 +117,7 @@ impl LatencyReport {
              \x20 bare consumer + producer  read->ack p50 {:>8.2} ms  p99 {:>8.2} ms\n\
              \x20 weir (mean batch {:>6.1})   read->ack p50 {:>8.2} ms  p99 {:>8.2} ms\n\
              \x20 weir - bare               p50 {:>+8.2} ms (target <= max_wait + 5 ms: {})   p99 {:>+8.2} ms (target <= max_wait + 10 ms: {})\n\
+             \x20 weir, read->features      p50 {:>8.2} ms  p99 {:>8.2} ms (watermark wait + feature operator); mean batch fill wait {:.2} ms\n\
              \x20 weir memory: peak RSS {:.1} MiB of max_memory {}; backpressure pauses {} ({} ms); memory pressure {}\n",
             self.events,
             self.rate,
@@ -126,6 +132,9 @@ impl LatencyReport {
             verdict(p50_ok),
             ms(self.weir_us.1) - ms(self.bare_us.1),
             verdict(p99_ok),
+            ms(self.features_us.0),
+            ms(self.features_us.1),
+            ms(self.mean_fill_wait_us),
             self.memory.rss_peak as f64 / (1 << 20) as f64,
             match self.memory.limit {
                 Some(l) => format!("{:.0} MiB", l as f64 / (1 << 20) as f64),
@@ -305,8 +314,16 @@ fn bare(
     Ok((quantile(&l, 0.5), quantile(&l, 0.99)))
 }
 
-/// What [`weir`] measured: read-to-ack p50 and p99 (µs), the mean batch, memory.
-type WeirMeasured = ((u64, u64), f64, MemoryReport);
+/// What [`weir`] measured.
+struct WeirMeasured {
+    /// Read to acknowledgement, p50 and p99, µs.
+    latency_us: (u64, u64),
+    /// Read to the micro-batcher, p50 and p99, µs.
+    features_us: (u64, u64),
+    mean_batch_rows: f64,
+    mean_fill_wait_us: u64,
+    memory: MemoryReport,
+}
 
 /// The topology live over `cfg.source.topic`.
 fn weir(cfg: &TopologyConfig, brokers: &str, traffic: Traffic<'_>) -> Result<WeirMeasured, DemoError> {
@@ -347,6 +364,7 @@ fn weir(cfg: &TopologyConfig, brokers: &str, traffic: Traffic<'_>) -> Result<Wei
             metrics.batch_rows.get_sample_count(),
             metrics.batch_rows.get_sample_sum(),
         );
+        let w0 = metrics.batch_fill_wait.get_sample_sum();
         let (pauses0, paused0) = (flow.pauses(), flow.paused_micros());
         let sampling = AtomicBool::new(true);
         let memory = std::thread::scope(|scope| -> Result<MemoryReport, DemoError> {
@@ -378,11 +396,16 @@ fn weir(cfg: &TopologyConfig, brokers: &str, traffic: Traffic<'_>) -> Result<Wei
         })?;
         let batches = metrics.batch_rows.get_sample_count() - b0;
         let rows = metrics.batch_rows.get_sample_sum() - r0;
-        Ok((
-            (metrics.latency_quantile_us(0.5), metrics.latency_quantile_us(0.99)),
-            rows / batches.max(1) as f64,
+        Ok(WeirMeasured {
+            latency_us: (metrics.latency_quantile_us(0.5), metrics.latency_quantile_us(0.99)),
+            features_us: (
+                metrics.feature_latency_quantile_us(0.5),
+                metrics.feature_latency_quantile_us(0.99),
+            ),
+            mean_batch_rows: rows / batches.max(1) as f64,
+            mean_fill_wait_us: ((metrics.batch_fill_wait.get_sample_sum() - w0) * 1e6 / batches.max(1) as f64) as u64,
             memory,
-        ))
+        })
     })();
     flow.request_shutdown();
     let run = runner
@@ -454,7 +477,7 @@ pub fn run_latency_bench(opts: &LatencyOptions) -> Result<LatencyReport, DemoErr
         rate: opts.rate,
     };
     let bare_us = bare(&brokers, &bare_in, &bare_out, partitions, &linger, traffic)?;
-    let (weir_us, mean_batch_rows, memory) = weir(&cfg, &brokers, traffic)?;
+    let w = weir(&cfg, &brokers, traffic)?;
     drop(kafka);
     Ok(LatencyReport {
         broker: match &opts.brokers {
@@ -465,8 +488,10 @@ pub fn run_latency_bench(opts: &LatencyOptions) -> Result<LatencyReport, DemoErr
         events: measured,
         max_wait: cfg.batching.max_wait,
         bare_us,
-        weir_us,
-        mean_batch_rows,
-        memory,
+        weir_us: w.latency_us,
+        mean_batch_rows: w.mean_batch_rows,
+        features_us: w.features_us,
+        mean_fill_wait_us: w.mean_fill_wait_us,
+        memory: w.memory,
     })
 }
