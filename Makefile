@@ -16,7 +16,7 @@ NISSHI_VERSION := 0.8.1
 NISSHI_ROOT    ?= $(HOME)/.cache/weir/nisshi-$(NISSHI_VERSION)
 export NISSHI_BIN ?= $(NISSHI_ROOT)/bin/nisshi
 
-.PHONY: setup nisshi demo test bench model clean-ort
+.PHONY: setup nisshi ops-tools demo test bench model clean-ort
 
 ## setup: fetch libonnxruntime.so $(ORT_VERSION) (the `onnxruntime` wheel, no other packages).
 setup: $(ORT_LIB)
@@ -34,13 +34,31 @@ nisshi: $(NISSHI_BIN)
 $(NISSHI_BIN):
 	$(CARGO) install nisshi --version $(NISSHI_VERSION) --locked --ignore-rust-version --root $(NISSHI_ROOT)
 
+## ops-tools: Debian's prometheus (with promtool) and docker-compose, for the tests that run a real
+## Prometheus against weir and validate docker-compose.yml (installed with apt when missing and
+## root; otherwise those tests say loudly that they skip).
+OPS_TOOLS := prometheus promtool docker-compose
+ops-tools:
+	@missing=""; for t in $(OPS_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing prometheus docker-compose (missing:$$missing)"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -q --no-install-recommends prometheus docker-compose >/dev/null 2>&1 \
+	      || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends prometheus docker-compose >/dev/null; } \
+	      || echo "!!! could not install prometheus/docker-compose: their tests will skip !!!"; \
+	  else \
+	    echo "!!! missing:$$missing (not root, or no apt-get): their tests will skip !!!"; \
+	  fi; \
+	fi
+
 ## demo: generate ~240k simulated transactions on an embedded broker, score them, summarize.
 demo: setup
 	$(CARGO) run --release --quiet -p weir-topologies --bin weir -- demo
 
 ## test: the whole suite (unit, doc and end-to-end tests; cargo builds the weir binary they run;
 ## tests that need a real broker start nisshi processes).
-test: setup nisshi
+test: setup nisshi ops-tools
 	$(CARGO) test --release --workspace --no-fail-fast
 
 ## bench: raw ONNX Runtime vs raw Kafka I/O vs the pipeline, in one run.

@@ -81,7 +81,7 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// `weir_inflight_batches`: batches handed to inference and not yet written to the sink.
     pub inflight_batches: IntGauge,
-    /// `weir_execution_provider{provider}`: 1 for the execution provider in use.
+    /// `weir_execution_provider_info{provider}`: 1 for the execution provider in use.
     pub execution_provider: IntGaugeVec,
     /// `weir_execution_provider_fallbacks_total`: requested providers that could not be used.
     pub provider_fallbacks: IntCounter,
@@ -98,31 +98,46 @@ pub struct Metrics {
     pub recovery_events: IntGauge,
     /// `weir_recovery_seconds`: time from start to the end of that replay (feature state rebuilt).
     pub recovery_seconds: prometheus::Gauge,
-    /// `weir_recovery_snapshot_cut_ms`: the cut (event time, ms since the Unix epoch) of the
-    /// snapshot a live restart loaded its feature state from (0: none, replayed history).
-    pub recovery_snapshot_cut_ms: IntGauge,
+    /// `weir_recovery_snapshot_cut_timestamp_seconds`: the cut (event time, seconds since the
+    /// Unix epoch, ms resolution) of the snapshot a live restart loaded its feature state from
+    /// (0: none, replayed history).
+    pub recovery_snapshot_cut_seconds: prometheus::Gauge,
     /// `weir_snapshots_written`: feature-state snapshot files written by this process.
     pub snapshots_written: IntGauge,
     /// `weir_snapshot_bytes_written`: their bytes.
     pub snapshot_bytes: IntGauge,
     /// `weir_snapshot_failures`: snapshot files that could not be written.
     pub snapshot_failures: IntGauge,
-    /// `weir_snapshot_last_cut_ms`: the latest cut written (event time, ms since the Unix epoch).
-    pub snapshot_last_cut_ms: IntGauge,
+    /// `weir_snapshot_last_cut_timestamp_seconds`: the latest cut written (event time, seconds
+    /// since the Unix epoch, ms resolution).
+    pub snapshot_last_cut_seconds: prometheus::Gauge,
     /// `weir_resident_memory_bytes`: the process's resident set size, bytes.
     pub resident_memory: IntGauge,
     /// `weir_memory_limit_bytes`: `topology.max_memory` (0: none).
     pub memory_limit: IntGauge,
+    /// `weir_ready`: 1 while `/readyz` answers ready, 0 otherwise.
+    pub ready: IntGauge,
+    /// `weir_workers`: timely workers of the topology (one main-input source each: the
+    /// denominator of the paused fraction).
+    pub workers: IntGauge,
     latency_us: Mutex<hdrhistogram::Histogram<u64>>,
     feature_latency_us: Mutex<hdrhistogram::Histogram<u64>>,
     /// Milliseconds (the resolution of Kafka timestamps).
     event_latency_ms: Mutex<hdrhistogram::Histogram<u64>>,
 }
 
+/// Buckets of the latency histograms, seconds: 100 µs to 30 s, about 1.5x apart from 1 ms to
+/// 1 s, where weir's latencies fall (a micro-batch window of a few ms, a watermark wait of a few
+/// ms to a few hundred ms) and where operators read p99: `histogram_quantile` interpolates
+/// inside a bucket, so a p99 is off by at most the bucket's width (0.2 s to 0.5 s was one bucket
+/// before, and a p99 of 333 ms read as 478 ms).
+pub const SECONDS_BUCKETS: [f64; 27] = [
+    0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
+    0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0,
+];
+
 fn seconds_buckets() -> Vec<f64> {
-    vec![
-        0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
-    ]
+    SECONDS_BUCKETS.to_vec()
 }
 
 impl Metrics {
@@ -313,14 +328,22 @@ impl Metrics {
         let execution_provider = register(
             &registry,
             IntGaugeVec::new(
-                opts("weir_execution_provider", "1 for the execution provider in use.", ""),
+                opts(
+                    "weir_execution_provider_info",
+                    "1 for the execution provider in use.",
+                    "inference",
+                ),
                 &["provider"],
             ),
         );
         let model_info = register(
             &registry,
             IntGaugeVec::new(
-                opts("weir_model_info", "1 for the model version scoring events.", ""),
+                opts(
+                    "weir_model_info",
+                    "1 for the model version scoring events.",
+                    "inference",
+                ),
                 &["version"],
             ),
         );
@@ -357,9 +380,11 @@ impl Metrics {
                 "",
             )),
         );
-        let recovery_snapshot_cut_ms = gauge(
-            "weir_recovery_snapshot_cut_ms",
-            "Cut (event time, ms) of the snapshot a live restart loaded its feature state from; 0: none.",
+        let float_gauge =
+            |name: &str, help: &str| register(&registry, prometheus::Gauge::with_opts(opts(name, help, "")));
+        let recovery_snapshot_cut_seconds = float_gauge(
+            "weir_recovery_snapshot_cut_timestamp_seconds",
+            "Cut (event time, seconds since the Unix epoch) of the snapshot a live restart loaded its feature state from; 0: none.",
         );
         let snapshots_written = gauge("weir_snapshots_written", "Feature-state snapshot files written.");
         let snapshot_bytes = gauge(
@@ -370,27 +395,57 @@ impl Metrics {
             "weir_snapshot_failures",
             "Feature-state snapshot files that could not be written.",
         );
-        let snapshot_last_cut_ms = gauge(
-            "weir_snapshot_last_cut_ms",
-            "Latest feature-state snapshot cut written (event time, ms).",
+        let snapshot_last_cut_seconds = float_gauge(
+            "weir_snapshot_last_cut_timestamp_seconds",
+            "Latest feature-state snapshot cut written (event time, seconds since the Unix epoch).",
         );
         let resident_memory = gauge("weir_resident_memory_bytes", "Resident set size of the process, bytes.");
         let memory_limit = gauge(
             "weir_memory_limit_bytes",
             "topology.max_memory: sources pause above 90% of it (0: no limit).",
         );
+        let ready = gauge(
+            "weir_ready",
+            "1 while /readyz answers ready (the topology runs), 0 otherwise.",
+        );
+        let workers = gauge(
+            "weir_workers",
+            "Timely workers of the topology, one main-input source each.",
+        );
+        // Standard process metrics (process_cpu_seconds_total, process_resident_memory_bytes,
+        // process_open_fds, ...; Linux only) and the build.
+        #[cfg(target_os = "linux")]
+        let _ = registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()));
+        let build_info = register(
+            &registry,
+            IntGaugeVec::new(
+                opts("weir_build_info", "1, labelled with weir's version.", ""),
+                &["version"],
+            ),
+        );
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        // Counters exist from start-up at 0 for their known label values: `rate` and `increase`
+        // then see the first increment (a series that appears at 1 shows no increase).
+        for cause in [FlushCause::Size, FlushCause::Time, FlushCause::Drain] {
+            batches.with_label_values(&[cause.as_str()]);
+        }
+        for result in ["applied", "rejected"] {
+            config_reloads.with_label_values(&[result]);
+        }
         Self {
             registry,
             broker_reachable,
             recovery_events,
             recovery_seconds,
-            recovery_snapshot_cut_ms,
+            recovery_snapshot_cut_seconds,
             snapshots_written,
             snapshot_bytes,
             snapshot_failures,
-            snapshot_last_cut_ms,
+            snapshot_last_cut_seconds,
             resident_memory,
             memory_limit,
+            ready,
+            workers,
             events_in,
             scores_out,
             dead_letters,
@@ -448,6 +503,20 @@ impl Metrics {
                 e.saturating_record(ms);
             }
         }
+    }
+
+    /// Declares the dead-letter reasons the topology can produce, so that each
+    /// `weir_dead_letters_total{reason}` series exists at 0 from start-up.
+    pub fn declare_dead_letter_reasons(&self, reasons: &[&str]) {
+        for r in reasons {
+            self.dead_letters.with_label_values(&[r]);
+        }
+    }
+
+    /// Declares a source topic, so that `weir_source_late_events_total{topic}` exists at 0 from
+    /// start-up.
+    pub fn declare_source_topic(&self, topic: &str) {
+        self.late_events.with_label_values(&[topic]);
     }
 
     /// Records feature rows reaching the micro-batcher, each by when the source read its event

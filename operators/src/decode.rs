@@ -505,7 +505,7 @@ mod tests {
         use super::*;
         use proptest::prelude::*;
 
-        const REASONS: [&str; 5] = ["json", "schema", "too_large", "invalid_amount", "invalid_time"];
+        const REASONS: [&str; 7] = crate::DEAD_LETTER_REASONS;
 
         fn check(payload: &[u8]) -> Result<(), TestCaseError> {
             match decode_transaction(&ev(payload), &DecodeLimits::default(), NOW) {

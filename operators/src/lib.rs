@@ -15,3 +15,17 @@ pub mod inference;
 pub mod micro_batch;
 
 pub use batch::Batch;
+
+/// Every `reason` a dead letter of a topology can carry (label of `weir_dead_letters_total`):
+/// the decoder's (`json`, `schema`, `too_large`, `invalid_amount`, `invalid_time`; see
+/// [`decode`]), inference's (`inference`: the batch's run failed or gave non-finite scores) and
+/// the score sink's (`sink`: the broker refused the score record).
+pub const DEAD_LETTER_REASONS: [&str; 7] = [
+    "json",
+    "schema",
+    "too_large",
+    "invalid_amount",
+    "invalid_time",
+    "inference",
+    "sink",
+];

@@ -201,7 +201,7 @@ fn the_metrics_endpoint_serves_during_a_run() {
             && l.ends_with(" 1")),
         "{body}"
     );
-    assert!(body.contains("weir_execution_provider{"), "{body}");
+    assert!(body.contains("weir_execution_provider_info{"), "{body}");
     for name in [
         "weir_batch_fill_wait_seconds_count",
         "weir_inference_batch_seconds_count",

@@ -316,8 +316,26 @@ fn the_compose_file_names_only_files_ports_and_topologies_that_exist_and_agree()
         kafka["environment"]["KAFKA_PROCESS_ROLES"].as_str(),
         Some("broker,controller")
     );
+    // Two listeners: kafka:9092 for the containers, localhost:29092 (published) for the host.
     let kafka_port = "9092";
-    assert!(strings(&kafka["ports"]).contains(&format!("{kafka_port}:{kafka_port}")));
+    let advertised = kafka["environment"]["KAFKA_ADVERTISED_LISTENERS"].as_str().unwrap();
+    assert!(advertised.contains(&format!("//kafka:{kafka_port}")), "{advertised}");
+    assert!(advertised.contains("//localhost:29092"), "{advertised}");
+    let listeners = kafka["environment"]["KAFKA_LISTENERS"].as_str().unwrap();
+    assert!(
+        listeners.contains(":29092") && listeners.contains(&format!(":{kafka_port}")),
+        "{listeners}"
+    );
+    assert!(strings(&kafka["ports"]).contains(&"29092:29092".to_string()));
+    // The image is built once: one service builds it, the other runs it without pulling.
+    let builders: Vec<&str> = services
+        .iter()
+        .filter(|(_, s)| !s["build"].is_null())
+        .map(|(n, _)| n.as_str().unwrap())
+        .collect();
+    assert_eq!(builders, ["weir"], "one build");
+    assert_eq!(service("generator")["image"], service("weir")["image"]);
+    assert_eq!(service("generator")["pull_policy"].as_str(), Some("never"));
 
     // Every bind mount's source exists in the repository, and `build: .` has a Dockerfile.
     let mut mounts = Vec::new();
@@ -383,11 +401,26 @@ fn the_compose_file_names_only_files_ports_and_topologies_that_exist_and_agree()
     let listen = flag(&args, "--metrics-listen").expect("weir serves metrics");
     let metrics_port = listen.rsplit(':').next().unwrap().to_string();
     assert!(strings(&weir["ports"]).contains(&format!("{metrics_port}:{metrics_port}")));
+    // The topology's directory is mounted (not the file: an editor that replaces the file would
+    // leave a file mount on the old inode and live reload would never see the edit).
+    let dir = std::path::Path::new(&args[1])
+        .parent()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
     assert!(
         mounts
             .iter()
-            .any(|(s, m)| s == "weir" && *m == format!("./{}:/weir/{}:ro", args[1], args[1])),
+            .any(|(s, m)| s == "weir" && *m == format!("./{dir}:/weir/{dir}:ro")),
         "{mounts:?}"
+    );
+    // Healthy while /readyz answers ready, on the metrics port; the image has curl for it.
+    let health = strings(&weir["healthcheck"]["test"]).join(" ");
+    assert!(health.contains(&format!("localhost:{metrics_port}/readyz")), "{health}");
+    assert!(
+        dockerfile.contains(" curl"),
+        "the image installs curl for the healthcheck"
     );
 
     // The topics the topology reads and writes are the ones created, and the generator writes.
@@ -410,7 +443,17 @@ fn the_compose_file_names_only_files_ports_and_topologies_that_exist_and_agree()
         .expect("prometheus config")
         .1
         .clone();
-    let prom = yaml(&repo.join(prom_mount.split(':').next().unwrap()));
+    let prom_dir = repo.join(prom_mount.split(':').next().unwrap());
+    assert!(
+        prom_dir.is_dir(),
+        "the prometheus config directory is mounted: {prom_mount}"
+    );
+    assert!(prom_mount.contains(":/etc/prometheus"), "{prom_mount}");
+    let prom = yaml(&prom_dir.join("prometheus.yml"));
+    for f in strings(&prom["rule_files"]) {
+        assert!(prom_dir.join(&f).exists(), "rule file {f}");
+    }
+    assert!(strings(&prom["rule_files"]).contains(&"alerts.yml".to_string()));
     let targets: Vec<String> = prom["scrape_configs"]
         .as_sequence()
         .unwrap()
@@ -450,7 +493,9 @@ fn the_compose_file_names_only_files_ports_and_topologies_that_exist_and_agree()
         ds["datasources"][0]["url"].as_str(),
         Some(format!("http://prometheus:{prom_port}").as_str())
     );
-    let ds_uid = ds["datasources"][0]["uid"].as_str().unwrap().to_string();
+    // The dashboard imports into any Grafana: its datasource is a variable of the provisioned
+    // datasource's type, not a fixed uid.
+    let ds_type = ds["datasources"][0]["type"].as_str().unwrap().to_string();
     let provider = yaml(&provisioning.join("dashboards/weir.yml"));
     let dash_dir = provider["providers"][0]["options"]["path"]
         .as_str()
@@ -463,6 +508,15 @@ fn the_compose_file_names_only_files_ports_and_topologies_that_exist_and_agree()
     let dash: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dashboards.join("weir.json")).unwrap()).unwrap();
     let panels = dash["panels"].as_array().unwrap();
+    let vars = dash["templating"]["list"].as_array().unwrap();
+    assert!(
+        vars.iter()
+            .any(|v| v["name"] == "datasource" && v["type"] == "datasource" && v["query"] == ds_type.as_str()),
+        "a datasource variable: {vars:?}"
+    );
+    for v in vars.iter().filter(|v| v["type"] == "query") {
+        assert_eq!(v["datasource"]["uid"].as_str(), Some("${datasource}"));
+    }
     let titles: Vec<&str> = panels.iter().filter_map(|p| p["title"].as_str()).collect();
     for want in ["Throughput", "latency", "batch rows", "lag", "Backpressure"] {
         assert!(
@@ -474,8 +528,16 @@ fn the_compose_file_names_only_files_ports_and_topologies_that_exist_and_agree()
     assert!(exported.contains("weir_consumer_lag_messages"), "{exported:?}");
     let mut used = std::collections::BTreeSet::new();
     for p in panels {
-        assert_eq!(p["datasource"]["uid"].as_str(), Some(ds_uid.as_str()), "{}", p["title"]);
+        assert_eq!(p["datasource"]["uid"].as_str(), Some("${datasource}"), "{}", p["title"]);
         for t in p["targets"].as_array().unwrap() {
+            assert_eq!(t["datasource"]["uid"].as_str(), Some("${datasource}"), "{}", p["title"]);
+            if p["type"] == "table" {
+                assert_eq!(
+                    t["instant"], true,
+                    "a table panel reads instant queries: {}",
+                    p["title"]
+                );
+            }
             let expr = t["expr"].as_str().unwrap();
             for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
                 if word.starts_with("weir_") {
@@ -499,4 +561,21 @@ fn the_compose_file_names_only_files_ports_and_topologies_that_exist_and_agree()
     // Also the dashboard's p50/p99 quantiles.
     let all = serde_json::to_string(&dash).unwrap();
     assert!(all.contains("histogram_quantile(0.5") && all.contains("histogram_quantile(0.99"));
+
+    // `docker-compose config` validates the file (Debian's docker-compose; `make test`'s set-up
+    // installs it where it can).
+    match std::process::Command::new("docker-compose")
+        .current_dir(&repo)
+        .args(["-f", "docker-compose.yml", "config", "-q"])
+        .output()
+    {
+        Ok(out) => assert!(
+            out.status.success(),
+            "docker-compose config: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => eprintln!(
+            "\n!!! SKIPPED: `docker-compose config` (docker-compose not installed: {e}); install it with `apt-get install docker-compose` !!!\n"
+        ),
+    }
 }

@@ -51,6 +51,7 @@ struct AppState {
 }
 
 async fn metrics_text(State(s): State<AppState>) -> impl IntoResponse {
+    s.metrics.ready.set(s.ready.load(Ordering::Acquire) as i64);
     match prometheus::TextEncoder::new().encode_to_string(&s.metrics.registry.gather()) {
         Ok(body) => (StatusCode::OK, [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body),
         Err(e) => (

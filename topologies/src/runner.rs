@@ -416,7 +416,11 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
         .metrics
         .clone()
         .unwrap_or_else(|| Arc::new(Metrics::new(&cfg.topology.name)));
+    metrics.declare_dead_letter_reasons(&weir_operators::DEAD_LETTER_REASONS);
+    metrics.declare_source_topic(&cfg.source.topic);
+    metrics.declare_source_topic(&cfg.labels.topic);
     let workers = cfg.topology.workers;
+    metrics.workers.set(workers as i64);
     let (window, max_inflight_batches) = opts
         .window
         .unwrap_or((cfg.batching.window(), cfg.batching.max_inflight_batches));
@@ -612,7 +616,9 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
                 "restart: rebuilding feature state by replaying retained history before the committed offsets (not scored again)"
             ),
         }
-        metrics.recovery_snapshot_cut_ms.set(plan.snapshot_cut_ms.unwrap_or(0));
+        metrics
+            .recovery_snapshot_cut_seconds
+            .set(plan.snapshot_cut_ms.unwrap_or(0) as f64 / 1000.0);
         metrics.recovery_events.set(replay);
         source_config.start_offsets = Some(Arc::new(plan.start.clone()));
         source_config.commit_floor = Some(Arc::new(plan.committed.clone()));
@@ -675,8 +681,8 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
                     .snapshot_failures
                     .set(snapshot_stats.failed.load(Relaxed) as i64);
                 metrics
-                    .snapshot_last_cut_ms
-                    .set(snapshot_stats.last_cut_ms.load(Relaxed) as i64);
+                    .snapshot_last_cut_seconds
+                    .set(snapshot_stats.last_cut_ms.load(Relaxed) as f64 / 1000.0);
             }
             let rss = memory_stats::memory_stats().map_or(0, |m| m.physical_mem as u64);
             metrics.resident_memory.set(rss as i64);
