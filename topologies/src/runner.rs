@@ -700,6 +700,7 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
     let positions = Arc::new(weir_connectors::kafka::lag::ConsumerPositions::default());
     let lag_monitor = weir_connectors::kafka::lag::LagMonitor::spawn(
         &brokers,
+        &cfg.source.group_id,
         &cfg.source.properties,
         positions.clone(),
         metrics.clone(),

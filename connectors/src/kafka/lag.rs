@@ -23,6 +23,9 @@ use weir_core::Metrics;
 use super::client_config;
 use crate::ConnectorError;
 
+/// The position of a partition assigned and not read yet (see [`ConsumerPositions::set_unread`]).
+const UNREAD: i64 = -1;
+
 /// Next offset to read, per `(topic, partition)` a source of this process owns.
 #[derive(Debug, Default)]
 pub struct ConsumerPositions {
@@ -30,6 +33,18 @@ pub struct ConsumerPositions {
 }
 
 impl ConsumerPositions {
+    /// Records that `topic`/`partition` is assigned and has returned no message yet (its
+    /// position is not known locally): the monitor reports its lag from the group's committed
+    /// offset, or from the partition's first offset when the group has none (weir's default
+    /// start). A known position is never replaced by this.
+    pub fn set_unread(&self, topic: &str, partition: i32) {
+        self.next
+            .lock()
+            .unwrap()
+            .entry((topic.to_string(), partition))
+            .or_insert(UNREAD);
+    }
+
     /// Records that the next offset `topic`/`partition` will read is `next`.
     pub fn set(&self, topic: &str, partition: i32, next: i64) {
         self.next.lock().unwrap().insert((topic.to_string(), partition), next);
@@ -63,16 +78,24 @@ impl LagMonitor {
     ///
     /// # Errors
     /// [`ConnectorError::Kafka`] if the client cannot be created (bad properties).
+    ///
+    /// `group_id`: the sources' consumer group, whose committed offsets give the lag of a
+    /// partition assigned and not read yet (the monitor never joins the group).
     pub fn spawn(
         brokers: &str,
+        group_id: &str,
         properties: &BTreeMap<String, String>,
         positions: Arc<ConsumerPositions>,
         metrics: Arc<Metrics>,
         interval: Duration,
     ) -> Result<Self, ConnectorError> {
-        let consumer: BaseConsumer = client_config(brokers, &[("enable.auto.commit", "false")], properties)
-            .create()
-            .map_err(ConnectorError::kafka("create lag monitor"))?;
+        let consumer: BaseConsumer = client_config(
+            brokers,
+            &[("enable.auto.commit", "false"), ("group.id", group_id)],
+            properties,
+        )
+        .create()
+        .map_err(ConnectorError::kafka("create lag monitor"))?;
         let mut reported: HashSet<(String, i32)> = HashSet::new();
         // Broker health: a metadata request (librdkafka never answers it from its cache).
         let check = |consumer: &BaseConsumer, metrics: &Metrics, was: Option<bool>| -> bool {
@@ -106,7 +129,20 @@ impl LagMonitor {
             reported.retain(|k| now.contains_key(k));
             for ((topic, p), next) in &now {
                 match consumer.fetch_watermarks(topic, *p, Duration::from_secs(2)) {
-                    Ok((_, high)) => {
+                    Ok((low, high)) => {
+                        let next = if *next == UNREAD {
+                            // Not read yet: from the group's committed offset, else the start.
+                            let mut tpl = rdkafka::TopicPartitionList::new();
+                            tpl.add_partition(topic, *p);
+                            consumer
+                                .committed_offsets(tpl, Duration::from_secs(2))
+                                .ok()
+                                .and_then(|c| c.elements().first().and_then(|e| e.offset().to_raw()))
+                                .filter(|o| *o >= 0)
+                                .unwrap_or(low)
+                        } else {
+                            *next
+                        };
                         metrics
                             .consumer_lag
                             .with_label_values(&[topic.as_str(), &p.to_string()])
@@ -155,10 +191,12 @@ mod tests {
         }
         producer.flush(Duration::from_secs(10)).unwrap();
         let positions = Arc::new(ConsumerPositions::default());
-        positions.set("lagged", 0, 3);
+        // Assigned, nothing read, nothing committed: the whole partition is lag.
+        positions.set_unread("lagged", 0);
         let metrics = Arc::new(Metrics::new("t"));
         let _monitor = LagMonitor::spawn(
             &brokers,
+            "lag-test",
             &BTreeMap::new(),
             positions.clone(),
             metrics.clone(),
@@ -167,6 +205,12 @@ mod tests {
         .unwrap();
         let gauge = || metrics.consumer_lag.with_label_values(&["lagged", "0"]).get();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while gauge() != 10 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(gauge(), 10, "10 messages, none read yet");
+        positions.set("lagged", 0, 3);
+        positions.set_unread("lagged", 0); // a known position stays
         while gauge() != 7 && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -1004,6 +1004,15 @@ pub fn kafka_source<'s>(
                             }
                         }
                     }
+                    // Assigned and not read yet: its lag series exists from the assignment.
+                    if config.commit && !config.bounded {
+                        for p in &assigned {
+                            if !published.contains(p) {
+                                shared.positions.set_unread(&config.topic, *p);
+                                published.push(*p);
+                            }
+                        }
+                    }
                 }
 
                 let live = bounded.is_none() && config.commit;
