@@ -102,12 +102,12 @@ pub struct Metrics {
     /// Unix epoch, ms resolution) of the snapshot a live restart loaded its feature state from
     /// (0: none, replayed history).
     pub recovery_snapshot_cut_seconds: prometheus::Gauge,
-    /// `weir_snapshots_written`: feature-state snapshot files written by this process.
-    pub snapshots_written: IntGauge,
-    /// `weir_snapshot_bytes_written`: their bytes.
-    pub snapshot_bytes: IntGauge,
-    /// `weir_snapshot_failures`: snapshot files that could not be written.
-    pub snapshot_failures: IntGauge,
+    /// `weir_snapshots_written_total`: feature-state snapshot files written by this process.
+    pub snapshots_written: IntCounter,
+    /// `weir_snapshot_written_bytes_total`: their bytes.
+    pub snapshot_bytes: IntCounter,
+    /// `weir_snapshot_failures_total`: snapshot files that could not be written.
+    pub snapshot_failures: IntCounter,
     /// `weir_snapshot_last_cut_timestamp_seconds`: the latest cut written (event time, seconds
     /// since the Unix epoch, ms resolution).
     pub snapshot_last_cut_seconds: prometheus::Gauge,
@@ -386,13 +386,14 @@ impl Metrics {
             "weir_recovery_snapshot_cut_timestamp_seconds",
             "Cut (event time, seconds since the Unix epoch) of the snapshot a live restart loaded its feature state from; 0: none.",
         );
-        let snapshots_written = gauge("weir_snapshots_written", "Feature-state snapshot files written.");
-        let snapshot_bytes = gauge(
-            "weir_snapshot_bytes_written",
+        let counter = |name: &str, help: &str| register(&registry, IntCounter::with_opts(opts(name, help, "")));
+        let snapshots_written = counter("weir_snapshots_written_total", "Feature-state snapshot files written.");
+        let snapshot_bytes = counter(
+            "weir_snapshot_written_bytes_total",
             "Bytes of feature-state snapshot files written.",
         );
-        let snapshot_failures = gauge(
-            "weir_snapshot_failures",
+        let snapshot_failures = counter(
+            "weir_snapshot_failures_total",
             "Feature-state snapshot files that could not be written.",
         );
         let snapshot_last_cut_seconds = float_gauge(

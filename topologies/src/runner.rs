@@ -673,13 +673,16 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
             metrics.set_paused_seconds(flow.paused_micros());
             {
                 use std::sync::atomic::Ordering::Relaxed;
-                metrics
-                    .snapshots_written
-                    .set(snapshot_stats.written.load(Relaxed) as i64);
-                metrics.snapshot_bytes.set(snapshot_stats.bytes.load(Relaxed) as i64);
-                metrics
-                    .snapshot_failures
-                    .set(snapshot_stats.failed.load(Relaxed) as i64);
+                // Counters follow the snapshot writers' running totals.
+                let advance = |c: &prometheus::IntCounter, total: u64| {
+                    let d = total.saturating_sub(c.get());
+                    if d > 0 {
+                        c.inc_by(d);
+                    }
+                };
+                advance(&metrics.snapshots_written, snapshot_stats.written.load(Relaxed));
+                advance(&metrics.snapshot_bytes, snapshot_stats.bytes.load(Relaxed));
+                advance(&metrics.snapshot_failures, snapshot_stats.failed.load(Relaxed));
                 metrics
                     .snapshot_last_cut_seconds
                     .set(snapshot_stats.last_cut_ms.load(Relaxed) as f64 / 1000.0);
