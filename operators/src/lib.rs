@@ -13,6 +13,7 @@ pub mod batch;
 pub mod decode;
 pub mod inference;
 pub mod micro_batch;
+pub mod schema;
 
 pub use batch::Batch;
 

@@ -71,6 +71,22 @@ fn the_demo_prints_its_summary_and_scores_every_transaction_once() {
 }
 
 #[test]
+fn the_decode_benchmark_runs_both_decoders_over_the_same_events() {
+    let out = run_weir(&["bench-decode", "--events", "20000"], Duration::from_secs(120));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Both decoders decoded every event (a failure is an error) and the ratio is theirs.
+    assert!(text.contains("decode, 20000 JSON transactions"), "{text}");
+    let num = |after: &str| -> f64 {
+        let rest = &text[text.find(after).unwrap_or_else(|| panic!("{after}: {text}")) + after.len()..];
+        rest.trim_start().split(|c: char| c.is_whitespace() || c == ';').next().unwrap().parse().unwrap()
+    };
+    let (typed, declared, ratio) = (num("typed decoder"), num("declared schema"), num("ratio"));
+    assert!(typed > 0.0 && declared > 0.0);
+    assert!((ratio - declared / typed).abs() < 0.002, "{text}");
+}
+
+#[test]
 fn the_benchmark_reports_the_three_throughputs_and_their_ratio() {
     let out = run_weir(
         &["bench", "--days", "1", "--onnx-seconds", "0.2"],

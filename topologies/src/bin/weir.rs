@@ -263,6 +263,13 @@ enum Command {
         #[arg(long, default_value_t = 10_000)]
         terminals: usize,
     },
+    /// Decode throughput on one core: the typed handbook decoder against the declared-schema
+    /// decoder with the handbook's schema, on the same simulated JSON transactions.
+    BenchDecode {
+        /// Transactions to decode (per run; best of five interleaved runs each).
+        #[arg(long, default_value_t = 1_000_000)]
+        events: usize,
+    },
     /// Print a consumer group's committed offsets: one line "partition offset" per partition.
     Offsets {
         /// Bootstrap servers.
@@ -687,6 +694,20 @@ fn main() -> ExitCode {
                 };
                 let report = weir_topologies::latency::run_latency_bench(&opts).map_err(|e| e.to_string())?;
                 print!("{}", report.render());
+                Ok(())
+            })()
+        }
+        Command::BenchDecode { events } => {
+            init_logging("warn");
+            (|| {
+                let r = weir_topologies::bench::run_decode_bench(events).map_err(|e| e.to_string())?;
+                println!(
+                    "decode, {} JSON transactions, one core: typed decoder {:.0} events/s; declared schema {:.0} events/s; ratio {:.3} (target >= 0.9)",
+                    r.events,
+                    r.typed_per_s,
+                    r.schema_per_s,
+                    r.ratio()
+                );
                 Ok(())
             })()
         }
