@@ -196,6 +196,26 @@ pub fn decode_transaction(
     Ok((meta, tx))
 }
 
+/// The transaction [`decode_transaction`] reads, declared as a [`crate::schema::Schema`]
+/// (unknown fields rejected, as this decoder does): the handbook's schema, for comparing the
+/// two decoders.
+pub fn handbook_schema() -> crate::schema::Schema {
+    use crate::schema::{FieldSpec, FieldType, Schema, TimeFormat, UnknownFields};
+    Schema::new(
+        vec![
+            FieldSpec::required("tx_id", FieldType::Integer),
+            FieldSpec::required("tx_time_ms", FieldType::Timestamp(TimeFormat::EpochMillis)),
+            FieldSpec::required("customer_id", FieldType::Integer),
+            FieldSpec::required("terminal_id", FieldType::Integer),
+            FieldSpec::required("amount", FieldType::Float { scale: 1.0 }),
+        ],
+        "tx_id",
+        Some("tx_time_ms"),
+        UnknownFields::Reject,
+    )
+    .expect("the handbook schema is valid")
+}
+
 /// Reads the event time a source needs for its watermark from a transaction's payload: the
 /// integer top-level `field` (epoch ms) of a JSON object, or `None` when the payload is not a
 /// JSON object, lacks it, or has a time [`decode_transaction`] would dead-letter (`invalid_time`

@@ -620,22 +620,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// The handbook's transaction, declared.
-    fn handbook() -> Schema {
-        Schema::new(
-            vec![
-                FieldSpec::required("tx_id", FieldType::Integer),
-                FieldSpec::required("tx_time_ms", FieldType::Timestamp(TimeFormat::EpochMillis)),
-                FieldSpec::required("customer_id", FieldType::Integer),
-                FieldSpec::required("terminal_id", FieldType::Integer),
-                FieldSpec::required("amount", FieldType::Float { scale: 1.0 }),
-            ],
-            "tx_id",
-            Some("tx_time_ms"),
-            UnknownFields::Reject,
-        )
-        .unwrap()
-    }
+    use crate::decode::handbook_schema as handbook;
 
     #[test]
     fn the_handbook_schema_decodes_what_the_typed_decoder_decodes() {

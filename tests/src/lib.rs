@@ -384,10 +384,20 @@ fn signal(child: &Child, sig: &str) {
 /// `GET path` on `127.0.0.1:port` (HTTP/1.1, connection closed): `(status, body)`, or `None` if
 /// nothing answers.
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    get(port, path, "HTTP/1.1", "Connection: close\r\n")
+}
+
+/// As [`http_get`] in HTTP/1.0: the body ends with the connection and is never chunked (a Go
+/// server such as Prometheus chunks larger HTTP/1.1 bodies).
+pub fn http10_get(port: u16, path: &str) -> Option<(u16, String)> {
+    get(port, path, "HTTP/1.0", "")
+}
+
+fn get(port: u16, path: &str, version: &str, headers: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").ok()?;
+    write!(s, "GET {path} {version}\r\nHost: 127.0.0.1\r\n{headers}\r\n").ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     let status = out.split(' ').nth(1)?.parse().ok()?;

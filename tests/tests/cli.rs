@@ -79,7 +79,12 @@ fn the_decode_benchmark_runs_both_decoders_over_the_same_events() {
     assert!(text.contains("decode, 20000 JSON transactions"), "{text}");
     let num = |after: &str| -> f64 {
         let rest = &text[text.find(after).unwrap_or_else(|| panic!("{after}: {text}")) + after.len()..];
-        rest.trim_start().split(|c: char| c.is_whitespace() || c == ';').next().unwrap().parse().unwrap()
+        rest.trim_start()
+            .split(|c: char| c.is_whitespace() || c == ';')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
     };
     let (typed, declared, ratio) = (num("typed decoder"), num("declared schema"), num("ratio"));
     assert!(typed > 0.0 && declared > 0.0);

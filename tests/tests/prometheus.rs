@@ -5,13 +5,13 @@
 //! and fires the dead-letter alert; `promtool check metrics` finds nothing to lint in a scrape.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use weir_connectors::kafka::admin::BulkProducer;
-use weir_tests::{free_port, http_get, repo, topology_file, weir, BrokerProcess};
+use weir_tests::{free_port, http10_get, http_get, repo, topology_file, weir, BrokerProcess};
 
 /// `prometheus` (or `$PROMETHEUS_BIN`), if installed.
 fn prometheus_bin() -> Option<PathBuf> {
@@ -26,22 +26,11 @@ fn prometheus_bin() -> Option<PathBuf> {
         .map(|_| PathBuf::from("prometheus"))
 }
 
-/// GET `path` from Prometheus (HTTP/1.0: the body ends with the connection, never chunked).
-fn prom_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let status = out.split(' ').nth(1)?.parse().ok()?;
-    Some((status, out.split("\r\n\r\n").nth(1).unwrap_or("").to_string()))
-}
-
 /// The instant query `expr`'s result vector (panics on a query error: the expression is wrong).
 fn query(port: u16, expr: &str) -> Vec<serde_json::Value> {
     use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
     let path = format!("/api/v1/query?query={}", utf8_percent_encode(expr, NON_ALPHANUMERIC));
-    let (status, body) = prom_get(port, &path).unwrap_or_else(|| panic!("Prometheus did not answer {expr}"));
+    let (status, body) = http10_get(port, &path).unwrap_or_else(|| panic!("Prometheus did not answer {expr}"));
     let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{expr}: {e}: {body}"));
     assert_eq!(status, 200, "{expr}: {body}");
     assert_eq!(v["status"], "success", "{expr}: {body}");
@@ -173,7 +162,7 @@ fn a_real_prometheus_scrapes_weir_and_every_dashboard_and_alert_expression_retur
             .unwrap(),
     );
     let deadline = Instant::now() + Duration::from_secs(120);
-    while prom_get(prom_port, "/-/ready").map(|r| r.0) != Some(200) {
+    while http10_get(prom_port, "/-/ready").map(|r| r.0) != Some(200) {
         assert!(
             Instant::now() < deadline,
             "Prometheus did not become ready:\n{}",

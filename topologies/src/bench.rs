@@ -643,25 +643,6 @@ impl DecodeBench {
     }
 }
 
-/// The handbook's transaction declared as a [`weir_operators::schema::Schema`] (unknown fields
-/// rejected, as the typed decoder does).
-pub fn handbook_schema() -> weir_operators::schema::Schema {
-    use weir_operators::schema::{FieldSpec, FieldType, Schema, TimeFormat, UnknownFields};
-    Schema::new(
-        vec![
-            FieldSpec::required("tx_id", FieldType::Integer),
-            FieldSpec::required("tx_time_ms", FieldType::Timestamp(TimeFormat::EpochMillis)),
-            FieldSpec::required("customer_id", FieldType::Integer),
-            FieldSpec::required("terminal_id", FieldType::Integer),
-            FieldSpec::required("amount", FieldType::Float { scale: 1.0 }),
-        ],
-        "tx_id",
-        Some("tx_time_ms"),
-        UnknownFields::Reject,
-    )
-    .expect("the handbook schema is valid")
-}
-
 /// Decodes `events` simulated transactions (JSON, as `weir generate` writes them) with the typed
 /// decoder and with the declared-schema decoder on this thread, interleaved, best of five runs
 /// each; every event must decode with both.
@@ -670,7 +651,7 @@ pub fn handbook_schema() -> weir_operators::schema::Schema {
 /// [`DemoError::Usage`] if an event fails to decode (a bug).
 pub fn run_decode_bench(events: usize) -> Result<DecodeBench, DemoError> {
     use weir_core::{Lineage, SourceEvent};
-    use weir_operators::decode::{decode_transaction, DecodeLimits};
+    use weir_operators::decode::{decode_transaction, handbook_schema, DecodeLimits};
     let sim = SimConfig {
         n_days: 100_000,
         ..SimConfig::default()
