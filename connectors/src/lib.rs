@@ -13,6 +13,27 @@
 pub mod kafka;
 pub mod parquet;
 
+/// How the score sinks write an event's id: under its schema field's name, as a number or as a
+/// string (the id as it came: Kafka JSON `{"<name>": 17, ...}` or `{"<name>": "7f3a", ...}`;
+/// Parquet column `<name>`, `Int64` or `Utf8`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdColumn {
+    /// The id field's name.
+    pub name: String,
+    /// Whether ids are strings (else integers).
+    pub string: bool,
+}
+
+impl IdColumn {
+    /// Integer ids named `name`.
+    pub fn int(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            string: false,
+        }
+    }
+}
+
 /// Errors of connectors.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectorError {

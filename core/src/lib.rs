@@ -17,5 +17,5 @@ pub mod sink;
 pub use flow::FlowControl;
 pub use ledger::DeliveryLedger;
 pub use metrics::Metrics;
-pub use record::{DeadLetter, FeatureRow, Label, Lineage, RowMeta, SourceEvent, Transaction};
+pub use record::{DeadLetter, EventId, FeatureRow, Lineage, RowMeta, SourceEvent, Value};
 pub use sink::{DeadLetterSink, ScoreSink, SinkError};

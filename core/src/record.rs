@@ -39,32 +39,83 @@ pub struct SourceEvent {
     pub read_at_us: u64,
 }
 
-/// A card transaction as the model sees it: the simulator's fields without the fraud label
-/// (the label travels separately, on the `fraud-labels` topic, and arrives later).
-///
-/// Field names follow the Fraud Detection Handbook's simulated dataset (chapter 3), in snake case.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Transaction {
-    /// Unique transaction id (monotone in transaction time within one generated dataset).
-    pub tx_id: u64,
-    /// Transaction time, milliseconds since the Unix epoch (UTC).
-    pub tx_time_ms: i64,
-    /// Customer (card) id.
-    pub customer_id: u64,
-    /// Terminal (merchant point of sale) id.
-    pub terminal_id: u64,
-    /// Amount in currency units (the handbook's dataset has no currency; two decimals).
-    pub amount: f64,
+/// An event's id as it came in its payload: an integer or a string (e.g. a UUID), carried to the
+/// sinks unchanged (a number stays a number in the score record, a string stays a string).
+/// Serialized untagged: `17` or `"7f3a-..."`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum EventId {
+    /// An integer id.
+    Int(i64),
+    /// A string id.
+    Str(Box<str>),
+}
+
+impl Default for EventId {
+    fn default() -> Self {
+        EventId::Int(0)
+    }
+}
+
+impl std::fmt::Display for EventId {
+    /// The id as text: the integer's digits, or the string itself (unquoted; a Kafka key).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EventId::Int(v) => write!(f, "{v}"),
+            EventId::Str(s) => f.write_str(s),
+        }
+    }
+}
+
+impl EventId {
+    /// The integer, if the id is one.
+    pub fn as_int(&self) -> Option<i64> {
+        match self {
+            EventId::Int(v) => Some(*v),
+            EventId::Str(_) => None,
+        }
+    }
+}
+
+/// A decoded field value: what a declared event schema reads from a payload, one per declared
+/// field in declaration order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// An integer.
+    Int(i64),
+    /// A float (scaled as the schema declares, e.g. integer cents times 0.01).
+    Float(f64),
+    /// A string.
+    Str(String),
+    /// A boolean.
+    Bool(bool),
+    /// A timestamp, ms since the Unix epoch (UTC).
+    Time(i64),
+    /// An optional field absent without a default.
+    Missing,
+}
+
+impl Value {
+    /// The value as a number: integers, floats and timestamps (ms) as `f64`, booleans as 0 or 1;
+    /// `None` for a string or a missing value.
+    #[inline]
+    pub fn number(&self) -> Option<f64> {
+        match self {
+            Value::Int(v) | Value::Time(v) => Some(*v as f64),
+            Value::Float(v) => Some(*v),
+            Value::Bool(b) => Some(*b as u8 as f64),
+            Value::Str(_) | Value::Missing => None,
+        }
+    }
 }
 
 /// The identity of one row in a micro-batch: everything about the event except its features.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RowMeta {
     /// Source partition and offset of the event.
     pub lineage: Lineage,
-    /// Transaction id.
-    pub tx_id: u64,
+    /// The event's id, as it came (the schema's `id` field).
+    pub id: EventId,
     /// Event time, milliseconds since the Unix epoch (UTC).
     pub event_time_ms: i64,
     /// When the source read the event ([`crate::clock::now_micros`], µs).
@@ -86,7 +137,7 @@ pub struct FeatureRow {
 pub struct DeadLetter {
     /// Source partition and offset of the event.
     pub lineage: Lineage,
-    /// Short machine-readable reason class, e.g. `"json"`, `"invalid_amount"`, `"inference"`.
+    /// Short machine-readable reason class, e.g. `"json"`, `"invalid_value"`, `"inference"`.
     pub reason: String,
     /// Human-readable detail (the parser's or the runtime's message).
     pub detail: String,
@@ -100,23 +151,4 @@ pub struct DeadLetter {
     pub headers: Vec<(String, Option<Vec<u8>>)>,
     /// When the source read the event ([`crate::clock::now_micros`], µs).
     pub read_at_us: u64,
-}
-
-/// A fraud label (a chargeback) as the feature store consumes it. Unknown JSON fields are ignored:
-/// label feeds carry more than this (e.g. the simulator's `tx_fraud_scenario`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct Label {
-    /// The labelled transaction.
-    pub tx_id: u64,
-    /// Its time, ms since the Unix epoch (UTC).
-    pub tx_time_ms: i64,
-    /// Its customer (card).
-    pub customer_id: u64,
-    /// Its terminal.
-    pub terminal_id: u64,
-    /// 1 if fraudulent, else 0.
-    pub tx_fraud: u8,
-    /// When the label became known: its Kafka message timestamp, ms since the Unix epoch.
-    #[serde(default)]
-    pub available_at_ms: i64,
 }

@@ -41,8 +41,8 @@ pub enum SinkError {
 
 /// Where scores go: a Kafka topic, a Parquet file, ...
 pub trait ScoreSink: Send + Sync {
-    /// Writes one micro-batch of scores: `rows[i]` scored `scores[i]` (probability of fraud,
-    /// `[rows] f32` in 0..=1) by model `model_version`. Returns once the records are handed to
+    /// Writes one micro-batch of scores: `rows[i]` scored `scores[i]` (the model's output column, e.g. a
+    /// probability, `[rows] f32`) by model `model_version`. Returns once the records are handed to
     /// the sink's client; acknowledgement arrives later through the ledger.
     fn write(&self, rows: &[RowMeta], scores: &[f32], model_version: &str) -> Result<(), SinkError>;
 

@@ -34,19 +34,21 @@
 //!
 //! ```
 //! use timely::dataflow::operators::{ToStream, Capture, capture::Extract, vec::Map};
-//! use weir_core::{Lineage, RowMeta, Transaction};
-//! use weir_feature_store::{definition::{handbook_features, FeatureSpec}, keyed::keyed_features};
-//! let spec = FeatureSpec::new(&["customer_id_nb_tx_1day_window"], &handbook_features()).unwrap();
-//! let rows: Vec<(RowMeta, Transaction)> = (0..3u64).map(|i| {
-//!     let tx = Transaction { tx_id: i, tx_time_ms: 1000 + i as i64, customer_id: 7, terminal_id: 1, amount: 1.0 };
-//!     (RowMeta { lineage: Lineage { partition: 0, offset: i as i64 }, tx_id: i, event_time_ms: tx.tx_time_ms, read_at_us: 0 }, tx)
+//! use weir_core::{EventId, Lineage, RowMeta, Value};
+//! use weir_feature_store::{definition::handbook_spec, keyed::keyed_features};
+//! let spec = handbook_spec(&["customer_id_nb_tx_1day_window"]).unwrap();
+//! let rows: Vec<_> = (0..3i64).map(|i| {
+//!     // tx_id, tx_time_ms, customer_id, terminal_id, amount
+//!     let values = [Value::Int(i), Value::Time(1000 + i), Value::Int(7), Value::Int(1), Value::Float(1.0)];
+//!     let meta = RowMeta { lineage: Lineage { partition: 0, offset: i }, id: EventId::Int(i), event_time_ms: 1000 + i, read_at_us: 0 };
+//!     spec.event_row(meta, &values).unwrap()
 //! }).collect();
 //! let out = timely::example(move |scope| {
 //!     keyed_features(rows.to_stream(scope), None, spec, &Default::default())
-//!         .map(|fv| (fv.meta.tx_id, fv.values[0] as u64))
+//!         .map(|fv| (fv.meta.id.as_int().unwrap(), fv.values[0] as u64))
 //!         .capture()
 //! });
-//! let mut counts: Vec<(u64, u64)> = out.extract().into_iter().flat_map(|(_, v)| v).collect();
+//! let mut counts: Vec<(i64, u64)> = out.extract().into_iter().flat_map(|(_, v)| v).collect();
 //! counts.sort();
 //! // Each transaction counts the customer's transactions in its 1-day window, itself included.
 //! assert_eq!(counts, vec![(0, 1), (1, 2), (2, 3)]);
@@ -56,17 +58,15 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
+use crate::definition::{windowed_value, AccKind, Aggregation, Column, EventRow, FeatureSpec, LabelRow};
+use crate::snapshot::{Restored, SnapshotHeader, SnapshotSettings};
+use crate::windows::FeatureValues;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::StreamVec;
-use weir_core::{Label, RowMeta, Transaction};
-
-use crate::definition::{amount_micros, windowed_value, AccKind, Aggregation, Column, Entity, FeatureSpec};
-use crate::snapshot::{Restored, SnapshotHeader, SnapshotSettings};
-use crate::windows::FeatureValues;
 
 /// A fast hasher for integer keys (entity and transaction ids): one multiply (Fibonacci hashing,
 /// Knuth TAOCP vol. 3, 6.4). Entity ids are not chosen by an adversary who could see the
@@ -98,7 +98,7 @@ pub struct Cursor {
     pub head: u64,
     /// Sequence number of the next entry to leave the window.
     pub tail: u64,
-    /// Sums of the entries in `[tail, head)`: transactions, amounts (micro-units), frauds.
+    /// Sums of the entries in `[tail, head)`: events, measures (micro-units), labels 1.
     pub sums: [i128; 3],
 }
 
@@ -109,32 +109,37 @@ pub struct Cursor {
 struct Win {
     window_ms: u64,
     delay_ms: u64,
-    /// Slots of the transaction count, the amount sum and the fraud count, where configured.
+    /// Slots of the event count, the measure sum and the label count, where configured.
     slots: [Option<usize>; 3],
+    /// Slots of the least and the greatest measure, where configured.
+    extrema: [Option<usize>; 2],
 }
 
 fn windows_of(accs: &[Acc]) -> Vec<Win> {
     let mut wins: Vec<Win> = Vec::new();
     for a in accs {
-        let k = match a.kind {
-            AccKind::TxCount => 0,
-            AccKind::AmountMicros => 1,
-            AccKind::FraudCount => 2,
-        };
-        match wins
-            .iter_mut()
-            .find(|w| w.window_ms == a.window_ms && w.delay_ms == a.delay_ms)
+        let at = match wins
+            .iter()
+            .position(|w| w.window_ms == a.window_ms && w.delay_ms == a.delay_ms)
         {
-            Some(w) => w.slots[k] = Some(a.slot),
+            Some(at) => at,
             None => {
-                let mut w = Win {
+                wins.push(Win {
                     window_ms: a.window_ms,
                     delay_ms: a.delay_ms,
                     slots: [None; 3],
-                };
-                w.slots[k] = Some(a.slot);
-                wins.push(w);
+                    extrema: [None; 2],
+                });
+                wins.len() - 1
             }
+        };
+        let w = &mut wins[at];
+        match a.kind {
+            AccKind::Count => w.slots[0] = Some(a.slot),
+            AccKind::Sum => w.slots[1] = Some(a.slot),
+            AccKind::Labels => w.slots[2] = Some(a.slot),
+            AccKind::Min => w.extrema[0] = Some(a.slot),
+            AccKind::Max => w.extrema[1] = Some(a.slot),
         }
     }
     wins
@@ -153,10 +158,12 @@ struct Acc {
 /// Which columns a stage's logs keep: only what its accumulators read.
 #[derive(Debug, Clone, Copy, Default)]
 struct Columns {
-    /// Amounts (a sum or mean of amounts).
+    /// Measures (a sum, mean, min or max of the stage's field).
     amounts: bool,
-    /// Transaction ids and fraud flags (fraud ratios: labels find their transaction).
+    /// Join ids and label flags (ratios: labels find their event).
     labels: bool,
+    /// Monotone queues for a min or a max.
+    extrema: bool,
 }
 
 /// One entry of an entity's log, 16 bytes: its time with the fraud flag in the top bit (event
@@ -197,6 +204,10 @@ pub struct EntityWindows {
     base: u64,
     /// Labels whose transaction is not in the log yet: tx id -> fraud flag.
     waiting_labels: Option<Box<IdMap<u64, u8>>>,
+    /// Per window, the sequence numbers of the window's candidates for its least (`2 w`) and
+    /// greatest (`2 w + 1`) measure, in increasing order with monotone measures (the sliding
+    /// window minimum's ascending-minima queue): empty unless the stage has a min or a max.
+    extrema: Vec<VecDeque<u64>>,
 }
 
 impl EntityWindows {
@@ -248,6 +259,9 @@ impl EntityWindows {
     /// Moves the cursors to `t`: the window sums as of `t`.
     #[inline]
     fn advance(&mut self, cursors: &mut [Cursor], wins: &[Win], cols: Columns, t: u64) {
+        if cols.extrema {
+            self.advance_extrema(cursors, wins, t);
+        }
         let base = self.base;
         let end = base + self.log.len() as u64;
         let log = &self.log;
@@ -299,6 +313,65 @@ impl EntityWindows {
                 self.log.shrink_to(keep);
                 self.ids.shrink_to(keep);
             }
+        }
+    }
+
+    /// Moves the min and max queues to `t`, before [`Self::advance`] moves the cursors: an
+    /// entry entering a window drops the candidates it dominates from the back of the queue; a
+    /// candidate the window's tail passed leaves from the front.
+    #[cold]
+    fn advance_extrema(&mut self, cursors: &[Cursor], wins: &[Win], t: u64) {
+        if self.extrema.len() < 2 * wins.len() {
+            self.extrema.resize(2 * wins.len(), VecDeque::new());
+        }
+        let base = self.base;
+        let end = base + self.log.len() as u64;
+        let log = &self.log;
+        let value = |seq: u64| log[(seq - base) as usize].value as i64;
+        for (k, (c, w)) in cursors.iter().zip(wins).enumerate() {
+            let Some(upto) = t.checked_sub(w.delay_ms) else {
+                continue;
+            };
+            let gone = upto.checked_sub(w.window_ms);
+            let mut head = c.head;
+            let mut tail = c.tail;
+            while head < end && log[(head - base) as usize].time() <= upto {
+                let v = value(head);
+                for (side, slot) in w.extrema.iter().enumerate() {
+                    if slot.is_some() {
+                        let q = &mut self.extrema[2 * k + side];
+                        // Min: drop candidates >= v; max: <= v.
+                        while q
+                            .back()
+                            .is_some_and(|&b| if side == 0 { value(b) >= v } else { value(b) <= v })
+                        {
+                            q.pop_back();
+                        }
+                        q.push_back(head);
+                    }
+                }
+                head += 1;
+            }
+            if let Some(gone) = gone {
+                while tail < head && log[(tail - base) as usize].time() <= gone {
+                    tail += 1;
+                }
+            }
+            for side in 0..2 {
+                let q = &mut self.extrema[2 * k + side];
+                while q.front().is_some_and(|&f| f < tail) {
+                    q.pop_front();
+                }
+            }
+        }
+    }
+
+    /// The least (`side` 0) or greatest (1) measure in window `k`, micro-units (0 if empty).
+    #[inline]
+    fn extreme(&self, k: usize, side: usize) -> i128 {
+        match self.extrema.get(2 * k + side).and_then(|q| q.front()) {
+            Some(&seq) => self.log[(seq - self.base) as usize].value as i64 as i128,
+            None => 0,
         }
     }
 
@@ -542,32 +615,15 @@ fn prefetch<T>(p: *const T) {
     let _ = p;
 }
 
-/// A transaction on its way through the stages: its feature values fill as it goes.
+/// An event on its way through the stages: its feature values (`row.values`, `[n_features]
+/// f64`) fill as it goes, the per-event ones from the start, the windowed ones once their
+/// stage has read them.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StagedRow {
-    /// Identity and lineage.
-    pub meta: RowMeta,
-    /// The transaction.
-    pub tx: Transaction,
+    /// The event.
+    pub row: EventRow,
     /// Its processing time: event time, raised to the timely time it arrived at if late, ms.
     pub t: u64,
-    /// Feature values in the spec's column order, `[n_features] f64`: the per-transaction ones
-    /// from the start, the windowed ones once their stage has read them.
-    pub values: Vec<f64>,
-}
-
-fn entity_id(e: Entity, tx: &Transaction) -> u64 {
-    match e {
-        Entity::Customer => tx.customer_id,
-        Entity::Terminal => tx.terminal_id,
-    }
-}
-
-fn label_entity(e: Entity, l: &Label) -> u64 {
-    match e {
-        Entity::Customer => l.customer_id,
-        Entity::Terminal => l.terminal_id,
-    }
 }
 
 fn spread(id: u64) -> u64 {
@@ -583,8 +639,8 @@ struct Out {
     win: usize,
 }
 
-/// The columns of `spec` whose accumulators are of `entity`, against the stage's windows.
-fn outputs_of(spec: &FeatureSpec, entity: Entity, wins: &[Win]) -> Vec<Out> {
+/// The columns of `spec` whose accumulators are of stage `stage`, against its windows.
+fn outputs_of(spec: &FeatureSpec, stage: usize, wins: &[Win]) -> Vec<Out> {
     let mut outs = Vec::new();
     for (column, c) in spec.columns().iter().enumerate() {
         let Column::Windowed {
@@ -594,7 +650,7 @@ fn outputs_of(spec: &FeatureSpec, entity: Entity, wins: &[Win]) -> Vec<Out> {
             continue;
         };
         let a = spec.accumulators()[*numerator];
-        if a.entity != entity {
+        if a.stage != stage {
             continue;
         }
         let win = wins
@@ -610,15 +666,17 @@ fn outputs_of(spec: &FeatureSpec, entity: Entity, wins: &[Win]) -> Vec<Out> {
     outs
 }
 
-/// Writes the stage's columns of a row from its entity's cursors.
+/// Writes the stage's columns of a row from its entity's cursors (and min/max queues).
 #[inline]
-fn write_values(outs: &[Out], cursors: &[Cursor], values: &mut [f64]) {
+fn write_values(outs: &[Out], w: &EntityWindows, cursors: &[Cursor], values: &mut [f64]) {
     for o in outs {
         let s = &cursors[o.win].sums;
         let num = match o.aggregation {
             Aggregation::Count => s[0],
             Aggregation::Sum | Aggregation::Mean => s[1],
-            Aggregation::FraudRatio => s[2],
+            Aggregation::Ratio => s[2],
+            Aggregation::Min => w.extreme(o.win, 0),
+            Aggregation::Max => w.extreme(o.win, 1),
         };
         values[o.column] = windowed_value(o.aggregation, num, s[0]);
     }
@@ -641,25 +699,25 @@ pub struct Snapshots {
 pub fn stage_definitions(spec: &FeatureSpec) -> BTreeMap<String, String> {
     stage_accs(spec)
         .into_iter()
-        .map(|(entity, accs)| (format!("{entity:?}"), definition_of(&accs)))
+        .map(|(stage, accs)| (spec.stages()[stage].name.clone(), definition_of(&accs)))
         .collect()
 }
 
 fn definition_of(accs: &[Acc]) -> String {
     let wins: Vec<(u64, u64)> = windows_of(accs).iter().map(|w| (w.window_ms, w.delay_ms)).collect();
     let kinds: Vec<String> = accs.iter().map(|a| format!("{:?}", a.kind)).collect();
-    format!("v1 windows {wins:?} kinds {kinds:?}")
+    format!("v2 windows {wins:?} kinds {kinds:?}")
 }
 
-/// The stages of `spec`: each entity kind with its accumulators, in order.
-fn stage_accs(spec: &FeatureSpec) -> Vec<(Entity, Vec<Acc>)> {
+/// The stages of `spec` (by index) with their accumulators, in order.
+fn stage_accs(spec: &FeatureSpec) -> Vec<(usize, Vec<Acc>)> {
     let mut out = Vec::new();
-    for entity in [Entity::Customer, Entity::Terminal] {
+    for stage in 0..spec.stages().len() {
         let accs: Vec<Acc> = spec
             .accumulators()
             .iter()
             .enumerate()
-            .filter(|(_, a)| a.entity == entity)
+            .filter(|(_, a)| a.stage == stage)
             .map(|(slot, a)| Acc {
                 slot,
                 kind: a.kind,
@@ -668,7 +726,7 @@ fn stage_accs(spec: &FeatureSpec) -> Vec<(Entity, Vec<Acc>)> {
             })
             .collect();
         if !accs.is_empty() {
-            out.push((entity, accs));
+            out.push((stage, accs));
         }
     }
     out
@@ -709,19 +767,19 @@ impl SnapshotClock {
     }
 }
 
-/// One stage: the windows of entity kind `entity` for the accumulators `accs`, filling the
-/// columns `outs`.
+/// One stage: the windows of stage `entity` (index into [`FeatureSpec::stages`]) for the
+/// accumulators `accs`, filling their columns.
 fn stage<'s>(
     rows: StreamVec<'s, u64, StagedRow>,
-    labels: Option<StreamVec<'s, u64, Label>>,
-    entity: Entity,
+    labels: Option<StreamVec<'s, u64, LabelRow>>,
+    entity: usize,
     accs: Vec<Acc>,
     spec: &FeatureSpec,
     snapshots: &Snapshots,
     stages: usize,
 ) -> StreamVec<'s, u64, StagedRow> {
-    let name = format!("KeyedWindows({entity:?})");
-    let stage_name = format!("{entity:?}");
+    let stage_name = spec.stages()[entity].name.clone();
+    let name = format!("KeyedWindows({stage_name})");
     let definition = definition_of(&accs);
     let (index, peers) = (rows.scope().index(), rows.scope().peers());
     let restore = snapshots.restore.clone();
@@ -740,13 +798,16 @@ fn stage<'s>(
     });
     let lookback = accs.iter().map(|a| a.window_ms + a.delay_ms).max().unwrap_or(0);
     let cols = Columns {
-        amounts: accs.iter().any(|a| a.kind == AccKind::AmountMicros),
-        labels: accs.iter().any(|a| a.kind == AccKind::FraudCount),
+        amounts: accs
+            .iter()
+            .any(|a| matches!(a.kind, AccKind::Sum | AccKind::Min | AccKind::Max)),
+        labels: accs.iter().any(|a| a.kind == AccKind::Labels),
+        extrema: accs.iter().any(|a| matches!(a.kind, AccKind::Min | AccKind::Max)),
     };
     let wins = windows_of(&accs);
     let outs = outputs_of(spec, entity, &wins);
-    let route_rows = Exchange::new(move |r: &StagedRow| spread(entity_id(entity, &r.tx)));
-    let route_labels = Exchange::new(move |l: &Label| spread(label_entity(entity, l)));
+    let route_rows = Exchange::new(move |r: &StagedRow| spread(r.row.keys[entity]));
+    let route_labels = Exchange::new(move |l: &LabelRow| spread(l.keys[entity]));
     // A stage without labels reads an empty label stream (its frontier is then the rows'): not
     // one derived from the rows, which would clone every row batch for nothing.
     let labels = match labels {
@@ -792,7 +853,7 @@ fn stage<'s>(
             // Rows and labels waiting for the frontier, with their processing time, and
             // whether each buffer is still in time order.
             let mut rows_pending: Vec<StagedRow> = Vec::new();
-            let mut labels_pending: Vec<(u64, Label)> = Vec::new();
+            let mut labels_pending: Vec<(u64, LabelRow)> = Vec::new();
             // The least time any pending row may be emitted at.
             let mut held: Option<Capability<u64>> = None;
             let mut last_frontier = 0u64;
@@ -838,9 +899,9 @@ fn stage<'s>(
                 // Each row's and label's slot first (the index stays in cache), so that the loop
                 // below can prefetch the state of the rows a few ahead.
                 row_slots.clear();
-                row_slots.extend(rows_now.iter().map(|r| state.slot(entity_id(entity, &r.tx))));
+                row_slots.extend(rows_now.iter().map(|r| state.slot(r.row.keys[entity])));
                 label_slots.clear();
-                label_slots.extend(labels_now.iter().map(|(_, l)| state.slot(label_entity(entity, l))));
+                label_slots.extend(labels_now.iter().map(|(_, l)| state.slot(l.keys[entity])));
                 let ahead = |state: &StageState, slots: &[u32], i: usize| {
                     if let Some(s) = slots.get(i + 2 * PREFETCH_DISTANCE) {
                         state.prefetch_slot(*s);
@@ -862,10 +923,10 @@ fn stage<'s>(
                         // already passes (rows: their scores were delivered before the restart,
                         // the score gate acknowledges them) or is dropped (labels).
                         while li < labels_now.len() && labels_now[li].0 == t {
-                            let l = labels_now[li].1;
-                            if t >= cut_of(label_entity(entity, &l)) {
+                            let l = &labels_now[li].1;
+                            if t >= cut_of(l.keys[entity]) {
                                 let (w, c) = state.parts(label_slots[li]);
-                                w.label(c, cols, l.tx_id, l.tx_time_ms.max(0) as u64, l.tx_fraud.min(1), t, lookback);
+                                w.label(c, cols, l.join, l.event_time_ms.max(0) as u64, l.label.min(1), t, lookback);
                             }
                             li += 1;
                         }
@@ -873,19 +934,19 @@ fn stage<'s>(
                         while i < rows_now.len() && rows_now[i].t == t {
                             i += 1;
                         }
-                        let fresh = |r: &StagedRow| t >= cut_of(entity_id(entity, &r.tx));
+                        let fresh = |r: &StagedRow| t >= cut_of(r.row.keys[entity]);
                         for j in first..i {
                             let r = &rows_now[j];
                             if fresh(r) {
                                 let (w, _) = state.parts(row_slots[j]);
-                                w.insert(cols, t, amount_micros(r.tx.amount), r.tx.tx_id);
+                                w.insert(cols, t, r.row.measures[entity], r.row.join);
                             }
                         }
                         for j in first..i {
                             if fresh(&rows_now[j]) {
                                 let (w, c) = state.parts(row_slots[j]);
                                 w.advance(c, &wins, cols, t);
-                                write_values(&outs, c, &mut rows_now[j].values);
+                                write_values(&outs, w, c, &mut rows_now[j].row.values);
                             }
                         }
                         continue;
@@ -896,9 +957,9 @@ fn stage<'s>(
                     applied_below = t + 1;
                     while li < labels_now.len() && labels_now[li].0 == t {
                         ahead(&state, &label_slots, li);
-                        let l = labels_now[li].1;
+                        let l = &labels_now[li].1;
                         let (w, c) = state.parts(label_slots[li]);
-                        w.label(c, cols, l.tx_id, l.tx_time_ms.max(0) as u64, l.tx_fraud.min(1), t, lookback);
+                        w.label(c, cols, l.join, l.event_time_ms.max(0) as u64, l.label.min(1), t, lookback);
                         li += 1;
                     }
                     let first = i;
@@ -910,21 +971,21 @@ fn stage<'s>(
                         ahead(&state, &row_slots, first);
                         let r = &mut rows_now[first];
                         let (w, c) = state.parts(row_slots[first]);
-                        w.insert(cols, t, amount_micros(r.tx.amount), r.tx.tx_id);
+                        w.insert(cols, t, r.row.measures[entity], r.row.join);
                         w.advance(c, &wins, cols, t);
-                        write_values(&outs, c, &mut r.values);
+                        write_values(&outs, w, c, &mut r.row.values);
                     } else if i > first {
                         for j in first..i {
                             let r = &rows_now[j];
                             let (w, _) = state.parts(row_slots[j]);
                             // Logged at its processing time: a late row counts where processed.
-                            w.insert(cols, t, amount_micros(r.tx.amount), r.tx.tx_id);
+                            w.insert(cols, t, r.row.measures[entity], r.row.join);
                         }
                         for j in first..i {
                             ahead(&state, &row_slots, j);
                             let (w, c) = state.parts(row_slots[j]);
                             w.advance(c, &wins, cols, t);
-                            write_values(&outs, c, &mut rows_now[j].values);
+                            write_values(&outs, w, c, &mut rows_now[j].row.values);
                         }
                     }
                 }
@@ -959,15 +1020,16 @@ fn stage<'s>(
     )
 }
 
-/// Computes the feature vectors of `txs` under `spec` with the keyed window operator, with
-/// fraud `labels` if the spec needs them. Each transaction is emitted at its processing time
-/// (event time, raised to its message's timely time if late) once the frontier has passed it.
+/// Computes the feature vectors of `txs` ([`FeatureSpec::event_row`]) under `spec` with the
+/// keyed window operator, with `labels` if the spec needs them. Each event is emitted at its
+/// processing time (event time, raised to its message's timely time if late) once the frontier
+/// has passed it.
 ///
 /// # Panics
 /// If the spec needs labels and `labels` is `None`: a topology validates this at start-up.
 pub fn keyed_features<'s>(
-    txs: StreamVec<'s, u64, (RowMeta, Transaction)>,
-    labels: Option<StreamVec<'s, u64, Label>>,
+    txs: StreamVec<'s, u64, EventRow>,
+    labels: Option<StreamVec<'s, u64, LabelRow>>,
     spec: FeatureSpec,
     snapshots: &Snapshots,
 ) -> StreamVec<'s, u64, FeatureValues> {
@@ -975,23 +1037,21 @@ pub fn keyed_features<'s>(
         !spec.needs_labels() || labels.is_some(),
         "feature spec needs a labels stream"
     );
-    let start_spec = spec.clone();
-    let mut rows = txs.map(move |(meta, tx)| StagedRow {
-        t: meta.event_time_ms.max(0) as u64,
-        values: start_spec.builtin_values(tx.tx_time_ms, tx.amount),
-        meta,
-        tx,
+    let mut rows = txs.map(move |row| StagedRow {
+        t: row.meta.event_time_ms.max(0) as u64,
+        row,
     });
     let stages = stage_accs(&spec);
     let n_stages = stages.len();
     for (entity, accs) in stages {
-        let needs_labels = accs.iter().any(|a| a.kind == AccKind::FraudCount);
+        let needs_labels = accs.iter().any(|a| a.kind == AccKind::Labels);
         let l = if needs_labels { labels.clone() } else { None };
         rows = stage(rows, l, entity, accs, &spec, snapshots, n_stages);
     }
     rows.map(|r| FeatureValues {
-        values: r.values,
-        meta: r.meta,
+        values: r.row.values,
+        keys: r.row.keys,
+        meta: r.row.meta,
         time: r.t,
     })
 }
@@ -1004,13 +1064,13 @@ mod tests {
         vec![
             Acc {
                 slot: 0,
-                kind: AccKind::TxCount,
+                kind: AccKind::Count,
                 window_ms: 10,
                 delay_ms: 5,
             },
             Acc {
                 slot: 1,
-                kind: AccKind::FraudCount,
+                kind: AccKind::Labels,
                 window_ms: 10,
                 delay_ms: 5,
             },
@@ -1024,6 +1084,7 @@ mod tests {
     const COLS: Columns = Columns {
         amounts: false,
         labels: true,
+        extrema: false,
     };
 
     #[test]

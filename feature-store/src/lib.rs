@@ -1,20 +1,21 @@
 //! The feature store: one definition of each feature serves live scoring, backfills and training
 //! sets.
 //!
-//! - [`definition`]: per-transaction features (amount, hour, weekend, night) and per-entity
-//!   windowed aggregates (count, sum, mean, fraud ratio over a window, optionally delayed), with
+//! - [`definition`]: features over a declared event schema: per-event ones (a field as is,
+//!   time parts, one-hot and mapped categoricals) and per-entity windowed aggregates (count,
+//!   sum, mean, min, max of a field, ratio of a label, over a window, optionally delayed), with
 //!   their exact window semantics;
 //! - [`keyed`]: the keyed window operator that maintains them, point-in-time correct: per
-//!   entity a compact time-ordered log and running sums with one eviction cursor per window; a
-//!   transaction's features are its entities' aggregates as of its event time, emitted once the
+//!   entity a compact time-ordered log and running sums with one eviction cursor per window; an
+//!   event's features are its entities' aggregates as of its event time, emitted once the
 //!   frontier has passed that time;
 //! - [`windows`]: the entry point ([`windowed_features`]) the topologies use.
 //!
 //! ```
-//! use weir_feature_store::definition::{handbook_features, FeatureSpec};
-//! let spec = FeatureSpec::new(&["amount", "customer_id_nb_tx_7day_window"], &handbook_features()).unwrap();
+//! use weir_feature_store::definition::handbook_spec;
+//! let spec = handbook_spec(&["amount", "customer_id_nb_tx_7day_window"]).unwrap();
 //! assert!(spec.is_windowed() && !spec.needs_labels());
-//! assert!(FeatureSpec::new(&["amount", "velocity"], &handbook_features()).is_err());
+//! assert!(handbook_spec(&["amount", "velocity"]).is_err());
 //! ```
 #![deny(missing_docs)]
 
@@ -23,7 +24,10 @@ pub mod keyed;
 pub mod snapshot;
 pub mod windows;
 
-pub use definition::{handbook_features, Aggregation, Entity, Feature, FeatureSpec, WindowedFeature};
+pub use definition::{
+    handbook_features, handbook_fields, handbook_spec, Aggregation, EventRow, FeatureDef, FeatureKind, FeatureSpec,
+    FieldInfo, FieldKind, LabelRow, TimePart,
+};
 pub use windows::{windowed_features, windowed_features_with, FeatureValues};
 
 /// Errors in feature definitions.
@@ -40,13 +44,17 @@ pub enum FeatureError {
     /// The same feature listed or defined twice.
     #[error("feature `{0}` listed or defined twice")]
     Duplicate(String),
-    /// A windowed feature with a zero window.
-    #[error("feature[{index}] (`{name}`): window must be greater than 0")]
-    ZeroWindow {
+    /// A `[[feature]]` entry that is incomplete or contradicts the schema, naming the key.
+    #[error("feature[{index}] (`{name}`): `{key}` {detail}")]
+    Field {
         /// Index in the `[[feature]]` list.
         index: usize,
         /// Its name.
         name: String,
+        /// The key at fault (`entity`, `of`, `field`, `window`, ...).
+        key: &'static str,
+        /// What is wrong.
+        detail: String,
     },
     /// No features.
     #[error("no features configured")]

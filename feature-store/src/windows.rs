@@ -1,7 +1,7 @@
 //! Windowed per-entity features: the entry point shared by scoring, backfills, training-set
 //! export and the benchmarks.
 //!
-//! Transactions without windowed features get their per-transaction values at once. Otherwise
+//! Events without windowed features keep their per-event values ([`FeatureSpec::event_row`]). Otherwise
 //! the keyed window operator ([`crate::keyed`]) computes them: exchanged by entity, a compact
 //! time-ordered log per entity and running sums with an eviction cursor per window, processed in
 //! event-time order once the frontier has passed, so a live run, a restart and a replay compute
@@ -16,15 +16,15 @@
 
 use timely::dataflow::operators::vec::Map;
 use timely::dataflow::StreamVec;
-use weir_core::{Label, RowMeta, Transaction};
+use weir_core::RowMeta;
 
-use crate::definition::FeatureSpec;
+use crate::definition::{EventRow, FeatureSpec, LabelRow};
 use crate::keyed::Snapshots;
 
-/// A transaction's feature vector, `[n_features] f64` in the spec's column order.
+/// An event's feature vector, `[n_features] f64` in the spec's column order.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct FeatureValues {
-    /// Identity and lineage of the transaction.
+    /// Identity and lineage of the event.
     pub meta: RowMeta,
     /// Its processing time, ms: the event time its windows were read at (raised to its
     /// message's timely time if late). Rows are emitted at coarse timely times (an epoch at or
@@ -33,6 +33,8 @@ pub struct FeatureValues {
     pub time: u64,
     /// Feature values in column order.
     pub values: Vec<f64>,
+    /// The event's entity key per stage ([`FeatureSpec::stages`] order).
+    pub keys: smallvec::SmallVec<[u64; 2]>,
 }
 
 /// Computes the feature vectors of `txs` under `spec`, with fraud `labels` if the spec needs
@@ -44,8 +46,8 @@ pub struct FeatureValues {
 /// # Panics
 /// If the spec needs labels and `labels` is `None`: a topology validates this at start-up.
 pub fn windowed_features<'s>(
-    txs: StreamVec<'s, u64, (RowMeta, Transaction)>,
-    labels: Option<StreamVec<'s, u64, Label>>,
+    txs: StreamVec<'s, u64, EventRow>,
+    labels: Option<StreamVec<'s, u64, LabelRow>>,
     spec: FeatureSpec,
 ) -> StreamVec<'s, u64, FeatureValues> {
     windowed_features_with(txs, labels, spec, &Snapshots::default())
@@ -55,16 +57,17 @@ pub fn windowed_features<'s>(
 /// interval where `snapshots.settings` says, and restored from `snapshots.restore` (see
 /// [`crate::snapshot`]).
 pub fn windowed_features_with<'s>(
-    txs: StreamVec<'s, u64, (RowMeta, Transaction)>,
-    labels: Option<StreamVec<'s, u64, Label>>,
+    txs: StreamVec<'s, u64, EventRow>,
+    labels: Option<StreamVec<'s, u64, LabelRow>>,
     spec: FeatureSpec,
     snapshots: &Snapshots,
 ) -> StreamVec<'s, u64, FeatureValues> {
     if !spec.is_windowed() {
-        return txs.map(move |(meta, tx)| FeatureValues {
-            values: spec.values(tx.tx_time_ms, tx.amount, &[]),
-            time: meta.event_time_ms.max(0) as u64,
-            meta,
+        return txs.map(move |row| FeatureValues {
+            time: row.meta.event_time_ms.max(0) as u64,
+            values: row.values,
+            keys: row.keys,
+            meta: row.meta,
         });
     }
     crate::keyed::keyed_features(txs, labels, spec, snapshots)

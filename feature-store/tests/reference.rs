@@ -11,7 +11,51 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use timely::dataflow::operators::vec::Input;
 use timely::dataflow::operators::{Inspect, Probe};
-use weir_core::{Label, Lineage, RowMeta, Transaction};
+use weir_core::{EventId, Lineage, RowMeta};
+use weir_feature_store::definition::{handbook_label, handbook_spec, handbook_values, EventRow, LabelRow};
+use weir_simulator::Transaction;
+
+/// A handbook label, as the simulator's feed carries it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Label {
+    tx_id: u64,
+    tx_time_ms: i64,
+    customer_id: u64,
+    terminal_id: u64,
+    tx_fraud: u8,
+    available_at_ms: i64,
+}
+
+fn event_row(spec: &FeatureSpec, tx: &Transaction) -> EventRow {
+    let meta = RowMeta {
+        lineage: Lineage {
+            partition: 0,
+            offset: tx.tx_id as i64,
+        },
+        id: EventId::Int(tx.tx_id as i64),
+        event_time_ms: tx.tx_time_ms,
+        read_at_us: 0,
+    };
+    spec.event_row(
+        meta,
+        &handbook_values(tx.tx_id, tx.tx_time_ms, tx.customer_id, tx.terminal_id, tx.amount),
+    )
+    .unwrap()
+}
+
+fn label_row(spec: &FeatureSpec, l: &Label) -> LabelRow {
+    handbook_label(
+        spec,
+        l.tx_id,
+        l.tx_time_ms,
+        l.customer_id,
+        l.terminal_id,
+        l.tx_fraud,
+        l.available_at_ms,
+    )
+}
+#[allow(unused_imports)]
+use weir_feature_store::definition::FeatureKind;
 use weir_feature_store::definition::{handbook_features, FeatureSpec};
 use weir_feature_store::{windowed_features, FeatureValues};
 use weir_simulator::{SimConfig, Simulator, DAY_MS};
@@ -61,7 +105,12 @@ fn names() -> Vec<String> {
         "tx_during_weekend".into(),
         "tx_during_night".into(),
     ];
-    n.extend(handbook_features().into_iter().map(|f| f.name));
+    n.extend(
+        handbook_features()
+            .into_iter()
+            .filter(|f| f.kind == FeatureKind::Window)
+            .map(|f| f.name),
+    );
     n
 }
 
@@ -137,16 +186,17 @@ fn weir(data: &Data, workers: usize, shuffle: bool) -> HashMap<u64, Vec<f64>> {
         .collect();
     arrivals.sort_by_key(|(k, _)| *k);
     let arrivals = Arc::new(arrivals);
-    let spec = FeatureSpec::new(&names(), &handbook_features()).unwrap();
+    let spec = handbook_spec(&names()).unwrap();
     let results: Arc<Mutex<Vec<FeatureValues>>> = Arc::default();
     let r2 = results.clone();
     timely::execute(timely::Config::process(workers), move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
         let results = r2.clone();
         let spec = spec.clone();
+        let spec2 = spec.clone();
         let (mut tx_in, mut label_in, probe) = worker.dataflow::<u64, _, _>(|scope| {
-            let (tx_in, txs) = scope.new_input::<(RowMeta, Transaction)>();
-            let (label_in, labels) = scope.new_input::<Label>();
+            let (tx_in, txs) = scope.new_input::<EventRow>();
+            let (label_in, labels) = scope.new_input::<LabelRow>();
             let (probe, _) = windowed_features(txs, Some(labels), spec)
                 .inspect(move |fv| results.lock().unwrap().push(fv.clone()))
                 .probe();
@@ -161,19 +211,8 @@ fn weir(data: &Data, workers: usize, shuffle: bool) -> HashMap<u64, Vec<f64>> {
             }
             if i % peers == index {
                 match a {
-                    Arrival::Tx(tx) => {
-                        let meta = RowMeta {
-                            lineage: Lineage {
-                                partition: 0,
-                                offset: tx.tx_id as i64,
-                            },
-                            tx_id: tx.tx_id,
-                            event_time_ms: tx.tx_time_ms,
-                            read_at_us: 0,
-                        };
-                        tx_in.send((meta, tx.clone()));
-                    }
-                    Arrival::Label(l) => label_in.send(*l),
+                    Arrival::Tx(tx) => tx_in.send(event_row(&spec2, tx)),
+                    Arrival::Label(l) => label_in.send(label_row(&spec2, l)),
                 }
             }
             if i % 2000 == 0 {
@@ -189,7 +228,10 @@ fn weir(data: &Data, workers: usize, shuffle: bool) -> HashMap<u64, Vec<f64>> {
     .unwrap();
     let out = std::mem::take(&mut *results.lock().unwrap());
     let n = out.len();
-    let map: HashMap<u64, Vec<f64>> = out.into_iter().map(|fv| (fv.meta.tx_id, fv.values)).collect();
+    let map: HashMap<u64, Vec<f64>> = out
+        .into_iter()
+        .map(|fv| (fv.meta.id.as_int().unwrap() as u64, fv.values))
+        .collect();
     assert_eq!(map.len(), n, "one feature vector per transaction");
     map
 }

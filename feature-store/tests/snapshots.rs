@@ -9,7 +9,51 @@ use std::sync::{Arc, Mutex};
 
 use timely::dataflow::operators::vec::Input;
 use timely::dataflow::operators::{Inspect, Probe};
-use weir_core::{Label, Lineage, RowMeta, Transaction};
+use weir_core::{EventId, Lineage, RowMeta};
+use weir_feature_store::definition::{handbook_label, handbook_spec, handbook_values, EventRow, LabelRow};
+use weir_simulator::Transaction;
+
+/// A handbook label, as the simulator's feed carries it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Label {
+    tx_id: u64,
+    tx_time_ms: i64,
+    customer_id: u64,
+    terminal_id: u64,
+    tx_fraud: u8,
+    available_at_ms: i64,
+}
+
+fn event_row(spec: &FeatureSpec, tx: &Transaction) -> EventRow {
+    let meta = RowMeta {
+        lineage: Lineage {
+            partition: 0,
+            offset: tx.tx_id as i64,
+        },
+        id: EventId::Int(tx.tx_id as i64),
+        event_time_ms: tx.tx_time_ms,
+        read_at_us: 0,
+    };
+    spec.event_row(
+        meta,
+        &handbook_values(tx.tx_id, tx.tx_time_ms, tx.customer_id, tx.terminal_id, tx.amount),
+    )
+    .unwrap()
+}
+
+fn label_row(spec: &FeatureSpec, l: &Label) -> LabelRow {
+    handbook_label(
+        spec,
+        l.tx_id,
+        l.tx_time_ms,
+        l.customer_id,
+        l.terminal_id,
+        l.tx_fraud,
+        l.available_at_ms,
+    )
+}
+#[allow(unused_imports)]
+use weir_feature_store::definition::FeatureKind;
 use weir_feature_store::definition::{handbook_features, FeatureSpec};
 use weir_feature_store::keyed::{stage_definitions, Snapshots};
 use weir_feature_store::snapshot::{SnapshotSettings, SnapshotStats, SnapshotStore};
@@ -50,7 +94,7 @@ fn arrivals() -> Vec<(i64, Result<Transaction, Label>)> {
 
 fn spec() -> FeatureSpec {
     let names: Vec<String> = handbook_features().into_iter().map(|f| f.name).collect();
-    FeatureSpec::new(&names, &handbook_features()).unwrap()
+    handbook_spec(&names).unwrap()
 }
 
 /// Runs the feature store over the arrivals at or after `from_ms` with `workers` workers; returns
@@ -67,12 +111,12 @@ fn run(
     timely::execute(timely::Config::process(workers), move |worker| {
         let (o, snapshots) = (o.clone(), snapshots.clone());
         let (mut txs, mut labels, probe) = worker.dataflow::<u64, _, _>(|scope| {
-            let (txs_in, txs) = scope.new_input::<(RowMeta, Transaction)>();
-            let (labels_in, labels) = scope.new_input::<Label>();
+            let (txs_in, txs) = scope.new_input::<EventRow>();
+            let (labels_in, labels) = scope.new_input::<LabelRow>();
             let (probe, _) = windowed_features_with(txs, Some(labels), spec(), &snapshots)
                 .inspect(move |fv| {
                     o.lock().unwrap().insert(
-                        fv.meta.tx_id,
+                        fv.meta.id.as_int().unwrap() as u64,
                         fv.values.iter().map(|v| v.to_bits()).collect::<Vec<u64>>(),
                     );
                 })
@@ -88,19 +132,8 @@ fn run(
                     worker.step();
                 }
                 match a {
-                    Ok(tx) => txs.send((
-                        RowMeta {
-                            lineage: Lineage {
-                                partition: 0,
-                                offset: tx.tx_id as i64,
-                            },
-                            tx_id: tx.tx_id,
-                            event_time_ms: tx.tx_time_ms,
-                            read_at_us: 0,
-                        },
-                        tx.clone(),
-                    )),
-                    Err(l) => labels.send(*l),
+                    Ok(tx) => txs.send(event_row(&spec(), tx)),
+                    Err(l) => labels.send(label_row(&spec(), l)),
                 }
             }
         }
@@ -152,7 +185,7 @@ fn a_run_restored_from_a_snapshot_computes_what_an_uninterrupted_run_does() {
         if write_workers > 1 {
             // Cuts that differ by worker and stage (as when a crash comes between two workers'
             // writes): the newest files of one worker of each stage are gone.
-            for f in ["Customer-1-of-3.snap", "Terminal-2-of-3.snap"] {
+            for f in ["customer_id-1-of-3.snap", "terminal_id-2-of-3.snap"] {
                 std::fs::remove_file(dir.path().join(format!("cut-{:020}", cuts[0])).join(f)).unwrap();
             }
         }
@@ -213,7 +246,11 @@ fn a_corrupt_or_foreign_newest_snapshot_is_skipped_for_the_previous_one() {
     let defs = stage_definitions(&spec());
     assert_eq!(store.load_latest(u64::MAX, &defs).unwrap().cut_ms, cuts[0]);
     // Flip one byte in the middle of worker 0's newest file of a stage.
-    let file = |cut: u64| dir.path().join(format!("cut-{cut:020}")).join("Customer-0-of-2.snap");
+    let file = |cut: u64| {
+        dir.path()
+            .join(format!("cut-{cut:020}"))
+            .join("customer_id-0-of-2.snap")
+    };
     let newest = file(cuts[0]);
     let mut bytes = std::fs::read(&newest).unwrap();
     let mid = bytes.len() / 2;
@@ -227,8 +264,8 @@ fn a_corrupt_or_foreign_newest_snapshot_is_skipped_for_the_previous_one() {
         (cuts[1], cuts[0]),
         "that worker falls back to its previous file, the others keep their newest"
     );
-    assert_eq!(r.stages["Customer"].parts[0].cut_ms, cuts[1]);
-    assert_eq!(r.stages["Customer"].parts[1].cut_ms, cuts[0]);
+    assert_eq!(r.stages["customer_id"].parts[0].cut_ms, cuts[1]);
+    assert_eq!(r.stages["customer_id"].parts[1].cut_ms, cuts[0]);
     // A truncated file (a partial write) is skipped as well.
     let second = file(cuts[1]);
     let len = std::fs::metadata(&second).unwrap().len();
@@ -245,9 +282,10 @@ fn a_corrupt_or_foreign_newest_snapshot_is_skipped_for_the_previous_one() {
     );
     // Other feature definitions (a 2-day window instead of 1): never loaded.
     let mut other = handbook_features();
-    other[0].window = std::time::Duration::from_secs(2 * 86_400);
+    let first = other.iter().position(|f| f.kind == FeatureKind::Window).unwrap();
+    other[first].window = Some(std::time::Duration::from_secs(2 * 86_400));
     let names: Vec<String> = other.iter().map(|f| f.name.clone()).collect();
-    let other_spec = FeatureSpec::new(&names, &other).unwrap();
+    let other_spec = FeatureSpec::new(&names, &other, &weir_feature_store::handbook_fields(), Some(1)).unwrap();
     assert!(store.load_latest(u64::MAX, &stage_definitions(&other_spec)).is_none());
     // A stage's worker without a usable file: its entities' state is unknown, nothing loads.
     std::fs::remove_file(file(cuts[2])).unwrap();

@@ -394,16 +394,16 @@ impl Scorer for OnnxScorer {
 }
 
 /// The dead letter of one row that could not be scored or written: its features (`[n_features]
-/// f32`, model order) and `tx_id` as JSON, since the original event is no longer held.
+/// f32`, model order) and its id as JSON (`id`, as it came), since the original event is no longer held.
 fn row_letter(meta: &weir_core::RowMeta, features: &[f32], reason: &str, detail: String) -> DeadLetter {
     DeadLetter {
         lineage: meta.lineage,
         reason: reason.into(),
         detail,
-        key: Some(meta.tx_id.to_string().into_bytes()),
+        key: Some(meta.id.to_string().into_bytes()),
         payload: Some(
             serde_json::to_vec(&serde_json::json!({
-                "tx_id": meta.tx_id,
+                "id": meta.id,
                 "event_time_ms": meta.event_time_ms,
                 "features": features.iter().map(|f| if f.is_finite() { serde_json::json!(f) } else { serde_json::json!(f.to_string()) }).collect::<Vec<_>>(),
             }))
@@ -464,10 +464,10 @@ pub fn deliver(
     let (mut rows, mut good) = (Vec::with_capacity(batch.len()), Vec::with_capacity(batch.len()));
     for ((meta, features), score) in batch.rows.iter().zip(batch.features.rows()).zip(&scores) {
         if score.is_finite() {
-            rows.push(*meta);
+            rows.push(meta.clone());
             good.push(*score);
         } else {
-            tracing::warn!(tx_id = meta.tx_id, partition = meta.lineage.partition, offset = meta.lineage.offset, score = %score, "non-finite score dead-lettered");
+            tracing::warn!(id = %meta.id, partition = meta.lineage.partition, offset = meta.lineage.offset, score = %score, "non-finite score dead-lettered");
             letter_out(row_letter(
                 meta,
                 &features.to_vec(),
@@ -577,7 +577,11 @@ mod tests {
                 });
             }
             let mut s = self.scores.lock().unwrap();
-            s.extend(rows.iter().zip(scores).map(|(r, v)| (r.tx_id, *v)));
+            s.extend(
+                rows.iter()
+                    .zip(scores)
+                    .map(|(r, v)| (r.id.as_int().unwrap() as u64, *v)),
+            );
             Ok(())
         }
         fn flush(&self, _: Duration) -> Result<(), SinkError> {
@@ -606,7 +610,7 @@ mod tests {
                         partition: 0,
                         offset: i as i64,
                     },
-                    tx_id: i as u64,
+                    id: weir_core::EventId::Int(i as i64),
                     event_time_ms: 0,
                     read_at_us: 0,
                 })
@@ -635,7 +639,7 @@ mod tests {
             .all(|l| l.reason == "inference" && l.detail.contains("non-finite")));
         assert_eq!(letters.iter().map(|l| l.lineage.offset).collect::<Vec<_>>(), vec![1, 2]);
         let v: serde_json::Value = serde_json::from_slice(letters[0].payload.as_deref().unwrap()).unwrap();
-        assert_eq!(v["tx_id"], 1);
+        assert_eq!(v["id"], 1);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Operators of a weir topology that know batching and inference, and nothing of Kafka:
 //!
-//! - [`decode`]: bytes to [`Transaction`](weir_core::Transaction), malformed events to dead
+//! - [`decode`]: bytes to the values of the topology's declared schema, malformed events to dead
 //!   letters with a reason;
 //! - [`micro_batch`]: collects feature rows into micro-batches, flushed when `max_batch_rows` is
 //!   reached or the oldest row has waited `max_wait` (a timer), handed to inference over a bounded
@@ -18,14 +18,14 @@ pub mod schema;
 pub use batch::Batch;
 
 /// Every `reason` a dead letter of a topology can carry (label of `weir_dead_letters_total`):
-/// the decoder's (`json`, `schema`, `too_large`, `invalid_amount`, `invalid_time`; see
+/// the decoder's (`json`, `schema`, `too_large`, `invalid_value`, `invalid_time`; see
 /// [`decode`]), inference's (`inference`: the batch's run failed or gave non-finite scores) and
 /// the score sink's (`sink`: the broker refused the score record).
 pub const DEAD_LETTER_REASONS: [&str; 7] = [
     "json",
     "schema",
     "too_large",
-    "invalid_amount",
+    "invalid_value",
     "invalid_time",
     "inference",
     "sink",

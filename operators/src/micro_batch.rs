@@ -250,7 +250,7 @@ mod tests {
                     partition: 0,
                     offset: i,
                 },
-                tx_id: i as u64,
+                id: weir_core::EventId::Int(i as i64),
                 event_time_ms: i,
                 read_at_us: 0,
             },
@@ -289,7 +289,7 @@ mod tests {
             let start = Instant::now();
             for b in rx.iter() {
                 seen.batches.push((b.len(), b.cause, start.elapsed()));
-                seen.rows.extend(b.rows.iter().map(|r| r.tx_id));
+                seen.rows.extend(b.rows.iter().map(|r| r.id.as_int().unwrap() as u64));
                 std::thread::sleep(consume_delay);
             }
             seen

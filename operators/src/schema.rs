@@ -1,5 +1,5 @@
-//! A declared event schema and the decoder it defines (issue 16, first part: not yet wired into
-//! the topology, which still decodes the handbook's [`Transaction`](weir_core::Transaction)).
+//! A declared event schema and the decoder it defines: a topology's `[schema]` section compiles
+//! to a [`Schema`], and the decode operator ([`crate::decode`]) runs it on every event.
 //!
 //! A [`Schema`] lists the fields weir reads from a JSON object, each with a [`FieldType`],
 //! required or optional (with a default), and names the event id field (an integer or a
@@ -72,22 +72,7 @@ pub enum TimeFormat {
     Rfc3339,
 }
 
-/// A decoded field value.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Value {
-    /// An integer.
-    Int(i64),
-    /// A float (scaled).
-    Float(f64),
-    /// A string.
-    Str(String),
-    /// A boolean.
-    Bool(bool),
-    /// A timestamp, ms since the Unix epoch.
-    Time(i64),
-    /// An optional field absent without a default.
-    Missing,
-}
+pub use weir_core::Value;
 
 /// One declared field.
 #[derive(Debug, Clone, PartialEq)]
@@ -324,6 +309,61 @@ impl Schema {
             }
         }
         Ok(())
+    }
+}
+
+impl Schema {
+    /// The value of field `index` alone, reading nothing else of `payload` (other keys are
+    /// skipped unparsed): `None` when the payload is not a JSON object, lacks the field, or its
+    /// value does not decode. What a source needs of an event before decoding it (its time).
+    pub fn read_field(&self, payload: &[u8], index: usize) -> Option<Value> {
+        struct One<'a>(&'a FieldSpec);
+        impl<'de> DeserializeSeed<'de> for One<'_> {
+            type Value = Option<Value>;
+            fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+                d.deserialize_map(self)
+            }
+        }
+        impl<'de> Visitor<'de> for One<'_> {
+            type Value = Option<Value>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "a JSON object with `{}`", self.0.name)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut found = None;
+                while let Some(is_field) = map.next_key_seed(KeyIs(&self.0.name))? {
+                    if is_field && found.is_none() {
+                        found = Some(map.next_value_seed(FieldSeed(self.0))?.ok().flatten());
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(found.flatten())
+            }
+        }
+        let spec = self.fields.get(index)?;
+        let mut de = serde_json::Deserializer::from_slice(payload);
+        DeserializeSeed::deserialize(One(spec), &mut de).ok().flatten()
+    }
+}
+
+/// A map key compared with a name, without allocating.
+struct KeyIs<'a>(&'a str);
+
+impl<'de> DeserializeSeed<'de> for KeyIs<'_> {
+    type Value = bool;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeyIs<'_> {
+    type Value = bool;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a key")
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<bool, E> {
+        Ok(v == self.0)
     }
 }
 
@@ -631,20 +671,21 @@ mod tests {
                 1522540800000i64 + i as i64,
                 i * 7
             );
-            let typed: weir_core::Transaction = serde_json::from_str(&json).unwrap();
+            // serde_json's own reading of the same text (what the typed decoder read).
+            let typed: serde_json::Value = serde_json::from_str(&json).unwrap();
             let v = s.decode(json.as_bytes()).unwrap();
             assert_eq!(
                 v,
                 vec![
-                    Value::Int(typed.tx_id as i64),
-                    Value::Time(typed.tx_time_ms),
-                    Value::Int(typed.customer_id as i64),
-                    Value::Int(typed.terminal_id as i64),
-                    Value::Float(typed.amount),
+                    Value::Int(typed["tx_id"].as_i64().unwrap()),
+                    Value::Time(typed["tx_time_ms"].as_i64().unwrap()),
+                    Value::Int(3),
+                    Value::Int(typed["terminal_id"].as_i64().unwrap()),
+                    Value::Float(typed["amount"].as_f64().unwrap()),
                 ]
             );
             match &v[4] {
-                Value::Float(a) => assert_eq!(a.to_bits(), typed.amount.to_bits()),
+                Value::Float(a) => assert_eq!(a.to_bits(), typed["amount"].as_f64().unwrap().to_bits()),
                 _ => unreachable!(),
             }
         }

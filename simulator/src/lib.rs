@@ -34,7 +34,6 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal, Poisson};
 use serde::{Deserialize, Serialize};
-use weir_core::Transaction;
 
 /// 2018-04-01T00:00:00Z in milliseconds since the Unix epoch: the handbook's start date.
 pub const HANDBOOK_START_MS: i64 = 1_522_540_800_000;
@@ -92,6 +91,26 @@ pub struct CustomerProfile {
     pub mean_nb_tx_per_day: f64,
     /// Ids of the terminals within the radius.
     pub terminals: Vec<u64>,
+}
+
+/// A card transaction as the model sees it: the simulator's fields without the fraud label
+/// (the label travels separately, on the `fraud-labels` topic, and arrives later). Its JSON is
+/// the event schema `topologies/fraud-scoring.toml` declares.
+///
+/// Field names follow the Fraud Detection Handbook's simulated dataset (chapter 3), in snake case.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Transaction {
+    /// Unique transaction id (monotone in transaction time within one generated dataset).
+    pub tx_id: u64,
+    /// Transaction time, milliseconds since the Unix epoch (UTC).
+    pub tx_time_ms: i64,
+    /// Customer (card) id.
+    pub customer_id: u64,
+    /// Terminal (merchant point of sale) id.
+    pub terminal_id: u64,
+    /// Amount in currency units (the handbook's dataset has no currency; two decimals).
+    pub amount: f64,
 }
 
 /// The fraud label of one transaction, published on the `fraud-labels` topic after a delay.

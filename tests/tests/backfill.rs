@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use arrow::array::{Float32Array, Int64Array, TimestampMillisecondArray, UInt64Array};
+use arrow::array::{Float32Array, Int64Array, TimestampMillisecondArray};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use weir_tests::{
     create_topics, read_topic, run_weir, sigint, sigterm, topology_file, wait_with_timeout, watermarks, weir,
@@ -110,7 +110,7 @@ fn parquet_scores(dir: &Path, prefix: &str) -> Vec<(u64, i64, u32)> {
         for b in reader {
             let b = b.unwrap();
             let ids = b.column_by_name("tx_id").unwrap();
-            let ids = ids.as_any().downcast_ref::<UInt64Array>().unwrap();
+            let ids = ids.as_any().downcast_ref::<Int64Array>().unwrap();
             let times = b.column_by_name("event_time").unwrap();
             let times = times.as_any().downcast_ref::<TimestampMillisecondArray>().unwrap();
             let scores = b.column_by_name("score").unwrap();
@@ -118,7 +118,7 @@ fn parquet_scores(dir: &Path, prefix: &str) -> Vec<(u64, i64, u32)> {
             let offsets = b.column_by_name("source_offset").unwrap();
             assert!(offsets.as_any().downcast_ref::<Int64Array>().is_some());
             for i in 0..b.num_rows() {
-                out.push((ids.value(i), times.value(i), scores.value(i).to_bits()));
+                out.push((ids.value(i) as u64, times.value(i), scores.value(i).to_bits()));
             }
         }
     }

@@ -649,7 +649,7 @@ fn corpus(ts: i64) -> Vec<Bad> {
             tx(&format!(
                 "910000009,\"tx_time_ms\":{ts},\"customer_id\":1,\"terminal_id\":2,\"amount\":-5.0"
             )),
-            "invalid_amount",
+            "invalid_value",
         ),
         bad(
             tx("910000010,\"tx_time_ms\":4102444800000,\"customer_id\":1,\"terminal_id\":2,\"amount\":3.0"),

@@ -151,6 +151,18 @@ impl BenchReport {
     }
 }
 
+/// A handbook transaction's values as `topologies/fraud-scoring.toml` declares them.
+fn handbook_values(tx: &weir_simulator::Transaction) -> Vec<weir_core::Value> {
+    use weir_core::Value;
+    vec![
+        Value::Int(tx.tx_id as i64),
+        Value::Time(tx.tx_time_ms),
+        Value::Int(tx.customer_id as i64),
+        Value::Int(tx.terminal_id as i64),
+        Value::Float(tx.amount),
+    ]
+}
+
 fn raw_onnx(cfg: &TopologyConfig, sim: &SimConfig, seconds: f64, rows: usize) -> Result<f64, DemoError> {
     let (mut scorers, _) = open_scorers(cfg, None).map_err(crate::runner::TopologyError::from)?;
     let scorer = &mut scorers[0];
@@ -162,10 +174,15 @@ fn raw_onnx(cfg: &TopologyConfig, sim: &SimConfig, seconds: f64, rows: usize) ->
     for i in 0..rows {
         // Windowed features as for a customer's first transaction: realistic enough for timing.
         let tx = &txs[i % txs.len()].tx;
+        let values = handbook_values(tx);
         let v: Vec<f32> = set
-            .values(tx.tx_time_ms, tx.amount, &vec![1i128; set.accumulators().len()])
+            .event_values(&values)
             .iter()
-            .map(|v| *v as f32)
+            .zip(set.columns())
+            .map(|(v, c)| match c {
+                weir_feature_store::definition::Column::Windowed { .. } => 1.0,
+                _ => *v as f32,
+            })
             .collect();
         x.row_mut(i).assign(&ndarray::ArrayView1::from(&v));
     }
@@ -504,44 +521,49 @@ pub fn run_feature_bench(
     use std::sync::Arc;
     use timely::dataflow::operators::vec::Input;
     use timely::dataflow::operators::{Inspect, Probe};
-    use weir_core::{Label, Lineage, RowMeta, Transaction};
+    use weir_core::{EventId, Lineage, RowMeta};
+    use weir_feature_store::{EventRow, LabelRow};
 
     let cfg = TopologyConfig::load(topology)?;
-    let spec = cfg.feature_spec();
+    let plan = crate::runner::FeaturePlan::of(&cfg);
+    let spec = plan.spec.clone();
+    // The handbook's label messages, decoded as the topology declares them.
+    let label_of = |l: &weir_simulator::FraudLabel| -> Option<LabelRow> {
+        let (schema, layout) = plan.labels.as_ref()?;
+        let values = schema.decode(&serde_json::to_vec(l).ok()?).ok()?;
+        spec.label_row(layout, &values, l.available_at_ms).ok()
+    };
     // The dataset, in arrival order: each label once its chargeback is due.
     enum Arrival {
-        Tx(RowMeta, Transaction),
-        Label(Label),
+        Tx(EventRow),
+        Label(LabelRow),
     }
     let mut arrivals: Vec<(i64, Arrival)> = Vec::with_capacity(2 * events as usize);
-    let mut pending: VecDeque<Label> = VecDeque::new();
+    let mut pending: VecDeque<(i64, LabelRow)> = VecDeque::new();
     let mut n = 0u64;
     'days: for day in Simulator::new(sim.clone()) {
         for lt in day {
             let t = lt.tx.tx_time_ms;
-            while pending.front().is_some_and(|l| l.available_at_ms <= t) {
-                let l = pending.pop_front().expect("non-empty");
-                arrivals.push((l.available_at_ms, Arrival::Label(l)));
+            while pending.front().is_some_and(|(at, _)| *at <= t) {
+                let (at, l) = pending.pop_front().expect("non-empty");
+                arrivals.push((at, Arrival::Label(l)));
             }
-            let l = &lt.label;
-            pending.push_back(Label {
-                tx_id: l.tx_id,
-                tx_time_ms: l.tx_time_ms,
-                customer_id: l.customer_id,
-                terminal_id: l.terminal_id,
-                tx_fraud: l.tx_fraud,
-                available_at_ms: l.available_at_ms,
-            });
+            if let Some(l) = label_of(&lt.label) {
+                pending.push_back((lt.label.available_at_ms, l));
+            }
             let meta = RowMeta {
                 lineage: Lineage {
                     partition: 0,
                     offset: lt.tx.tx_id as i64,
                 },
-                tx_id: lt.tx.tx_id,
+                id: EventId::Int(lt.tx.tx_id as i64),
                 event_time_ms: t,
                 read_at_us: 0,
             };
-            arrivals.push((t, Arrival::Tx(meta, lt.tx)));
+            let row = spec
+                .event_row(meta, &handbook_values(&lt.tx))
+                .map_err(|(f, d)| DemoError::Usage(format!("{f}: {d}")))?;
+            arrivals.push((t, Arrival::Tx(row)));
             n += 1;
             if n >= events {
                 break 'days;
@@ -549,12 +571,7 @@ pub fn run_feature_bench(
         }
     }
     let last_t = arrivals.last().map_or(0, |a| a.0);
-    let lookback = spec
-        .accumulators()
-        .iter()
-        .map(|a| (a.window_ms + a.delay_ms) as i64)
-        .max()
-        .unwrap_or(0);
+    let lookback = spec.lookback_ms() as i64;
     let in_window = arrivals
         .iter()
         .filter(|(t, a)| matches!(a, Arrival::Tx(..)) && *t > last_t - lookback)
@@ -570,8 +587,8 @@ pub fn run_feature_bench(
         let out = o2.clone();
         let spec = spec.clone();
         let (mut tx_in, mut label_in, probe) = worker.dataflow::<u64, _, _>(|scope| {
-            let (tx_in, txs) = scope.new_input::<(RowMeta, Transaction)>();
-            let (label_in, labels) = scope.new_input::<Label>();
+            let (tx_in, txs) = scope.new_input::<EventRow>();
+            let (label_in, labels) = scope.new_input::<LabelRow>();
             let (probe, _) = weir_feature_store::windowed_features(txs, Some(labels), spec)
                 .inspect_core(move |event| {
                     if let Ok((_, rows)) = event {
@@ -593,8 +610,8 @@ pub fn run_feature_bench(
                     worker.step();
                 }
                 match a {
-                    Arrival::Tx(meta, tx) => tx_in.send((*meta, tx.clone())),
-                    Arrival::Label(l) => label_in.send(*l),
+                    Arrival::Tx(row) => tx_in.send(row.clone()),
+                    Arrival::Label(l) => label_in.send(l.clone()),
                 }
             }
         }
@@ -629,10 +646,12 @@ pub fn run_feature_bench(
 pub struct DecodeBench {
     /// Events decoded per run.
     pub events: usize,
-    /// The typed handbook decoder (`weir_operators::decode::decode_transaction`), events/s.
+    /// A typed decoder: serde's derived `Deserialize` of the handbook's transaction struct
+    /// (`deny_unknown_fields`) with the amount and time checks, as weir decoded before declared
+    /// schemas (`decode_transaction`, removed with issue 16), events/s.
     pub typed_per_s: f64,
-    /// The declared-schema decoder (`weir_operators::schema::Schema::decode`) with the
-    /// handbook's schema, events/s.
+    /// The topology's decoder (`weir_operators::decode::EventDecoder` over the handbook's
+    /// declared schema: the same checks), events/s.
     pub schema_per_s: f64,
 }
 
@@ -651,7 +670,7 @@ impl DecodeBench {
 /// [`DemoError::Usage`] if an event fails to decode (a bug).
 pub fn run_decode_bench(events: usize) -> Result<DecodeBench, DemoError> {
     use weir_core::{Lineage, SourceEvent};
-    use weir_operators::decode::{decode_transaction, handbook_schema, DecodeLimits};
+    use weir_operators::decode::{handbook_decoder, DecodeLimits};
     let sim = SimConfig {
         n_days: 100_000,
         ..SimConfig::default()
@@ -675,7 +694,21 @@ pub fn run_decode_bench(events: usize) -> Result<DecodeBench, DemoError> {
         .collect();
     let limits = DecodeLimits::default();
     let now = weir_core::clock::wall_ms();
-    let schema = handbook_schema();
+    let decoder = handbook_decoder(limits.clone());
+    // The typed decoder weir had before declared schemas: the derived struct, its checks.
+    let decode_typed = |ev: &SourceEvent| -> Option<weir_simulator::Transaction> {
+        let payload = ev.payload.as_deref()?;
+        if payload.len() > limits.max_payload_bytes {
+            return None;
+        }
+        let tx: weir_simulator::Transaction = serde_json::from_slice(payload).ok()?;
+        let ok = tx.amount.is_finite()
+            && (0.0..=1e9).contains(&tx.amount)
+            && tx.tx_time_ms >= 0
+            && tx.tx_time_ms <= now.saturating_add(limits.max_future_ms)
+            && tx.tx_time_ms.saturating_sub(ev.timestamp_ms) <= limits.allowed_future_ms;
+        ok.then_some(tx)
+    };
     let rate = |f: &dyn Fn() -> Result<u64, DemoError>| -> Result<f64, DemoError> {
         let t = Instant::now();
         std::hint::black_box(f()?);
@@ -684,9 +717,8 @@ pub fn run_decode_bench(events: usize) -> Result<DecodeBench, DemoError> {
     let typed = || {
         let mut sum = 0u64;
         for ev in &payloads {
-            let (meta, tx) = decode_transaction(ev, &limits, now)
-                .map_err(|d| DemoError::Usage(format!("typed decode failed: {}", d.detail)))?;
-            sum = sum.wrapping_add(meta.tx_id ^ tx.terminal_id);
+            let tx = decode_typed(ev).ok_or_else(|| DemoError::Usage("typed decode failed".into()))?;
+            sum = sum.wrapping_add(tx.tx_id ^ tx.terminal_id);
         }
         Ok(sum)
     };
@@ -694,9 +726,9 @@ pub fn run_decode_bench(events: usize) -> Result<DecodeBench, DemoError> {
         let mut sum = 0u64;
         let mut v = Vec::new();
         for ev in &payloads {
-            schema
-                .decode_into(ev.payload.as_deref().unwrap_or_default(), &mut v)
-                .map_err(|e| DemoError::Usage(format!("schema decode failed: {e}")))?;
+            decoder
+                .decode(ev, now, &mut v)
+                .map_err(|e| DemoError::Usage(format!("schema decode failed: {}", e.detail)))?;
             if let (weir_operators::schema::Value::Int(id), weir_operators::schema::Value::Int(t)) = (&v[0], &v[3]) {
                 sum = sum.wrapping_add((*id ^ *t) as u64);
             }

@@ -11,9 +11,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use weir_connectors::kafka::source::StartPosition;
-use weir_feature_store::{FeatureError, FeatureSpec, WindowedFeature};
+use weir_feature_store::definition::{FieldInfo, FieldKind, LabelLayout};
+use weir_feature_store::{FeatureDef, FeatureError, FeatureSpec};
+use weir_operators::decode::{EventDecoder, Range};
 use weir_operators::inference::ExecutionProvider;
 use weir_operators::micro_batch::BatchWindow;
+use weir_operators::schema::{FieldSpec, FieldType, Schema, TimeFormat, UnknownFields, Value};
 
 /// weir's defaults for every field.
 pub const DEFAULTS_TOML: &str = include_str!("defaults.toml");
@@ -94,8 +97,9 @@ pub struct SourceSection {
     /// Watermark lag behind the largest event time seen.
     #[serde(with = "humantime_serde")]
     pub allowed_lateness: Duration,
-    /// Where event time comes from: the watermark and the windows both follow it.
-    pub event_time: EventTimeSetting,
+    /// Where event time comes from: `message_timestamp` (the Kafka timestamp) or the name of a
+    /// timestamp field of `[schema]`. The watermark and the windows both follow it.
+    pub event_time: String,
     /// Longest wait at shutdown for in-flight events before the final commit.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
@@ -103,25 +107,69 @@ pub struct SourceSection {
     pub properties: BTreeMap<String, String>,
 }
 
-/// `source.event_time`: the one clock of the watermark and the windows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EventTimeSetting {
-    /// The transaction's `tx_time_ms` field (epoch ms): when the transaction happened, whatever
-    /// the producer stamped on the message. The default.
-    TxTimeMs,
-    /// The Kafka message timestamp (the producer's CreateTime or the broker's LogAppendTime);
-    /// `tx_time_ms` still gives the per-transaction features (hour, weekend, night).
-    MessageTimestamp,
+/// `[schema]`: the events' declared fields (see `weir_operators::schema`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaSection {
+    /// Payload format: `json` (the only one so far; the switch where Avro goes next).
+    pub format: String,
+    /// Keys weir does not read: `ignore` (the default) or `reject` (a dead letter).
+    pub unknown_fields: String,
+    /// The event id field (a required integer or string), carried to the sinks as it came.
+    pub id: String,
+    /// The fields weir reads, in any order.
+    pub fields: Vec<FieldDecl>,
 }
 
-/// `[labels]`: where fraud labels come from (for `fraud_ratio` features).
+/// One `[[schema.fields]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldDecl {
+    /// The JSON key.
+    pub name: String,
+    /// `integer`, `float`, `string`, `bool` or `timestamp`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `timestamp`: `epoch_ms` (default), `epoch_s`, `epoch_us` or `rfc3339`.
+    #[serde(default)]
+    pub format: Option<String>,
+    /// `float`: factor applied to the number read (e.g. 0.01 for integer cents). Default 1.
+    #[serde(default)]
+    pub scale: Option<f64>,
+    /// Whether an event without it is a dead letter (default true).
+    #[serde(default = "yes")]
+    pub required: bool,
+    /// The value of an optional field that is absent (or null), of the field's type.
+    #[serde(default)]
+    pub default: Option<toml::Value>,
+    /// `integer`, `float`: least accepted value (after scaling); below it, a dead letter.
+    #[serde(default)]
+    pub min: Option<f64>,
+    /// `integer`, `float`: greatest accepted value (after scaling).
+    #[serde(default)]
+    pub max: Option<f64>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `[labels]`: where labels come from (for `ratio` features). A label message is a JSON object
+/// with the labelled event's id (under `id`), the label (under `label`), the entity fields of
+/// the features that read labels (named as in `[schema]`), and optionally the event's time
+/// field; it is timed by its message timestamp (when it became known).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LabelsSection {
-    /// Topic of labels `{tx_id, tx_time_ms, customer_id, terminal_id, tx_fraud}`, timestamped
-    /// when the label became known, on the source's brokers.
+    /// Topic of labels, on the source's brokers.
     pub topic: String,
+    /// The field holding the labelled event's id (default: `[schema] id`).
+    #[serde(default)]
+    pub id: Option<String>,
+    /// The field holding the label: 0 or 1 (`integer`), or false or true (`bool`).
+    pub label: String,
+    /// `integer` or `bool`.
+    pub label_type: String,
 }
 
 /// `[decode]`.
@@ -137,9 +185,6 @@ pub struct DecodeSection {
     pub allowed_future: Duration,
     /// Largest accepted payload, bytes.
     pub max_payload_bytes: usize,
-    /// Largest accepted amount, currency units (at most 9e12: amounts are summed in
-    /// micro-units).
-    pub max_amount: f64,
 }
 
 /// `[dead_letter]`.
@@ -262,6 +307,8 @@ pub struct SinkSection {
 pub struct TopologyConfig {
     /// `[topology]`.
     pub topology: TopologySection,
+    /// `[schema]`.
+    pub schema: SchemaSection,
     /// `[source]`.
     pub source: SourceSection,
     /// `[decode]`.
@@ -282,9 +329,9 @@ pub struct TopologyConfig {
     pub metrics: MetricsSection,
     /// `[snapshot]`.
     pub snapshot: SnapshotSection,
-    /// `[[feature]]`: windowed feature definitions.
+    /// `[[feature]]`: feature definitions (per-event and windowed).
     #[serde(default, rename = "feature")]
-    pub features: Vec<WindowedFeature>,
+    pub features: Vec<FeatureDef>,
     /// Directory of the topology file (model paths are relative to it).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -473,6 +520,7 @@ impl TopologyConfig {
         }
         for (i, f) in self.features.iter().enumerate() {
             for (what, d) in [("window", f.window), ("delay", f.delay)] {
+                let Some(d) = d else { continue };
                 if d > MAX_DURATION {
                     return Err(self.field_error(
                         &format!("feature[{i}].{what}"),
@@ -487,15 +535,6 @@ impl TopologyConfig {
                     return Err(self.field_error("backfill.warmup", "more than 100 years"));
                 }
             }
-        }
-        if !(self.decode.max_amount > 0.0 && self.decode.max_amount <= 9e12) {
-            return Err(self.field_error(
-                "decode.max_amount",
-                format!(
-                    "{} is not in (0, 9e12] currency units (amounts are summed in micro-units)",
-                    self.decode.max_amount
-                ),
-            ));
         }
         for (k, v) in &self.source.properties {
             if let Some(why) = weir_connectors::kafka::unsafe_consumer_property(k, v) {
@@ -553,10 +592,23 @@ impl TopologyConfig {
         if self.source.idle_timeout.is_zero() {
             return Err(self.field_error("source.idle_timeout", "must be greater than 0"));
         }
-        match FeatureSpec::new(&self.model.features, &self.features) {
-            Ok(_) => {}
-            Err(e @ FeatureError::ZeroWindow { index, .. }) => {
-                return Err(self.field_error(&format!("feature[{index}].window"), e.to_string()))
+        let schema = self.build_schema()?;
+        if self.source.event_time != "message_timestamp" && schema.time_index().is_none() {
+            unreachable!("build_schema checks source.event_time");
+        }
+        match FeatureSpec::new(
+            &self.model.features,
+            &self.features,
+            &self.field_infos(&schema),
+            schema.time_index(),
+        ) {
+            Ok(spec) => {
+                if spec.needs_labels() {
+                    self.build_label_schema(&schema, &spec)?;
+                }
+            }
+            Err(e @ FeatureError::Field { index, key, .. }) => {
+                return Err(self.field_error(&format!("feature[{index}].{key}"), e.to_string()))
             }
             Err(e @ FeatureError::Duplicate(_)) if matches!(&e, FeatureError::Duplicate(n) if self.features.iter().any(|f| &f.name == n)) => {
                 return Err(self.field_error("feature", e.to_string()))
@@ -612,14 +664,16 @@ impl TopologyConfig {
             .map_err(|e| self.field_error("dead_letter.properties", e))
     }
 
-    /// The event time of the transactions source, per `source.event_time`.
+    /// The event time of the source, per `source.event_time`.
     pub fn event_time(&self) -> weir_connectors::kafka::source::EventTime {
         use weir_connectors::kafka::source::EventTime;
-        match self.source.event_time {
-            EventTimeSetting::MessageTimestamp => EventTime::MessageTimestamp,
-            EventTimeSetting::TxTimeMs => EventTime::Payload(std::sync::Arc::new(
-                weir_operators::decode::payload_time("tx_time_ms", self.decode_limits()),
-            )),
+        let schema = self.schema();
+        match schema.time_index() {
+            None => EventTime::MessageTimestamp,
+            Some(_) => EventTime::Payload(std::sync::Arc::new(weir_operators::decode::payload_time(
+                &schema,
+                self.decode_limits(),
+            ))),
         }
     }
 
@@ -629,8 +683,222 @@ impl TopologyConfig {
             max_future_ms: self.decode.max_future.as_millis() as i64,
             allowed_future_ms: self.decode.allowed_future.as_millis() as i64,
             max_payload_bytes: self.decode.max_payload_bytes,
-            max_amount: self.decode.max_amount,
         }
+    }
+
+    /// The declared event schema (validated).
+    pub fn schema(&self) -> Schema {
+        self.build_schema().expect("validated")
+    }
+
+    /// The decoder of the source's events: the schema, its ranges and `[decode]`'s limits.
+    pub fn decoder(&self) -> EventDecoder {
+        let ranges = self
+            .schema
+            .fields
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.min.is_some() || f.max.is_some())
+            .map(|(i, f)| Range {
+                field: i,
+                min: f.min.unwrap_or(f64::NEG_INFINITY),
+                max: f.max.unwrap_or(f64::INFINITY),
+            })
+            .collect();
+        EventDecoder::new(self.schema(), self.decode_limits()).with_ranges(ranges)
+    }
+
+    /// How sinks write the event id.
+    pub fn id_column(&self) -> weir_connectors::IdColumn {
+        let schema = self.schema();
+        let f = &schema.fields()[schema.id_index()];
+        weir_connectors::IdColumn {
+            name: f.name.clone(),
+            string: f.kind == FieldType::String,
+        }
+    }
+
+    /// The declared fields as the feature store sees them.
+    fn field_infos(&self, schema: &Schema) -> Vec<FieldInfo> {
+        schema
+            .fields()
+            .iter()
+            .map(|f| FieldInfo {
+                name: f.name.clone(),
+                kind: match f.kind {
+                    FieldType::Integer => FieldKind::Integer,
+                    FieldType::Float { .. } => FieldKind::Float,
+                    FieldType::String => FieldKind::String,
+                    FieldType::Bool => FieldKind::Bool,
+                    FieldType::Timestamp(_) => FieldKind::Timestamp,
+                },
+                always: f.required || f.default.is_some(),
+            })
+            .collect()
+    }
+
+    /// Compiles `[schema]` (and `source.event_time`, its time field) to a [`Schema`].
+    fn build_schema(&self) -> Result<Schema, ConfigError> {
+        let sec = &self.schema;
+        if sec.format != "json" {
+            return Err(self.field_error(
+                "schema.format",
+                format!("`{}` is not supported (supported: json)", sec.format),
+            ));
+        }
+        let unknown = match sec.unknown_fields.as_str() {
+            "ignore" => UnknownFields::Ignore,
+            "reject" => UnknownFields::Reject,
+            other => {
+                return Err(self.field_error("schema.unknown_fields", format!("`{other}` is not ignore or reject")))
+            }
+        };
+        if sec.fields.is_empty() {
+            return Err(self.field_error("schema.fields", "declares no field"));
+        }
+        let mut fields = Vec::new();
+        for (i, d) in sec.fields.iter().enumerate() {
+            let at = |key: &str| format!("schema.fields[{i}].{key}");
+            let kind = match (d.kind.as_str(), d.format.as_deref(), d.scale) {
+                ("timestamp", fmt, None) => FieldType::Timestamp(match fmt.unwrap_or("epoch_ms") {
+                    "epoch_ms" => TimeFormat::EpochMillis,
+                    "epoch_s" => TimeFormat::EpochSeconds,
+                    "epoch_us" => TimeFormat::EpochMicros,
+                    "rfc3339" => TimeFormat::Rfc3339,
+                    other => {
+                        return Err(self.field_error(
+                            &at("format"),
+                            format!("`{other}` is not epoch_ms, epoch_s, epoch_us or rfc3339"),
+                        ))
+                    }
+                }),
+                (_, Some(_), _) => return Err(self.field_error(&at("format"), "applies to timestamps only")),
+                ("float", None, scale) => FieldType::Float {
+                    scale: scale.unwrap_or(1.0),
+                },
+                (_, None, Some(_)) => return Err(self.field_error(&at("scale"), "applies to floats only")),
+                ("integer", None, None) => FieldType::Integer,
+                ("string", None, None) => FieldType::String,
+                ("bool", None, None) => FieldType::Bool,
+                (other, _, _) => {
+                    return Err(self.field_error(
+                        &at("type"),
+                        format!("`{other}` is not integer, float, string, bool or timestamp"),
+                    ))
+                }
+            };
+            if (d.min.is_some() || d.max.is_some()) && !matches!(kind, FieldType::Integer | FieldType::Float { .. }) {
+                return Err(self.field_error(&at("min"), "a range applies to integers and floats only"));
+            }
+            if let (Some(lo), Some(hi)) = (d.min, d.max) {
+                if !(lo <= hi) {
+                    return Err(self.field_error(&at("max"), format!("{hi} is below min {lo}")));
+                }
+            }
+            let default = match &d.default {
+                None => None,
+                Some(v) => Some(
+                    toml_value(kind, v)
+                        .ok_or_else(|| self.field_error(&at("default"), format!("{v} is not a {}", d.kind)))?,
+                ),
+            };
+            if default.is_some() && d.required {
+                return Err(self.field_error(&at("default"), "a required field has no default (set required = false)"));
+            }
+            fields.push(FieldSpec {
+                name: d.name.clone(),
+                kind,
+                required: d.required,
+                default,
+            });
+        }
+        let time = match self.source.event_time.as_str() {
+            "message_timestamp" => None,
+            f => {
+                match fields.iter().find(|x| x.name == f) {
+                    Some(x) if matches!(x.kind, FieldType::Timestamp(_)) && x.required => {}
+                    Some(_) => {
+                        return Err(self.field_error(
+                            "source.event_time",
+                            format!("`{f}` is not a required timestamp field of [schema]"),
+                        ))
+                    }
+                    None => {
+                        return Err(self.field_error(
+                            "source.event_time",
+                            format!("`{f}` is not message_timestamp or a field of [schema]"),
+                        ))
+                    }
+                }
+                Some(f)
+            }
+        };
+        Schema::new(fields, &sec.id, time, unknown).map_err(|e| {
+            let field = match e.field.as_deref() {
+                Some(name) if name == sec.id => "schema.id".to_string(),
+                Some(name) => match sec.fields.iter().position(|f| f.name == name) {
+                    Some(i) => format!("schema.fields[{i}]"),
+                    None => "schema.fields".to_string(),
+                },
+                None => "schema".to_string(),
+            };
+            self.field_error(&field, e.to_string())
+        })
+    }
+
+    /// The schema of label messages: the labelled event's id (as `[schema]` types it), the
+    /// label, the entity fields of the stages that read labels (required), and the event's time
+    /// field (optional); other keys are ignored. Returns it with where each value lands.
+    fn build_label_schema(&self, schema: &Schema, spec: &FeatureSpec) -> Result<(Schema, LabelLayout), ConfigError> {
+        let id_name = self.labels.id.clone().unwrap_or_else(|| self.schema.id.clone());
+        let events = schema.fields();
+        let id_kind = events[schema.id_index()].kind;
+        let label_kind = match self.labels.label_type.as_str() {
+            "integer" => FieldType::Integer,
+            "bool" => FieldType::Bool,
+            other => return Err(self.field_error("labels.label_type", format!("`{other}` is not integer or bool"))),
+        };
+        let mut fields = vec![
+            FieldSpec::required(&id_name, id_kind),
+            FieldSpec::required(&self.labels.label, label_kind),
+        ];
+        let mut entity_fields = Vec::new();
+        for f in spec.label_entity_fields() {
+            let name = &events[f].name;
+            if fields.iter().any(|x| &x.name == name) {
+                return Err(self.field_error(
+                    "labels",
+                    format!("`{name}` is an entity field and the label's id or label"),
+                ));
+            }
+            entity_fields.push((f, fields.len()));
+            fields.push(FieldSpec::required(name, events[f].kind));
+        }
+        let time = match schema.time_index() {
+            Some(t) if !fields.iter().any(|x| x.name == events[t].name) => {
+                fields.push(FieldSpec::optional(&events[t].name, events[t].kind, None));
+                Some(fields.len() - 1)
+            }
+            _ => None,
+        };
+        let label_schema = Schema::new(fields, &id_name, None, UnknownFields::Ignore)
+            .map_err(|e| self.field_error("labels", e.to_string()))?;
+        Ok((
+            label_schema,
+            LabelLayout {
+                id: 0,
+                label: 1,
+                time,
+                entity_fields,
+            },
+        ))
+    }
+
+    /// The label messages' schema and layout (validated; the spec must need labels).
+    pub fn label_schema(&self) -> (Schema, LabelLayout) {
+        let schema = self.schema();
+        self.build_label_schema(&schema, &self.feature_spec())
+            .expect("validated")
     }
 
     /// The model path, resolved against the topology file's directory.
@@ -649,19 +917,21 @@ impl TopologyConfig {
 
     /// The feature spec (validated).
     pub fn feature_spec(&self) -> FeatureSpec {
-        FeatureSpec::new(&self.model.features, &self.features).expect("validated")
+        let schema = self.schema();
+        FeatureSpec::new(
+            &self.model.features,
+            &self.features,
+            &self.field_infos(&schema),
+            schema.time_index(),
+        )
+        .expect("validated")
     }
 
     /// The feature warm-up of a backfill in ms: `backfill.warmup`, or for `"auto"` the longest
     /// `window + delay` of the windowed features (0 without any).
     pub fn backfill_warmup_ms(&self) -> i64 {
         match self.backfill.warmup.as_str() {
-            "auto" => self
-                .features
-                .iter()
-                .map(|f| (f.window + f.delay).as_millis() as i64)
-                .max()
-                .unwrap_or(0),
+            "auto" => self.feature_spec().lookback_ms() as i64,
             d => humantime::parse_duration(d).expect("validated").as_millis() as i64,
         }
     }
@@ -676,6 +946,19 @@ impl TopologyConfig {
     }
 }
 
+/// A TOML default as a value of `kind`.
+fn toml_value(kind: FieldType, v: &toml::Value) -> Option<Value> {
+    Some(match (kind, v) {
+        (FieldType::Integer, toml::Value::Integer(i)) => Value::Int(*i),
+        (FieldType::Float { .. }, toml::Value::Float(f)) => Value::Float(*f),
+        (FieldType::Float { .. }, toml::Value::Integer(i)) => Value::Float(*i as f64),
+        (FieldType::String, toml::Value::String(s)) => Value::Str(s.clone()),
+        (FieldType::Bool, toml::Value::Boolean(b)) => Value::Bool(*b),
+        (FieldType::Timestamp(_), toml::Value::Integer(i)) => Value::Time(*i),
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -683,10 +966,28 @@ mod tests {
     const GOOD: &str = r#"
 [topology]
 name = "t"
+[schema]
+id = "tx_id"
+fields = [
+    { name = "tx_id", type = "integer" },
+    { name = "tx_time_ms", type = "timestamp" },
+    { name = "customer_id", type = "integer" },
+    { name = "terminal_id", type = "integer" },
+    { name = "amount", type = "float", min = 0.0 },
+]
 [model]
 path = "m.onnx"
 version = "v1"
 features = ["amount", "tx_hour"]
+[[feature]]
+name = "amount"
+kind = "field"
+field = "amount"
+[[feature]]
+name = "tx_hour"
+kind = "time"
+field = "tx_time_ms"
+part = "hour"
 "#;
 
     fn parse(text: &str) -> Result<TopologyConfig, ConfigError> {
@@ -740,7 +1041,7 @@ features = ["amount", "tx_hour"]
             let (field, detail) = field_of(&format!("{GOOD}\n{extra}\n"));
             assert_eq!(field, expected, "{extra}: {detail}");
         }
-        let (field, detail) = field_of(&GOOD.replace("\"tx_hour\"", "\"tx_hourz\""));
+        let (field, detail) = field_of(&GOOD.replace("\"amount\", \"tx_hour\"]", "\"amount\", \"tx_hourz\"]"));
         assert_eq!(field, "model.features");
         assert!(detail.contains("tx_hourz"), "{detail}");
         let (field, _) = field_of(&GOOD.replace("[model]", "[model]\nexecution_providers = [\"tpu\"]"));
@@ -749,11 +1050,11 @@ features = ["amount", "tx_hour"]
             format!("{GOOD}\n[[feature]]\nname = \"w\"\nentity = \"{entity}\"\naggregation = \"{aggregation}\"\nwindow = \"{window}\"\n")
         };
         let (field, _) = field_of(&windowed("customer_id", "count", "0d"));
-        assert_eq!(field, "feature[0].window");
+        assert_eq!(field, "feature[2].window");
         let (field, _) = field_of(&windowed("merchant_id", "count", "1d"));
-        assert_eq!(field, "feature[0].entity");
+        assert_eq!(field, "feature[2].entity");
         let (field, _) = field_of(&windowed("customer_id", "median", "1d"));
-        assert_eq!(field, "feature[0].aggregation");
+        assert_eq!(field, "feature[2].aggregation");
         assert!(parse(&windowed("customer_id", "count", "1d")).is_ok());
         let (field, detail) =
             field_of(&windowed("customer_id", "count", "1d").replace("\"tx_hour\"]", "\"tx_hour\", \"v\"]"));
@@ -769,13 +1070,13 @@ features = ["amount", "tx_hour"]
         let (field, _) = field_of(&format!("{GOOD}\n[source]\nidle_timeout = \"1000y\"\n"));
         assert_eq!(field, "source.idle_timeout");
         let (field, _) = field_of(&format!("{GOOD}\n[decode]\nmax_amount = 1e15\n"));
-        assert_eq!(field, "decode.max_amount");
+        assert_eq!(field, "decode.max_amount", "gone: ranges are declared per field");
         let windowed = format!(
             "{GOOD}\n[[feature]]\nname = \"w\"\nentity = \"customer_id\"\naggregation = \"count\"\nwindow = \"500y\"\n"
         )
         .replace("\"tx_hour\"]", "\"tx_hour\", \"w\"]");
         let (field, _) = field_of(&windowed);
-        assert_eq!(field, "feature[0].window");
+        assert_eq!(field, "feature[2].window");
         assert!(parse(&format!("{GOOD}\n[decode]\nmax_future = \"1y\"\n")).is_ok());
     }
 
@@ -845,6 +1146,91 @@ features = ["amount", "tx_hour"]
         assert_eq!(parse(GOOD).unwrap().backfill_warmup_ms(), 0);
         let cfg = parse(&format!("{with_feature}\n[backfill]\nwarmup = \"2d\"\n")).unwrap();
         assert_eq!(cfg.backfill_warmup_ms(), 2 * 86_400_000);
+    }
+
+    #[test]
+    fn a_schema_that_contradicts_itself_or_its_features_is_named() {
+        let cases = [
+            (GOOD.replace("id = \"tx_id\"", "id = \"uuid\""), "schema.id"),
+            (
+                GOOD.replace(
+                    "{ name = \"tx_id\", type = \"integer\" }",
+                    "{ name = \"tx_id\", type = \"integer\", required = false }",
+                ),
+                "schema.id",
+            ),
+            (
+                GOOD.replace(
+                    "type = \"timestamp\" }",
+                    "type = \"timestamp\", format = \"epoch_ns\" }",
+                ),
+                "schema.fields[1].format",
+            ),
+            (
+                GOOD.replace("type = \"float\", min = 0.0", "type = \"decimal\""),
+                "schema.fields[4].type",
+            ),
+            (
+                GOOD.replace("type = \"float\", min = 0.0", "type = \"float\", min = 2.0, max = 1.0"),
+                "schema.fields[4].max",
+            ),
+            (
+                GOOD.replace(
+                    "{ name = \"customer_id\", type = \"integer\" }",
+                    "{ name = \"customer_id\", type = \"integer\", default = 3 }",
+                ),
+                "schema.fields[2].default",
+            ),
+            (
+                format!("{GOOD}\n[source]\nevent_time = \"amount\"\n"),
+                "source.event_time",
+            ),
+            (
+                format!("{GOOD}\n[source]\nevent_time = \"when\"\n"),
+                "source.event_time",
+            ),
+            (
+                GOOD.replace("id = \"tx_id\"", "id = \"tx_id\"\nunknown_fields = \"drop\""),
+                "schema.unknown_fields",
+            ),
+            (
+                GOOD.replace("field = \"amount\"", "field = \"amountz\""),
+                "feature[0].field",
+            ),
+        ];
+        for (text, expected) in cases {
+            let (field, detail) = field_of(&text);
+            assert_eq!(field, expected, "{detail}");
+        }
+        // A sum over a string, an entity on a float.
+        let windowed = |entity: &str, aggregation: &str, of: &str| {
+            format!("{GOOD}\n[[feature]]\nname = \"w\"\nentity = \"{entity}\"\naggregation = \"{aggregation}\"\n{of}window = \"1d\"\n")
+                .replace("\"tx_hour\"]", "\"tx_hour\", \"w\"]")
+        };
+        let (field, _) = field_of(&windowed("amount", "count", ""));
+        assert_eq!(field, "feature[2].entity");
+        let with_country = windowed("customer_id", "sum", "of = \"country\"\n").replace(
+            "{ name = \"amount\"",
+            "{ name = \"country\", type = \"string\" },\n    { name = \"amount\"",
+        );
+        let (field, _) = field_of(&with_country);
+        assert_eq!(field, "feature[2].of");
+        assert!(parse(&windowed("customer_id", "max", "of = \"amount\"\n")).is_ok());
+        // A ratio needs labels: the label message carries the entity's field.
+        let cfg = parse(&format!(
+            "{}\n[source]\nevent_time = \"tx_time_ms\"\n",
+            windowed("terminal_id", "ratio", "")
+        ))
+        .unwrap();
+        let (label_schema, layout) = cfg.label_schema();
+        let names: Vec<&str> = label_schema.fields().iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, vec!["tx_id", "label", "terminal_id", "tx_time_ms"]);
+        assert_eq!(layout.time, Some(3));
+        let (field, _) = field_of(&format!(
+            "{}\n[labels]\nlabel_type = \"float\"\n",
+            windowed("terminal_id", "ratio", "")
+        ));
+        assert_eq!(field, "labels.label_type");
     }
 
     #[test]

@@ -18,14 +18,14 @@ use weir_connectors::kafka::admin::read_topic;
 use weir_connectors::kafka::embedded::EmbeddedKafka;
 use weir_connectors::kafka::source::{SourceShared, StartPosition};
 use weir_connectors::parquet::features::{TrainingRow, TrainingSetWriter};
-use weir_core::{DeliveryLedger, FlowControl, Label, Metrics};
+use weir_core::{DeliveryLedger, FlowControl, Metrics};
 use weir_operators::decode::DecodeLimits;
 use weir_simulator::SimConfig;
 
 use crate::config::TopologyConfig;
 use crate::demo::DemoError;
-use crate::generate::{generate, Target};
-use crate::runner::{drive_worker, feature_dataflow, labels_source, source_config};
+use crate::generate::Target;
+use crate::runner::{drive_worker, feature_dataflow, labels_source, source_config, FeaturePlan};
 
 /// Options of an export.
 #[derive(Debug, Clone)]
@@ -75,7 +75,8 @@ pub fn export_training_set(opts: &ExportOptions) -> Result<ExportReport, DemoErr
             kafka.create_topic(&cfg.source.topic, partitions)?;
             kafka.create_topic(&cfg.labels.topic, partitions)?;
             let b = kafka.bootstrap_servers();
-            generate(
+            crate::generate::generate_as(
+                crate::generate::Dialect::of(&cfg),
                 sim.clone(),
                 &Target::Kafka {
                     brokers: b.clone(),
@@ -98,15 +99,34 @@ pub fn export_training_set(opts: &ExportOptions) -> Result<ExportReport, DemoErr
         }
     };
     let started = Instant::now();
-    let labels: HashMap<u64, Label> = read_topic(&brokers, &cfg.labels.topic, Duration::from_secs(600))?
-        .into_iter()
-        .filter_map(|r| serde_json::from_slice::<Label>(r.payload.as_deref()?).ok())
-        .map(|l| (l.tx_id, l))
-        .collect();
-
-    let spec = cfg.feature_spec();
+    let plan = FeaturePlan::of(&cfg);
+    let spec = plan.spec.clone();
+    // The final label of each event (the last one on the topic), by join key.
+    let mut labels: HashMap<u64, u8> = HashMap::new();
+    if let Some((schema, layout)) = &plan.labels {
+        for r in read_topic(&brokers, &cfg.labels.topic, Duration::from_secs(600))? {
+            let Some(values) = r.payload.as_deref().and_then(|p| schema.decode(p).ok()) else {
+                continue;
+            };
+            if let Ok(l) = spec.label_row(layout, &values, 0) {
+                labels.insert(l.join, l.label);
+            }
+        }
+    }
     let names = spec.names();
-    let writer = Arc::new(Mutex::new(Some(TrainingSetWriter::create(&opts.out, &names)?)));
+    let key_names: Vec<String> = spec.stages().iter().map(|s| s.name.clone()).collect();
+    let label_name = if plan.labels.is_some() {
+        cfg.labels.label.clone()
+    } else {
+        "label".into()
+    };
+    let writer = Arc::new(Mutex::new(Some(TrainingSetWriter::create(
+        &opts.out,
+        &cfg.id_column(),
+        &key_names,
+        &names,
+        &label_name,
+    )?)));
     let counts = Arc::new(Mutex::new((0usize, 0usize, 0usize)));
     let error: Arc<Mutex<Option<String>>> = Arc::default();
     let workers = cfg.topology.workers;
@@ -125,9 +145,14 @@ pub fn export_training_set(opts: &ExportOptions) -> Result<ExportReport, DemoErr
         watermarks: Default::default(),
         positions: Default::default(),
     };
+    // History is exported whatever the wall clock says.
     let limits = DecodeLimits {
         max_future_ms: i64::MAX / 2,
         ..cfg.decode_limits()
+    };
+    let plan = FeaturePlan {
+        decoder: plan.decoder.with_limits(limits),
+        ..plan
     };
     let (from, to) = (opts.from_ms.unwrap_or(i64::MIN), opts.to_ms.unwrap_or(i64::MAX));
     let labels = Arc::new(labels);
@@ -136,15 +161,8 @@ pub fn export_training_set(opts: &ExportOptions) -> Result<ExportReport, DemoErr
         let probe = ProbeHandle::new();
         let (writer, counts, error, labels) = (w2.clone(), c2.clone(), e2.clone(), labels.clone());
         let built = worker.dataflow::<u64, _, _>(|scope| -> Result<(), String> {
-            let (values, letters) = feature_dataflow(
-                scope,
-                &source,
-                labels_cfg.as_ref(),
-                &limits,
-                &spec,
-                &shared,
-                &Default::default(),
-            )?;
+            let (values, letters) =
+                feature_dataflow(scope, &source, labels_cfg.as_ref(), &plan, &shared, &Default::default())?;
             letters
                 .inspect(|l| tracing::warn!(reason = %l.reason, offset = l.lineage.offset, "malformed event skipped"))
                 .probe_with(&probe);
@@ -153,19 +171,18 @@ pub fn export_training_set(opts: &ExportOptions) -> Result<ExportReport, DemoErr
                     if fv.meta.event_time_ms < from || fv.meta.event_time_ms >= to {
                         return;
                     }
-                    let label = labels.get(&fv.meta.tx_id);
+                    let label = labels.get(&weir_feature_store::definition::id_key(&fv.meta.id));
                     let row = TrainingRow {
-                        tx_id: fv.meta.tx_id,
+                        id: fv.meta.id.clone(),
                         event_time_ms: fv.meta.event_time_ms,
-                        customer_id: label.map_or(0, |l| l.customer_id),
-                        terminal_id: label.map_or(0, |l| l.terminal_id),
+                        keys: fv.keys.to_vec(),
                         features: fv.values.clone(),
-                        tx_fraud: label.map_or(-1, |l| l.tx_fraud as i8),
+                        label: label.map_or(-1, |l| *l as i8),
                     };
                     let mut c = counts.lock().unwrap();
                     c.0 += 1;
-                    c.1 += (row.tx_fraud == 1) as usize;
-                    c.2 += (row.tx_fraud == -1) as usize;
+                    c.1 += (row.label == 1) as usize;
+                    c.2 += (row.label == -1) as usize;
                     drop(c);
                     if let Some(w) = writer.lock().unwrap().as_mut() {
                         if let Err(e) = w.write(row) {

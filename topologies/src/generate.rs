@@ -21,6 +21,96 @@ use weir_connectors::kafka::admin::BulkProducer;
 use weir_connectors::ConnectorError;
 use weir_simulator::{LabeledTransaction, SimConfig, Simulator};
 
+/// How generated transactions are written: the event schema of one of the shipped topologies.
+/// The simulation is the same (the handbook's); only the encoding differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Dialect {
+    /// `topologies/fraud-scoring.toml`: the handbook's fields,
+    /// `{"tx_id", "tx_time_ms", "customer_id", "terminal_id", "amount"}`; labels
+    /// `{"tx_id", "tx_time_ms", "customer_id", "terminal_id", "tx_fraud", ...}`.
+    #[default]
+    Handbook,
+    /// `topologies/card-payments.toml`: string ids, RFC 3339 times, integer cents, a country and
+    /// fields weir does not read: `{"payment_id": "pay-3f9c...", "occurred_at":
+    /// "2018-04-01T00:02:13.512Z", "card_id": "card-00042", "merchant_id": "m-00117",
+    /// "amount_cents": 1250, "country": "FR", "currency": "EUR", "channel": "pos",
+    /// "device": {"os": "ios"}}`; labels `{"payment_id", "is_fraud": bool, "card_id",
+    /// "merchant_id", "occurred_at", "reported_at", "scenario"}`.
+    Payments,
+}
+
+/// Countries of the payments dialect, by terminal: `COUNTRIES[terminal_id % 8]`.
+pub const COUNTRIES: [&str; 8] = ["FR", "DE", "GB", "ES", "IT", "US", "BR", "NG"];
+
+fn rfc3339(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+impl Dialect {
+    /// The dialect whose events a topology's `[schema]` declares: `payments` for an id named
+    /// `payment_id`, else `handbook`.
+    pub fn of(cfg: &crate::TopologyConfig) -> Self {
+        if cfg.schema.id == "payment_id" {
+            Dialect::Payments
+        } else {
+            Dialect::Handbook
+        }
+    }
+
+    /// The payments dialect's id of transaction `tx_id` (unique: a bijection of the id).
+    pub fn payment_id(tx_id: u64) -> String {
+        format!("pay-{:016x}", (tx_id ^ 0x5bd1_e995).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+    }
+
+    /// A transaction's message key (its card) and payload.
+    pub fn transaction(self, tx: &weir_simulator::Transaction) -> (String, Vec<u8>) {
+        match self {
+            Dialect::Handbook => (
+                tx.customer_id.to_string(),
+                serde_json::to_vec(tx).expect("serializable"),
+            ),
+            Dialect::Payments => {
+                let card = format!("card-{:05}", tx.customer_id);
+                let channel = ["pos", "web", "app"][(tx.tx_id % 3) as usize];
+                let os = ["ios", "android"][(tx.customer_id % 2) as usize];
+                let v = serde_json::json!({
+                    "payment_id": Self::payment_id(tx.tx_id),
+                    "occurred_at": rfc3339(tx.tx_time_ms),
+                    "card_id": card,
+                    "merchant_id": format!("m-{:05}", tx.terminal_id),
+                    "amount_cents": (tx.amount * 100.0).round() as i64,
+                    "country": COUNTRIES[(tx.terminal_id % COUNTRIES.len() as u64) as usize],
+                    "currency": "EUR",
+                    "channel": channel,
+                    "device": {"os": os},
+                });
+                (card, serde_json::to_vec(&v).expect("serializable"))
+            }
+        }
+    }
+
+    /// A label's message key and payload.
+    pub fn label(self, l: &weir_simulator::FraudLabel) -> (String, Vec<u8>) {
+        match self {
+            Dialect::Handbook => (l.tx_id.to_string(), serde_json::to_vec(l).expect("serializable")),
+            Dialect::Payments => {
+                let id = Self::payment_id(l.tx_id);
+                let v = serde_json::json!({
+                    "payment_id": id,
+                    "is_fraud": l.tx_fraud == 1,
+                    "card_id": format!("card-{:05}", l.customer_id),
+                    "merchant_id": format!("m-{:05}", l.terminal_id),
+                    "occurred_at": rfc3339(l.tx_time_ms),
+                    "reported_at": rfc3339(l.available_at_ms),
+                    "scenario": l.tx_fraud_scenario,
+                });
+                (id, serde_json::to_vec(&v).expect("serializable"))
+            }
+        }
+    }
+}
+
 /// Where generated data goes.
 #[derive(Debug, Clone)]
 pub enum Target {
@@ -96,6 +186,22 @@ pub fn generate(
     target: &Target,
     malformed: u64,
     rate: Option<f64>,
+    each: impl FnMut(&LabeledTransaction),
+    on_day: impl FnMut(u32),
+) -> Result<GenerateSummary, GenerateError> {
+    generate_as(Dialect::Handbook, sim, target, malformed, rate, each, on_day)
+}
+
+/// [`generate`], writing `dialect`'s encoding.
+///
+/// # Errors
+/// [`GenerateError`] if the target cannot be written.
+pub fn generate_as(
+    dialect: Dialect,
+    sim: SimConfig,
+    target: &Target,
+    malformed: u64,
+    rate: Option<f64>,
     mut each: impl FnMut(&LabeledTransaction),
     mut on_day: impl FnMut(u32),
 ) -> Result<GenerateSummary, GenerateError> {
@@ -148,11 +254,9 @@ pub fn generate(
                     } else {
                         lt
                     };
-                    let payload = serde_json::to_vec(&lt.tx).expect("serializable");
-                    let key = lt.tx.customer_id.to_string();
+                    let (key, payload) = dialect.transaction(&lt.tx);
                     producer.send(topic, Some(key.as_bytes()), &payload, Some(lt.tx.tx_time_ms))?;
-                    let label = serde_json::to_vec(&lt.label).expect("serializable");
-                    let lkey = lt.tx.tx_id.to_string();
+                    let (lkey, label) = dialect.label(&lt.label);
                     if *realtime {
                         due_labels.insert((lt.label.available_at_ms, lt.tx.tx_id), (lkey, label));
                         send_due(&producer, &mut due_labels, &mut summary)?;
@@ -207,9 +311,11 @@ pub fn generate(
             };
             for (day, txs) in simulator.enumerate() {
                 for lt in &txs {
-                    serde_json::to_writer(&mut tx_out, &lt.tx).map_err(|e| werr(path)(e.into()))?;
+                    tx_out.write_all(&dialect.transaction(&lt.tx).1).map_err(werr(path))?;
                     tx_out.write_all(b"\n").map_err(werr(path))?;
-                    serde_json::to_writer(&mut label_out, &lt.label).map_err(|e| werr(labels_path)(e.into()))?;
+                    label_out
+                        .write_all(&dialect.label(&lt.label).1)
+                        .map_err(werr(labels_path))?;
                     label_out.write_all(b"\n").map_err(werr(labels_path))?;
                     summary.labels += 1;
                     summary.transactions += 1;

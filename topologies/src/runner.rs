@@ -29,7 +29,7 @@ use weir_connectors::parquet::sink::ParquetScoreSink;
 use weir_core::periodic::Periodic;
 use weir_core::{DeadLetterSink, DeliveryLedger, FeatureRow, FlowControl, Lineage, Metrics, ScoreSink};
 use weir_feature_store::{windowed_features_with, FeatureSpec, FeatureValues};
-use weir_operators::decode::{decode, DecodeLimits};
+use weir_operators::decode::{decode_labels, decode_with, EventDecoder};
 use weir_operators::inference::{
     default_runtime_path, init_runtime, ExecutionProvider, InferenceError, InferencePool, ModelSpec, OnnxScorer, Scorer,
 };
@@ -302,6 +302,33 @@ pub type FeatureStreams<'s> = (
     timely::dataflow::StreamVec<'s, u64, weir_core::DeadLetter>,
 );
 
+/// What a topology's events become features by: the decoder of its `[schema]`, its feature
+/// spec, and the label messages' schema and layout where the spec needs labels.
+#[derive(Debug, Clone)]
+pub struct FeaturePlan {
+    /// The events' decoder (schema, ranges, limits).
+    pub decoder: EventDecoder,
+    /// The features.
+    pub spec: FeatureSpec,
+    /// The labels' schema and layout, if the spec needs labels.
+    pub labels: Option<(
+        weir_operators::schema::Schema,
+        weir_feature_store::definition::LabelLayout,
+    )>,
+}
+
+impl FeaturePlan {
+    /// The plan of `cfg` (validated).
+    pub fn of(cfg: &TopologyConfig) -> Self {
+        let spec = cfg.feature_spec();
+        Self {
+            decoder: cfg.decoder(),
+            labels: spec.needs_labels().then(|| cfg.label_schema()),
+            spec,
+        }
+    }
+}
+
 /// Source(s) -> decode -> features, for one worker: the part of a topology shared by scoring
 /// (`weir run`) and training-set export (`weir features export`). Returns the feature vectors
 /// and the dead letters.
@@ -312,20 +339,30 @@ pub fn feature_dataflow<'s>(
     scope: timely::dataflow::Scope<'s, u64>,
     source: &KafkaSourceConfig,
     labels: Option<&KafkaSourceConfig>,
-    limits: &DecodeLimits,
-    spec: &FeatureSpec,
+    plan: &FeaturePlan,
     shared: &SourceShared,
     snapshots: &weir_feature_store::keyed::Snapshots,
 ) -> Result<FeatureStreams<'s>, String> {
     let events = kafka_source(scope, source.clone(), shared.clone()).map_err(|e| e.to_string())?;
-    let labels = match labels {
-        Some(lc) => Some(weir_operators::decode::decode_labels(
-            kafka_source(scope, lc.clone(), shared.clone()).map_err(|e| e.to_string())?,
-        )),
-        None => None,
+    let labels = match (labels, &plan.labels) {
+        (Some(lc), Some((schema, layout))) => {
+            let (spec, layout) = (plan.spec.clone(), layout.clone());
+            Some(decode_labels(
+                kafka_source(scope, lc.clone(), shared.clone()).map_err(|e| e.to_string())?,
+                schema.clone(),
+                move |values, available_at| spec.label_row(&layout, values, available_at),
+            ))
+        }
+        _ => None,
     };
-    let (txs, letters) = decode(events, limits.clone());
-    Ok((windowed_features_with(txs, labels, spec.clone(), snapshots), letters))
+    let spec = plan.spec.clone();
+    let (rows, letters) = decode_with(events, plan.decoder.clone(), move |meta, values| {
+        spec.event_row(meta, values)
+    });
+    Ok((
+        windowed_features_with(rows, labels, plan.spec.clone(), snapshots),
+        letters,
+    ))
 }
 
 /// Runs one worker's dataflow to completion: steps until `probe` is done and every one of the
@@ -485,10 +522,12 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
     };
     wait_for_brokers(&brokers, &cfg.source.properties, field, !bounded, &flow)?;
 
+    let id_column = cfg.id_column();
     let sink: Arc<dyn ScoreSink> = match (&opts.parquet_dir, cfg.sink.kind.as_str()) {
         (None, _) if opts.kafka_topic.is_some() => Arc::new(KafkaScoreSink::new(
             &brokers,
             opts.kafka_topic.as_deref().expect("checked"),
+            &id_column,
             &cfg.sink.properties,
             ledger.clone(),
             metrics.clone(),
@@ -496,6 +535,7 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
         (Some(dir), _) => {
             let sink = ParquetScoreSink::new(
                 dir,
+                &id_column,
                 cfg.sink.max_rows_per_file,
                 cfg.sink.row_group_rows,
                 ledger.clone(),
@@ -508,6 +548,7 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
         }
         (None, "parquet") => Arc::new(ParquetScoreSink::new(
             cfg.sink.path.as_ref().expect("validated"),
+            &id_column,
             cfg.sink.max_rows_per_file,
             cfg.sink.row_group_rows,
             ledger.clone(),
@@ -516,6 +557,7 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
         _ => Arc::new(KafkaScoreSink::new(
             &brokers,
             &cfg.sink.topic,
+            &id_column,
             &cfg.sink.properties,
             ledger.clone(),
             metrics.clone(),
@@ -699,7 +741,7 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
             }
         })
     };
-    let limits = cfg.decode_limits();
+    let plan = FeaturePlan::of(cfg);
     let positions = Arc::new(weir_connectors::kafka::lag::ConsumerPositions::default());
     let lag_monitor = weir_connectors::kafka::lag::LagMonitor::spawn(
         &brokers,
@@ -735,8 +777,7 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
                     scope,
                     &source_config,
                     labels_config.as_ref(),
-                    &limits,
-                    &spec,
+                    &plan,
                     &shared,
                     &snapshots,
                 )?;

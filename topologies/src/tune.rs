@@ -33,8 +33,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use weir_connectors::kafka::admin::{read_topic, BulkProducer};
 use weir_connectors::kafka::embedded::EmbeddedKafka;
 use weir_connectors::kafka::source::StartPosition;
-use weir_core::{clock, Metrics, Transaction};
+use weir_core::{clock, Metrics};
 use weir_operators::micro_batch::BatchWindow;
+use weir_simulator::Transaction;
 use weir_simulator::{SimConfig, Simulator};
 
 use crate::runner::{flow_control, run_topology, RunOptions};

@@ -5,8 +5,8 @@
 //! [`DeliveryLedger`] from the delivery report, so offsets are committed only for delivered
 //! output.
 //!
-//! Score record: key = `tx_id` (decimal), timestamp = event time, value (JSON):
-//! `{"tx_id":1,"score":0.0123,"model_version":"v1","event_time_ms":1522540800000,"partition":0,"offset":17}`.
+//! Score record: key = the event id (its text), timestamp = event time, value (JSON):
+//! `{"<id>":1,"score":0.0123,"model_version":"v1","event_time_ms":1522540800000,"partition":0,"offset":17}`.
 //!
 //! Dead-letter record: key, value and headers = the original message's (unchanged, possibly not
 //! UTF-8; a tombstone stays a null value); then the reason and lineage in headers, as Kafka
@@ -236,16 +236,20 @@ pub struct KafkaScoreSink {
     producer: ThreadedProducer<AckContext>,
     topic: String,
     name: String,
+    /// `{"<id name>":`, JSON-escaped once.
+    id_prefix: String,
 }
 
 impl KafkaScoreSink {
-    /// Connects a score sink for `topic`; `properties` override weir's producer defaults.
+    /// Connects a score sink for `topic`, writing ids as `id` says; `properties` override
+    /// weir's producer defaults.
     ///
     /// # Errors
     /// [`ConnectorError::Kafka`] on an invalid configuration.
     pub fn new(
         brokers: &str,
         topic: &str,
+        id: &crate::IdColumn,
         properties: &BTreeMap<String, String>,
         ledger: Arc<DeliveryLedger>,
         metrics: Arc<Metrics>,
@@ -261,6 +265,7 @@ impl KafkaScoreSink {
             producer,
             topic: topic.to_string(),
             name: format!("kafka:{topic}"),
+            id_prefix: format!("{{{}:", serde_json::to_string(&id.name).unwrap_or_default()),
         })
     }
 }
@@ -275,12 +280,21 @@ impl ScoreSink for KafkaScoreSink {
             key.clear();
             // Hand-written JSON for the hot path: every field is a number except the version,
             // JSON-escaped once per batch by serde_json.
+            value.extend_from_slice(self.id_prefix.as_bytes());
+            match &row.id {
+                weir_core::EventId::Int(v) => {
+                    let _ = write!(value, "{v}");
+                }
+                weir_core::EventId::Str(s) => {
+                    let _ = serde_json::to_writer(&mut value, s);
+                }
+            }
             let _ = write!(
                 value,
-                r#"{{"tx_id":{},"score":{},"model_version":{},"event_time_ms":{},"partition":{},"offset":{}}}"#,
-                row.tx_id, score, version, row.event_time_ms, row.lineage.partition, row.lineage.offset
+                r#","score":{},"model_version":{},"event_time_ms":{},"partition":{},"offset":{}}}"#,
+                score, version, row.event_time_ms, row.lineage.partition, row.lineage.offset
             );
-            let _ = write!(key, "{}", row.tx_id);
+            let _ = write!(key, "{}", row.id);
             let record = BaseRecord::with_opaque_to(
                 &self.topic,
                 Box::new(Pending {

@@ -207,14 +207,22 @@ fn score_sink_acknowledges_delivered_scores() {
     let brokers = kafka.bootstrap_servers();
     let ledger = Arc::new(DeliveryLedger::new());
     let metrics = Arc::new(Metrics::new("t"));
-    let sink = KafkaScoreSink::new(&brokers, "scores", &BTreeMap::new(), ledger.clone(), metrics.clone()).unwrap();
+    let sink = KafkaScoreSink::new(
+        &brokers,
+        "scores",
+        &crate::IdColumn::int("tx_id"),
+        &BTreeMap::new(),
+        ledger.clone(),
+        metrics.clone(),
+    )
+    .unwrap();
     let rows: Vec<RowMeta> = (0..50)
         .map(|i| RowMeta {
             lineage: weir_core::Lineage {
                 partition: 0,
                 offset: i,
             },
-            tx_id: 100 + i as u64,
+            id: weir_core::EventId::Int(100 + i as i64),
             event_time_ms: 5,
             read_at_us: 0,
         })
@@ -299,7 +307,15 @@ fn sinks(
     let ledger = Arc::new(DeliveryLedger::new());
     let metrics = Arc::new(Metrics::new("t"));
     let none = BTreeMap::new();
-    let scores = KafkaScoreSink::new(&brokers, "scores", &none, ledger.clone(), metrics.clone()).unwrap();
+    let scores = KafkaScoreSink::new(
+        &brokers,
+        "scores",
+        &crate::IdColumn::int("tx_id"),
+        &none,
+        ledger.clone(),
+        metrics.clone(),
+    )
+    .unwrap();
     let dlq =
         Arc::new(KafkaDeadLetterSink::new(&brokers, "dlq", "events", &none, ledger.clone(), metrics.clone()).unwrap());
     (ledger, metrics, scores, dlq)
@@ -391,7 +407,7 @@ fn a_score_record_whose_delivery_fails_becomes_a_dead_letter_and_is_acknowledged
             partition: 0,
             offset: 0,
         },
-        tx_id: 7,
+        id: weir_core::EventId::Int(7),
         event_time_ms: 5,
         read_at_us: 0,
     };

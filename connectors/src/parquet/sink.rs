@@ -6,17 +6,16 @@
 //! file. Rows are acknowledged (and their offsets become committable) only when their file is
 //! complete: a crash loses the in-progress file, whose events are then re-read.
 //!
-//! Schema: `tx_id: UInt64, event_time: Timestamp(ms, UTC), score: Float32,
-//! model_version: Utf8, source_partition: Int32, source_offset: Int64`.
+//! Schema: `<id>: Int64 or Utf8` (the id as it came, under its schema field's name; see
+//! [`IdColumn`]), `event_time: Timestamp(ms, UTC), score: Float32, model_version: Utf8,
+//! source_partition: Int32, source_offset: Int64`.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arrow::array::{
-    ArrayRef, Float32Array, Int32Array, Int64Array, StringArray, TimestampMillisecondArray, UInt64Array,
-};
+use arrow::array::{ArrayRef, Float32Array, Int32Array, Int64Array, StringArray, TimestampMillisecondArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
@@ -24,12 +23,13 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use weir_core::{clock, DeliveryLedger, Metrics, RowMeta, ScoreSink, SinkError};
 
-use crate::ConnectorError;
+use crate::{ConnectorError, IdColumn};
 
-/// The Arrow schema of score files.
-pub fn score_schema() -> SchemaRef {
+/// The Arrow schema of score files with ids `id`.
+pub fn score_schema(id: &IdColumn) -> SchemaRef {
+    let id_type = if id.string { DataType::Utf8 } else { DataType::Int64 };
     Arc::new(Schema::new(vec![
-        Field::new("tx_id", DataType::UInt64, false),
+        Field::new(&id.name, id_type, false),
         Field::new(
             "event_time",
             DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
@@ -64,6 +64,7 @@ pub struct ParquetScoreSink {
     max_rows_per_file: usize,
     row_group_rows: usize,
     schema: SchemaRef,
+    string_ids: bool,
     state: Mutex<State>,
     ledger: Arc<DeliveryLedger>,
     metrics: Arc<Metrics>,
@@ -77,12 +78,13 @@ fn io(sink: &Path, e: impl std::fmt::Display) -> SinkError {
 }
 
 impl ParquetScoreSink {
-    /// A sink writing into `dir` (created if missing).
+    /// A sink writing into `dir` (created if missing), ids as `id` says.
     ///
     /// # Errors
     /// [`ConnectorError::File`] if the directory cannot be created.
     pub fn new(
         dir: &Path,
+        id: &IdColumn,
         max_rows_per_file: usize,
         row_group_rows: usize,
         ledger: Arc<DeliveryLedger>,
@@ -97,7 +99,8 @@ impl ParquetScoreSink {
             prefix: format!("scores-{}", clock::wall_ms()),
             max_rows_per_file: max_rows_per_file.max(1),
             row_group_rows: row_group_rows.max(1),
-            schema: score_schema(),
+            schema: score_schema(id),
+            string_ids: id.string,
             state: Mutex::new(State {
                 open: None,
                 seq: 0,
@@ -207,7 +210,13 @@ impl ScoreSink for ParquetScoreSink {
             let n = (self.max_rows_per_file - f.rows).min(rows.len() - start);
             let r = &rows[start..start + n];
             let columns: Vec<ArrayRef> = vec![
-                Arc::new(UInt64Array::from_iter_values(r.iter().map(|m| m.tx_id))),
+                if self.string_ids {
+                    Arc::new(StringArray::from_iter_values(r.iter().map(|m| m.id.to_string())))
+                } else {
+                    Arc::new(Int64Array::from_iter_values(
+                        r.iter().map(|m| m.id.as_int().unwrap_or_default()),
+                    ))
+                },
                 Arc::new(
                     TimestampMillisecondArray::from_iter_values(r.iter().map(|m| m.event_time_ms)).with_timezone("UTC"),
                 ),
@@ -250,14 +259,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ledger = Arc::new(DeliveryLedger::new());
         let metrics = Arc::new(Metrics::new("t"));
-        let sink = ParquetScoreSink::new(dir.path(), 250, 100, ledger.clone(), metrics).unwrap();
+        let sink =
+            ParquetScoreSink::new(dir.path(), &IdColumn::int("tx_id"), 250, 100, ledger.clone(), metrics).unwrap();
         let rows: Vec<RowMeta> = (0..600)
             .map(|i| RowMeta {
                 lineage: Lineage {
                     partition: 1,
                     offset: i,
                 },
-                tx_id: i as u64,
+                id: weir_core::EventId::Int(i as i64),
                 event_time_ms: 1000 + i,
                 read_at_us: 0,
             })
@@ -291,7 +301,7 @@ mod tests {
             for b in reader {
                 let b = b.unwrap();
                 total += b.num_rows();
-                let id = b.column(0).as_any().downcast_ref::<UInt64Array>().unwrap();
+                let id = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
                 let sc = b.column(2).as_any().downcast_ref::<Float32Array>().unwrap();
                 for i in 0..b.num_rows() {
                     assert_eq!(id.value(i) as f32, sc.value(i));
@@ -303,7 +313,7 @@ mod tests {
         let lineages: Vec<(i32, i64)> = files.iter().flat_map(|f| score_file_lineages(f).unwrap()).collect();
         assert_eq!(lineages, (0..600).map(|o| (1, o)).collect::<Vec<_>>());
         ids.sort();
-        assert_eq!(ids, (0..600).collect::<Vec<u64>>());
+        assert_eq!(ids, (0..600).collect::<Vec<i64>>());
         assert!(std::fs::read_dir(dir.path()).unwrap().all(|e| !e
             .unwrap()
             .path()

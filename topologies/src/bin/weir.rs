@@ -18,7 +18,7 @@ use weir_simulator::SimConfig;
 use weir_topologies::bench::{run_bench, BenchOptions};
 use weir_topologies::config::{parse_start, TopologyConfig};
 use weir_topologies::demo::{run_demo, summary, DemoOptions, LABELS_TOPIC};
-use weir_topologies::generate::{generate, Target};
+use weir_topologies::generate::Target;
 use weir_topologies::reload::Reloader;
 use weir_topologies::runner::{open_scorers, run_topology, RunOptions};
 
@@ -143,6 +143,10 @@ enum Command {
         /// Malformed events to mix in (dead-letter demos and tests).
         #[arg(long, default_value_t = 0)]
         malformed: u64,
+        /// Event schema written: `handbook` (topologies/fraud-scoring.toml) or `payments`
+        /// (topologies/card-payments.toml).
+        #[arg(long, value_enum, default_value = "handbook")]
+        dialect: weir_topologies::generate::Dialect,
         /// Most transactions per second (Kafka only); default: as fast as possible.
         #[arg(long)]
         rate: Option<f64>,
@@ -541,6 +545,7 @@ fn main() -> ExitCode {
             labels_topic,
             out,
             malformed,
+            dialect,
             rate,
             realtime,
         } => {
@@ -561,7 +566,16 @@ fn main() -> ExitCode {
                     _ => return Err("give --brokers (Kafka) or --out (JSONL file)".to_string()),
                 };
                 let pb = indicatif::ProgressBar::new(config.n_days as u64);
-                let s = generate(config, &target, malformed, rate, |_| {}, |_| pb.inc(1)).map_err(|e| e.to_string())?;
+                let s = weir_topologies::generate::generate_as(
+                    dialect,
+                    config,
+                    &target,
+                    malformed,
+                    rate,
+                    |_| {},
+                    |_| pb.inc(1),
+                )
+                .map_err(|e| e.to_string())?;
                 pb.finish_and_clear();
                 println!(
                     "generated {} transactions ({} fraudulent), {} malformed events, {} labels ({} not yet due, not sent) -> {target:?}",
