@@ -16,7 +16,7 @@ NISSHI_VERSION := 0.8.1
 NISSHI_ROOT    ?= $(HOME)/.cache/weir/nisshi-$(NISSHI_VERSION)
 export NISSHI_BIN ?= $(NISSHI_ROOT)/bin/nisshi
 
-.PHONY: setup nisshi ops-tools demo test bench model clean-ort
+.PHONY: setup nisshi ops-tools demo test bench model model-payments clean-ort
 
 ## setup: fetch libonnxruntime.so $(ORT_VERSION) (the `onnxruntime` wheel, no other packages).
 setup: $(ORT_LIB)
@@ -71,6 +71,12 @@ model: setup
 	$(CARGO) run --release --quiet -p weir-topologies --bin weir -- features export topologies/fraud-scoring.toml \
 	    --generate-days 90 --seed 7 --out target/train.parquet
 	$(PYTHON) models/fraud/train.py --training-set target/train.parquet --out models/fraud
+
+## model-payments: retrain models/card-payments/model.onnx (the second topology's model) the same way.
+model-payments: setup
+	$(CARGO) run --release --quiet -p weir-topologies --bin weir -- features export topologies/card-payments.toml \
+	    --generate-days 60 --seed 7 --out target/payments-train.parquet
+	$(PYTHON) models/card-payments/train.py --training-set target/payments-train.parquet --out models/card-payments
 
 clean-ort:
 	rm -rf $(ORT_DIR)

@@ -75,8 +75,8 @@ def main():
 - **Input** `input`: float `[batch, {len(features)}]`, in this order (ONNX metadata `features`):
 {chr(10).join(f"  {i + 1}. `{f}`" for i, f in enumerate(features))}
 - **Outputs**: `label` int64 `[batch]`; `probabilities` float `[batch, 2]`, column 1 = fraud.
-- **Training set**: `weir features export topologies/card-payments.toml --generate-days 60 --seed 7
-  --customers 2000 --terminals 4000` (the handbook's simulation written as payments):
+- **Training set**: `weir features export topologies/card-payments.toml --generate-days 60 --seed 7`
+  (the handbook's simulation, 5000 cards and 10000 merchants, written as payments):
   {len(y)} payments, {int(y.sum())} fraudulent ({100 * y.mean():.2f}%).
 - **Split**: days 0-{w - 1} warm-up, train days {w}-{w + tr - 1} ({int(train.sum())} payments), {dl}-day delay,
   test from day {w + tr + dl} ({int(test.sum())} payments, {int(y[test].sum())} fraudulent).

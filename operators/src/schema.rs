@@ -44,8 +44,9 @@ use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 pub enum FieldType {
     /// A JSON integer (i64).
     Integer,
-    /// A JSON number as f64, multiplied by `scale` (e.g. `0.01` for an amount in integer
-    /// cents); must be finite.
+    /// A JSON number as f64, scaled by `scale` (e.g. `0.01` for an amount in integer cents:
+    /// divided by 100, correctly rounded, where `1 / scale` is an integer; else multiplied);
+    /// must be finite.
     Float {
         /// Factor applied to the JSON number (1 for none).
         scale: f64,
@@ -589,7 +590,8 @@ fn convert(spec: &FieldSpec, raw: Raw) -> Result<Option<Value>, SchemaError> {
                 Raw::U(v) => v as f64,
                 Raw::F(v) => v,
                 ref r => return wrong(kind_of(r)),
-            } * scale;
+            };
+            let v = apply_scale(v, scale);
             if v.is_finite() {
                 Ok(Some(Value::Float(v)))
             } else {
@@ -623,6 +625,22 @@ fn convert(spec: &FieldSpec, raw: Raw) -> Result<Option<Value>, SchemaError> {
             ms.map(|t| Some(Value::Time(t)))
                 .ok_or_else(|| err(name, "invalid_time", format!("{v} is out of range")))
         }
+    }
+}
+
+/// `v` scaled by `scale`: a division by `1 / scale` where that is an integer (cents: `/ 100`,
+/// correctly rounded, so 1250 cents are exactly 12.5 and 4041 exactly the double nearest 40.41),
+/// else a multiplication.
+#[inline]
+fn apply_scale(v: f64, scale: f64) -> f64 {
+    if scale == 1.0 {
+        return v;
+    }
+    let inverse = 1.0 / scale;
+    if (inverse - inverse.round()).abs() < 1e-9 * inverse.abs() {
+        v / inverse.round()
+    } else {
+        v * scale
     }
 }
 
@@ -661,6 +679,33 @@ mod tests {
     use proptest::prelude::*;
 
     use crate::decode::handbook_schema as handbook;
+
+    #[test]
+    fn integer_cents_scale_to_the_nearest_double_of_the_amount() {
+        let s = Schema::new(
+            vec![
+                FieldSpec::required("id", FieldType::Integer),
+                FieldSpec::required("cents", FieldType::Float { scale: 0.01 }),
+                FieldSpec::required("tenths", FieldType::Float { scale: 0.4 }),
+            ],
+            "id",
+            None,
+            UnknownFields::Ignore,
+        )
+        .unwrap();
+        let v = s.decode(br#"{"id":1,"cents":4041,"tenths":10}"#).unwrap();
+        // 4041 * 0.01 is 40.410000000000004; divided by 100 it is the double nearest 40.41.
+        assert_eq!(v[1], Value::Float(40.41));
+        assert_eq!(
+            v[2],
+            Value::Float(4.0),
+            "a scale whose inverse is no integer multiplies"
+        );
+        assert_eq!(
+            s.decode(br#"{"id":1,"cents":1250,"tenths":0}"#).unwrap()[1],
+            Value::Float(12.5)
+        );
+    }
 
     #[test]
     fn the_handbook_schema_decodes_what_the_typed_decoder_decodes() {
@@ -798,7 +843,7 @@ mod tests {
         match kind {
             FieldType::Integer => any::<i64>().prop_map(|v| (v.to_string(), Value::Int(v))).boxed(),
             FieldType::Float { scale } => (-1_000_000_000i64..1_000_000_000)
-                .prop_map(move |v| (v.to_string(), Value::Float(v as f64 * scale)))
+                .prop_map(move |v| (v.to_string(), Value::Float(super::apply_scale(v as f64, scale))))
                 .boxed(),
             FieldType::String => "[a-zA-Z0-9 _-]{0,12}"
                 .prop_map(|s| (serde_json::to_string(&s).unwrap(), Value::Str(s)))

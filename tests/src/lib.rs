@@ -272,8 +272,20 @@ impl Drop for NisshiBroker {
 /// commit interval, test-friendly consumer timeouts, `extra_source` lines added to `[source]` and
 /// `batching` lines replacing the `[batching]` table's body. Returns its path.
 pub fn topology_file(dir: &Path, brokers: &str, group: &str, extra_source: &str, batching: &str) -> PathBuf {
-    let base = std::fs::read_to_string(repo().join("topologies/fraud-scoring.toml")).expect("fraud-scoring.toml");
-    let model = repo().join("models/fraud/model.onnx");
+    topology_file_of("fraud-scoring.toml", dir, brokers, group, extra_source, batching)
+}
+
+/// As [`topology_file`], from the shipped topology `topologies/<name>` (its model path made
+/// absolute).
+pub fn topology_file_of(
+    name: &str,
+    dir: &Path,
+    brokers: &str,
+    group: &str,
+    extra_source: &str,
+    batching: &str,
+) -> PathBuf {
+    let base = std::fs::read_to_string(repo().join("topologies").join(name)).expect("a shipped topology");
     let mut out = String::new();
     let mut section = String::new();
     for line in base.lines() {
@@ -311,6 +323,8 @@ pub fn topology_file(dir: &Path, brokers: &str, group: &str, extra_source: &str,
             continue;
         }
         if section == "[model]" && key == "path" {
+            let rel = trimmed.split('"').nth(1).expect("a quoted model path");
+            let model = repo().join("topologies").join(rel);
             out.push_str(&format!("path = \"{}\"\n", model.display()));
             continue;
         }

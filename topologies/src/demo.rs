@@ -231,7 +231,7 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoReport, DemoError> {
 
 /// librdkafka's mock cluster deletes a partition's oldest records beyond 5 MiB or 100,000
 /// records; a demo that lost data that way must say so rather than report missing scores.
-fn check_not_truncated(brokers: &str, topic: &str) -> Result<(), DemoError> {
+pub(crate) fn check_not_truncated(brokers: &str, topic: &str) -> Result<(), DemoError> {
     for (partition, low, _) in watermarks(brokers, topic, Duration::from_secs(10))? {
         if low > 0 {
             return Err(DemoError::Truncated {

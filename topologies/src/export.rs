@@ -70,8 +70,9 @@ pub fn export_training_set(opts: &ExportOptions) -> Result<ExportReport, DemoErr
         (Some(b), None) => b.clone(),
         (None, Some(sim)) => {
             let kafka = EmbeddedKafka::start()?;
-            // Enough partitions for the mock broker's 5 MiB per partition retention.
-            let partitions = ((sim.n_customers as u64 * 2 * sim.n_days as u64 * 130) / (3 << 20) + 4) as i32;
+            // Enough partitions for the mock broker's 5 MiB per partition retention (payments
+            // dialect events are about 280 bytes, the handbook's 100).
+            let partitions = ((sim.n_customers as u64 * 2 * sim.n_days as u64 * 320) / (3 << 20) + 4) as i32;
             kafka.create_topic(&cfg.source.topic, partitions)?;
             kafka.create_topic(&cfg.labels.topic, partitions)?;
             let b = kafka.bootstrap_servers();
@@ -89,6 +90,9 @@ pub fn export_training_set(opts: &ExportOptions) -> Result<ExportReport, DemoErr
                 |_| {},
                 |_| {},
             )?;
+            // The mock broker drops what exceeds its retention: an export must not be short.
+            crate::demo::check_not_truncated(&b, &cfg.source.topic)?;
+            crate::demo::check_not_truncated(&b, &cfg.labels.topic)?;
             _embedded = Some(kafka);
             b
         }
