@@ -54,7 +54,7 @@ ops-tools:
 
 ## demo: generate ~240k simulated transactions on an embedded broker, score them, summarize.
 demo: setup
-	$(CARGO) run --release --quiet -p weir-topologies --bin weir -- demo
+	$(CARGO) run --release --quiet -p weir-tools --bin weir -- demo
 
 ## test: the whole suite (unit, doc and end-to-end tests; cargo builds the weir binary they run;
 ## tests that need a real broker start nisshi processes).
@@ -63,18 +63,18 @@ test: setup nisshi ops-tools
 
 ## bench: raw ONNX Runtime vs raw Kafka I/O vs the pipeline, in one run.
 bench: setup
-	$(CARGO) run --release --quiet -p weir-topologies --bin weir -- bench
+	$(CARGO) run --release --quiet -p weir-tools --bin weir -- bench
 
 ## model: retrain models/fraud/model.onnx on a training set exported by the feature store
 ## (needs pyarrow, scikit-learn, skl2onnx, onnx; see models/fraud/MODEL_CARD.md).
 model: setup
-	$(CARGO) run --release --quiet -p weir-topologies --bin weir -- features export topologies/fraud-scoring.toml \
+	$(CARGO) run --release --quiet -p weir-tools --bin weir -- features export topologies/fraud-scoring.toml \
 	    --generate-days 90 --seed 7 --out target/train.parquet
 	$(PYTHON) models/fraud/train.py --training-set target/train.parquet --out models/fraud
 
 ## model-payments: retrain models/card-payments/model.onnx (the second topology's model) the same way.
 model-payments: setup
-	$(CARGO) run --release --quiet -p weir-topologies --bin weir -- features export topologies/card-payments.toml \
+	$(CARGO) run --release --quiet -p weir-tools --bin weir -- features export topologies/card-payments.toml \
 	    --generate-days 60 --seed 7 --out target/payments-train.parquet
 	$(PYTHON) models/card-payments/train.py --training-set target/payments-train.parquet --out models/card-payments
 

@@ -22,7 +22,7 @@ pub fn repo() -> PathBuf {
 /// Path of the `weir` binary built in the same profile as this test.
 ///
 /// # Panics
-/// If it has not been built (run `cargo build --release -p weir-topologies --bin weir`, which
+/// If it has not been built (run `cargo build --release -p weir-tools --bin weir`, which
 /// `make test` does).
 pub fn weir_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
@@ -34,7 +34,7 @@ pub fn weir_bin() -> PathBuf {
         .expect("target dir");
     assert!(
         bin.exists(),
-        "`{}` not found: build it first with `cargo build --release -p weir-topologies --bin weir` (make test does)",
+        "`{}` not found: build it first with `cargo build --release -p weir-tools --bin weir` (make test does)",
         bin.display()
     );
     bin
@@ -324,7 +324,11 @@ pub fn topology_file_of(
         }
         if section == "[model]" && key == "path" {
             let rel = trimmed.split('"').nth(1).expect("a quoted model path");
-            let model = repo().join("topologies").join(rel);
+            // Relative to topologies/: `../models/...` is the repository's `models/...`.
+            let model = match rel.strip_prefix("../") {
+                Some(r) => repo().join(r),
+                None => repo().join("topologies").join(rel),
+            };
             out.push_str(&format!("path = \"{}\"\n", model.display()));
             continue;
         }

@@ -1,21 +1,11 @@
-//! Topologies: the configuration schema, the wiring of one timely dataflow from a configuration,
-//! the transaction generator's Kafka/file output, evaluation of scores against labels, and the
-//! `weir` command-line tool (`src/bin/weir.rs`).
+//! Topologies: the configuration a topology file holds (serde + toml over weir's defaults,
+//! validated, every error naming its field) and the plan it compiles to ([`plan`]). The runtime
+//! (`weir-runtime`) builds a dataflow from them; the backfill job system (`weir-jobs`) and the
+//! tools with the `weir` command (`weir-tools`) sit on top.
 #![deny(missing_docs)]
 
-pub mod backfill;
-pub mod bench;
 pub mod config;
-pub mod demo;
-pub mod eval;
-pub mod export;
-pub mod generate;
-pub mod http;
-pub mod latency;
-pub mod recovery;
-pub mod reload;
-pub mod runner;
-pub mod tune;
+pub mod plan;
 
 pub use config::TopologyConfig;
-pub use runner::{run_topology, RunOptions, RunReport};
+pub use plan::FeaturePlan;

@@ -147,7 +147,7 @@ pub struct KafkaSourceConfig {
     /// store needs every partition of the topic in one process (see the module doc), read whole.
     pub assign: bool,
     /// With `assign`: where listed partitions start reading, overriding `start` (a live restart
-    /// replaying retained history into the feature store: see `weir_topologies::recovery`).
+    /// replaying retained history into the feature store: see `weir_runtime::recovery`).
     pub start_offsets: Option<Arc<BTreeMap<i32, i64>>>,
     /// Offsets are never committed at or below these positions, `partition -> offset` (the
     /// group's commits when a live restart began replaying before them, so that a crash during

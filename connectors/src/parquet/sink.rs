@@ -25,6 +25,47 @@ use weir_core::{clock, DeliveryLedger, Metrics, RowMeta, ScoreSink, SinkError};
 
 use crate::{ConnectorError, IdColumn};
 
+/// The file-name prefix of a backfill job's score files, `scores-<job id>-`: every run of the
+/// job writes `scores-<job id>-<start ms>-<seq>.parquet` ([`job_run_prefix`]).
+pub fn job_prefix(job_id: &str) -> String {
+    format!("scores-{job_id}-")
+}
+
+/// The prefix of one run of job `job_id` started at `start_ms` (for [`ParquetScoreSink::with_prefix`]).
+pub fn job_run_prefix(job_id: &str, start_ms: i64) -> String {
+    format!("{}{start_ms}", job_prefix(job_id))
+}
+
+/// The score files in `dir` whose names start with `prefix`: complete ones (`*.parquet`) and
+/// the in-progress ones a crash left (`*.parquet.inprogress`, never acknowledged). A missing
+/// directory holds none.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ScoreFiles {
+    /// Complete files.
+    pub complete: Vec<PathBuf>,
+    /// In-progress files.
+    pub in_progress: Vec<PathBuf>,
+}
+
+/// Lists `dir`'s score files starting with `prefix` (see [`ScoreFiles`]).
+pub fn score_files(dir: &Path, prefix: &str) -> ScoreFiles {
+    let mut out = ScoreFiles::default();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if !name.starts_with(prefix) {
+            continue;
+        }
+        if name.ends_with(".parquet.inprogress") {
+            out.in_progress.push(entry.path());
+        } else if name.ends_with(".parquet") {
+            out.complete.push(entry.path());
+        }
+    }
+    out.complete.sort();
+    out.in_progress.sort();
+    out
+}
+
 /// The Arrow schema of score files with ids `id`.
 pub fn score_schema(id: &IdColumn) -> SchemaRef {
     let id_type = if id.string { DataType::Utf8 } else { DataType::Int64 };

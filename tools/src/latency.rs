@@ -35,10 +35,10 @@ use weir_core::Metrics;
 use weir_simulator::SimConfig;
 
 use crate::bench::{bare_consumer, score_record};
-use crate::config::TopologyConfig;
 use crate::demo::DemoError;
-use crate::runner::{flow_control, run_topology, RunOptions};
 use crate::tune::{replay, Recording};
+use weir_runtime::runner::{flow_control, run_topology, RunOptions};
+use weir_topologies::config::TopologyConfig;
 
 /// Options of the latency benchmark.
 #[derive(Debug, Clone)]

@@ -50,7 +50,7 @@ fn rfc3339(ms: i64) -> String {
 impl Dialect {
     /// The dialect whose events a topology's `[schema]` declares: `payments` for an id named
     /// `payment_id`, else `handbook`.
-    pub fn of(cfg: &crate::TopologyConfig) -> Self {
+    pub fn of(cfg: &weir_topologies::TopologyConfig) -> Self {
         if cfg.schema.id == "payment_id" {
             Dialect::Payments
         } else {

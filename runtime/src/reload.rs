@@ -32,7 +32,7 @@ use weir_core::periodic::Periodic;
 use weir_core::{FlowControl, Metrics};
 use weir_operators::micro_batch::{BatchWindow, SharedWindow};
 
-use crate::TopologyConfig;
+use weir_topologies::TopologyConfig;
 
 /// How often the topology file is re-read.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
@@ -188,7 +188,8 @@ mod tests {
     use super::*;
 
     fn setup(dir: &std::path::Path, batching: &str) -> PathBuf {
-        let base = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/fraud-scoring.toml")).unwrap();
+        let base =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../topologies/fraud-scoring.toml")).unwrap();
         let model = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/fraud/model.onnx");
         let text = base
             .replace("path = \"../models/fraud/model.onnx\"", &format!("path = \"{model}\""))

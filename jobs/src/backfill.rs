@@ -38,12 +38,12 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use weir_connectors::kafka::admin::{offsets_for_time, timestamps_at, watermarks};
-use weir_connectors::parquet::sink::score_file_lineages;
+use weir_connectors::parquet::sink::{job_prefix, job_run_prefix, score_file_lineages, score_files};
 use weir_core::{clock, DeliveryLedger, FlowControl, Lineage, Metrics};
 use weir_operators::micro_batch::BatchWindow;
 
-use crate::config::{ConfigError, TopologyConfig};
-use crate::runner::{flow_control, run_topology, ReadRanges, RunOptions, RunReport, ScoreFilter, TopologyError};
+use weir_runtime::runner::{flow_control, run_topology, ReadRanges, RunOptions, RunReport, ScoreFilter, TopologyError};
+use weir_topologies::config::{ConfigError, TopologyConfig};
 
 /// Errors of a backfill.
 #[derive(Debug, thiserror::Error)]
@@ -495,30 +495,20 @@ fn resolve(cfg: &TopologyConfig, brokers: &str, range: &RangeSpec, job: &mut Job
 /// Scans a Parquet output directory for the job's complete files (adding their rows to the
 /// completed ranges) and deletes its in-progress files (left by a crash).
 fn reconcile_parquet(dir: &Path, job: &mut JobState) -> Result<u64, BackfillError> {
-    let prefix = format!("scores-{}-", job.job_id);
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(_) => return Ok(0),
-    };
+    let files = score_files(dir, &job_prefix(&job.job_id));
+    for path in &files.in_progress {
+        tracing::info!(path = %path.display(), "removing an incomplete file of an earlier attempt");
+        std::fs::remove_file(path).map_err(|e| BackfillError::State {
+            path: path.clone(),
+            detail: format!("cannot remove stale file: {e}"),
+        })?;
+    }
     let mut rows = 0u64;
     let mut by_partition: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let name = entry.file_name().to_string_lossy().to_string();
-        if !name.starts_with(&prefix) {
-            continue;
-        }
-        if name.ends_with(".inprogress") {
-            tracing::info!(path = %path.display(), "removing an incomplete file of an earlier attempt");
-            std::fs::remove_file(&path).map_err(|e| BackfillError::State {
-                path: path.clone(),
-                detail: format!("cannot remove stale file: {e}"),
-            })?;
-        } else if name.ends_with(".parquet") {
-            for (p, o) in score_file_lineages(&path)? {
-                by_partition.entry(p).or_default().push(o);
-                rows += 1;
-            }
+    for path in &files.complete {
+        for (p, o) in score_file_lineages(path)? {
+            by_partition.entry(p).or_default().push(o);
+            rows += 1;
         }
     }
     for (p, mut offsets) in by_partition {
@@ -590,7 +580,13 @@ pub fn run_backfill(opts: &BackfillOptions) -> Result<BackfillReport, BackfillEr
             } else {
                 "source.brokers"
             };
-            crate::runner::wait_for_brokers(&brokers, &cfg.source.properties, field, false, &FlowControl::new(1))?;
+            weir_runtime::runner::wait_for_brokers(
+                &brokers,
+                &cfg.source.properties,
+                field,
+                false,
+                &FlowControl::new(1),
+            )?;
             let range_text = match range {
                 RangeSpec::Time { from_ms, to_ms } => format!("time [{from_ms}, {to_ms}) ms"),
                 RangeSpec::Offsets { from, to } => format!("offsets from {from:?} to {to:?}"),
@@ -660,7 +656,7 @@ pub fn run_backfill(opts: &BackfillOptions) -> Result<BackfillReport, BackfillEr
         window: Some((window, cfg.backfill.max_inflight_batches)),
         parquet_dir,
         kafka_topic,
-        parquet_prefix: Some(format!("scores-{}-{}", job.job_id, clock::wall_ms())),
+        parquet_prefix: Some(job_run_prefix(&job.job_id, clock::wall_ms())),
         ledger: Some(ledger.clone()),
         flow: Some(flow.clone()),
         metrics: Some(metrics.clone()),

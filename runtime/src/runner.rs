@@ -28,14 +28,15 @@ use weir_connectors::kafka::source::{kafka_source, EventTime, KafkaSourceConfig,
 use weir_connectors::parquet::sink::ParquetScoreSink;
 use weir_core::periodic::Periodic;
 use weir_core::{DeadLetterSink, DeliveryLedger, FeatureRow, FlowControl, Lineage, Metrics, ScoreSink};
-use weir_feature_store::{windowed_features_with, FeatureSpec, FeatureValues};
-use weir_operators::decode::{decode_labels, decode_with, EventDecoder};
+use weir_feature_store::{windowed_features_with, FeatureValues};
+use weir_operators::decode::{decode_labels, decode_with};
 use weir_operators::inference::{
     default_runtime_path, init_runtime, ExecutionProvider, InferenceError, InferencePool, ModelSpec, OnnxScorer, Scorer,
 };
 use weir_operators::micro_batch::{micro_batch, BatchWindow, SharedWindow};
+pub use weir_topologies::plan::FeaturePlan;
 
-use crate::config::TopologyConfig;
+use weir_topologies::config::TopologyConfig;
 
 /// Errors starting or running a topology.
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +58,7 @@ pub enum TopologyError {
     Http(#[from] crate::http::HttpError),
     /// The topology's client configuration is refused.
     #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] weir_topologies::config::ConfigError),
 }
 
 /// Builds scorers; lets tests and benchmarks substitute the ONNX session.
@@ -301,33 +302,6 @@ pub type FeatureStreams<'s> = (
     timely::dataflow::StreamVec<'s, u64, FeatureValues>,
     timely::dataflow::StreamVec<'s, u64, weir_core::DeadLetter>,
 );
-
-/// What a topology's events become features by: the decoder of its `[schema]`, its feature
-/// spec, and the label messages' schema and layout where the spec needs labels.
-#[derive(Debug, Clone)]
-pub struct FeaturePlan {
-    /// The events' decoder (schema, ranges, limits).
-    pub decoder: EventDecoder,
-    /// The features.
-    pub spec: FeatureSpec,
-    /// The labels' schema and layout, if the spec needs labels.
-    pub labels: Option<(
-        weir_operators::schema::Schema,
-        weir_feature_store::definition::LabelLayout,
-    )>,
-}
-
-impl FeaturePlan {
-    /// The plan of `cfg` (validated).
-    pub fn of(cfg: &TopologyConfig) -> Self {
-        let spec = cfg.feature_spec();
-        Self {
-            decoder: cfg.decoder(),
-            labels: spec.needs_labels().then(|| cfg.label_schema()),
-            spec,
-        }
-    }
-}
 
 /// Source(s) -> decode -> features, for one worker: the part of a topology shared by scoring
 /// (`weir run`) and training-set export (`weir features export`). Returns the feature vectors

@@ -22,10 +22,10 @@ use weir_core::{DeliveryLedger, FlowControl, Metrics};
 use weir_operators::decode::DecodeLimits;
 use weir_simulator::SimConfig;
 
-use crate::config::TopologyConfig;
 use crate::demo::DemoError;
 use crate::generate::Target;
-use crate::runner::{drive_worker, feature_dataflow, labels_source, source_config, FeaturePlan};
+use weir_runtime::runner::{drive_worker, feature_dataflow, labels_source, source_config, FeaturePlan};
+use weir_topologies::config::TopologyConfig;
 
 /// Options of an export.
 #[derive(Debug, Clone)]

@@ -14,13 +14,13 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::{Args, Parser, Subcommand};
 use weir_connectors::kafka::embedded::EmbeddedKafka;
+use weir_runtime::reload::Reloader;
+use weir_runtime::runner::{open_scorers, run_topology, RunOptions};
 use weir_simulator::SimConfig;
-use weir_topologies::bench::{run_bench, BenchOptions};
+use weir_tools::bench::{run_bench, BenchOptions};
+use weir_tools::demo::{run_demo, summary, DemoOptions, LABELS_TOPIC};
+use weir_tools::generate::Target;
 use weir_topologies::config::{parse_start, TopologyConfig};
-use weir_topologies::demo::{run_demo, summary, DemoOptions, LABELS_TOPIC};
-use weir_topologies::generate::Target;
-use weir_topologies::reload::Reloader;
-use weir_topologies::runner::{open_scorers, run_topology, RunOptions};
 
 #[derive(Parser)]
 #[command(
@@ -146,7 +146,7 @@ enum Command {
         /// Event schema written: `handbook` (topologies/fraud-scoring.toml) or `payments`
         /// (topologies/card-payments.toml).
         #[arg(long, value_enum, default_value = "handbook")]
-        dialect: weir_topologies::generate::Dialect,
+        dialect: weir_tools::generate::Dialect,
         /// Most transactions per second (Kafka only); default: as fast as possible.
         #[arg(long)]
         rate: Option<f64>,
@@ -423,7 +423,7 @@ fn main() -> ExitCode {
                     .map(parse_start)
                     .transpose()
                     .map_err(|e| format!("--start: {e}"))?;
-                let flow = Arc::new(weir_topologies::runner::flow_control(&cfg, cfg.batching.max_batch_rows));
+                let flow = Arc::new(weir_runtime::runner::flow_control(&cfg, cfg.batching.max_batch_rows));
                 let flag = shutdown_flag();
                 let f = flow.clone();
                 std::thread::spawn(move || loop {
@@ -483,7 +483,7 @@ fn main() -> ExitCode {
         } => {
             init_logging("warn");
             (|| {
-                use weir_topologies::backfill::{parse_offsets, run_backfill, BackfillOptions, RangeSpec, SinkSpec};
+                use weir_jobs::backfill::{parse_offsets, run_backfill, BackfillOptions, RangeSpec, SinkSpec};
                 let range = match (&from, &to, &from_offsets) {
                     (Some(f), Some(t), None) => Some(RangeSpec::Time {
                         from_ms: rfc3339_ms(f, "--from")?,
@@ -566,16 +566,9 @@ fn main() -> ExitCode {
                     _ => return Err("give --brokers (Kafka) or --out (JSONL file)".to_string()),
                 };
                 let pb = indicatif::ProgressBar::new(config.n_days as u64);
-                let s = weir_topologies::generate::generate_as(
-                    dialect,
-                    config,
-                    &target,
-                    malformed,
-                    rate,
-                    |_| {},
-                    |_| pb.inc(1),
-                )
-                .map_err(|e| e.to_string())?;
+                let s =
+                    weir_tools::generate::generate_as(dialect, config, &target, malformed, rate, |_| {}, |_| pb.inc(1))
+                        .map_err(|e| e.to_string())?;
                 pb.finish_and_clear();
                 println!(
                     "generated {} transactions ({} fraudulent), {} malformed events, {} labels ({} not yet due, not sent) -> {target:?}",
@@ -626,7 +619,7 @@ fn main() -> ExitCode {
         } => {
             init_logging("warn");
             (|| {
-                use weir_topologies::tune::{
+                use weir_tools::tune::{
                     parse_durations, parse_rows, recommendation_line, run_tune, Recording, TuneOptions,
                 };
                 let opts = TuneOptions {
@@ -699,14 +692,14 @@ fn main() -> ExitCode {
         } => {
             init_logging("warn");
             (|| {
-                let opts = weir_topologies::latency::LatencyOptions {
+                let opts = weir_tools::latency::LatencyOptions {
                     topology: default_topology(topology)?,
                     brokers,
                     rate,
                     seconds,
                     prime: 2.0,
                 };
-                let report = weir_topologies::latency::run_latency_bench(&opts).map_err(|e| e.to_string())?;
+                let report = weir_tools::latency::run_latency_bench(&opts).map_err(|e| e.to_string())?;
                 print!("{}", report.render());
                 Ok(())
             })()
@@ -714,7 +707,7 @@ fn main() -> ExitCode {
         Command::BenchDecode { events } => {
             init_logging("warn");
             (|| {
-                let r = weir_topologies::bench::run_decode_bench(events).map_err(|e| e.to_string())?;
+                let r = weir_tools::bench::run_decode_bench(events).map_err(|e| e.to_string())?;
                 println!(
                     "decode, {} JSON transactions, one core: typed decoder {:.0} events/s; declared schema {:.0} events/s; ratio {:.3} (target >= 0.9)",
                     r.events,
@@ -741,8 +734,8 @@ fn main() -> ExitCode {
                     ..SimConfig::default()
                 };
                 let topology = default_topology(topology)?;
-                let r = weir_topologies::bench::run_feature_bench(&topology, sim, events, workers)
-                    .map_err(|e| e.to_string())?;
+                let r =
+                    weir_tools::bench::run_feature_bench(&topology, sim, events, workers).map_err(|e| e.to_string())?;
                 println!(
                     "feature store: {} transactions + {} labels, {customers} customers / {terminals} terminals, {} workers: {:.2} s = {:.0} events/s = {:.0} events/s per worker; resident memory before {:.0} MiB, peak {:.0} MiB: {:.1} bytes per transaction inside the longest window ({} transactions)",
                     r.events,
@@ -809,7 +802,7 @@ fn main() -> ExitCode {
         } => {
             init_logging("warn");
             (|| {
-                let opts = weir_topologies::export::ExportOptions {
+                let opts = weir_tools::export::ExportOptions {
                     topology,
                     brokers,
                     from_ms: from.as_deref().map(|s| rfc3339_ms(s, "--from")).transpose()?,
@@ -821,7 +814,7 @@ fn main() -> ExitCode {
                         ..SimConfig::default()
                     }),
                 };
-                let r = weir_topologies::export::export_training_set(&opts).map_err(|e| e.to_string())?;
+                let r = weir_tools::export::export_training_set(&opts).map_err(|e| e.to_string())?;
                 println!(
                     "wrote {} rows ({} fraudulent, {} unlabelled) x {} features to {} in {:.1} s",
                     r.rows,

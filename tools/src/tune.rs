@@ -38,15 +38,15 @@ use weir_operators::micro_batch::BatchWindow;
 use weir_simulator::Transaction;
 use weir_simulator::{SimConfig, Simulator};
 
-use crate::runner::{flow_control, run_topology, RunOptions};
-use crate::TopologyConfig;
+use weir_runtime::runner::{flow_control, run_topology, RunOptions};
+use weir_topologies::TopologyConfig;
 
 /// Errors of `weir tune`.
 #[derive(Debug, thiserror::Error)]
 pub enum TuneError {
     /// The topology file is invalid.
     #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] weir_topologies::config::ConfigError),
     /// The recording could not be read.
     #[error("cannot read the recording {what}: {detail}")]
     Input {
@@ -75,7 +75,7 @@ pub enum TuneError {
     Connector(#[from] weir_connectors::ConnectorError),
     /// The topology failed.
     #[error(transparent)]
-    Topology(#[from] crate::runner::TopologyError),
+    Topology(#[from] weir_runtime::runner::TopologyError),
     /// A point did not finish within its timeout.
     #[error("max_batch_rows {rows}, max_wait {wait:?}: {done} of {events} events handled after {timeout:?}")]
     Stalled {
@@ -486,7 +486,7 @@ fn run_point(
     stop.store(true, Ordering::Release);
     flow.request_shutdown();
     let run = runner.join().map_err(|_| {
-        TuneError::Topology(crate::runner::TopologyError::Worker(
+        TuneError::Topology(weir_runtime::runner::TopologyError::Worker(
             "the topology thread panicked".into(),
         ))
     })?;

@@ -30,11 +30,11 @@ use weir_connectors::kafka::embedded::EmbeddedKafka;
 use weir_connectors::kafka::source::StartPosition;
 use weir_simulator::{SimConfig, Simulator};
 
-use crate::backfill::{run_backfill, BackfillOptions, RangeSpec, SinkSpec};
-use crate::config::TopologyConfig;
 use crate::demo::DemoError;
 use crate::generate::{generate, Target};
-use crate::runner::{open_scorers, run_topology, RunOptions, RunReport};
+use weir_jobs::backfill::{run_backfill, BackfillOptions, RangeSpec, SinkSpec};
+use weir_runtime::runner::{open_scorers, run_topology, RunOptions, RunReport};
+use weir_topologies::config::TopologyConfig;
 
 /// Options of the benchmark.
 #[derive(Debug, Clone)]
@@ -164,7 +164,7 @@ fn handbook_values(tx: &weir_simulator::Transaction) -> Vec<weir_core::Value> {
 }
 
 fn raw_onnx(cfg: &TopologyConfig, sim: &SimConfig, seconds: f64, rows: usize) -> Result<f64, DemoError> {
-    let (mut scorers, _) = open_scorers(cfg, None).map_err(crate::runner::TopologyError::from)?;
+    let (mut scorers, _) = open_scorers(cfg, None).map_err(weir_runtime::runner::TopologyError::from)?;
     let scorer = &mut scorers[0];
     let set = cfg.feature_spec();
     let mut small = sim.clone();
@@ -193,7 +193,9 @@ fn raw_onnx(cfg: &TopologyConfig, sim: &SimConfig, seconds: f64, rows: usize) ->
     let t0 = Instant::now();
     let mut n = 0u64;
     while t0.elapsed().as_secs_f64() < seconds {
-        scorer.score(x.view()).map_err(crate::runner::TopologyError::from)?;
+        scorer
+            .score(x.view())
+            .map_err(weir_runtime::runner::TopologyError::from)?;
         n += rows as u64;
     }
     Ok(n as f64 / t0.elapsed().as_secs_f64())
@@ -525,7 +527,7 @@ pub fn run_feature_bench(
     use weir_feature_store::{EventRow, LabelRow};
 
     let cfg = TopologyConfig::load(topology)?;
-    let plan = crate::runner::FeaturePlan::of(&cfg);
+    let plan = weir_runtime::runner::FeaturePlan::of(&cfg);
     let spec = plan.spec.clone();
     // The handbook's label messages, decoded as the topology declares them.
     let label_of = |l: &weir_simulator::FraudLabel| -> Option<LabelRow> {

@@ -12,9 +12,9 @@ use weir_connectors::kafka::source::StartPosition;
 use weir_core as _;
 use weir_core::{FlowControl, Metrics};
 use weir_operators::inference::{InferenceError, Scorer};
+use weir_runtime::runner::{run_topology, RunOptions, TopologyError};
 use weir_simulator::SimConfig;
-use weir_topologies::generate::{generate, Target, MALFORMED};
-use weir_topologies::runner::{run_topology, RunOptions, TopologyError};
+use weir_tools::generate::{generate, Target, MALFORMED};
 use weir_topologies::TopologyConfig;
 
 fn repo() -> PathBuf {
@@ -178,7 +178,7 @@ fn backpressure_keeps_buffered_rows_under_the_bound_when_inference_is_slow() {
     cfg.topology.workers = 2;
     cfg.source.pause_after = Duration::from_millis(100);
     cfg.source.max_in_flight_rows = 2000;
-    let flow = Arc::new(weir_topologies::runner::flow_control(&cfg, cfg.batching.max_batch_rows));
+    let flow = Arc::new(weir_runtime::runner::flow_control(&cfg, cfg.batching.max_batch_rows));
     let report = run_topology(
         &cfg,
         RunOptions {
@@ -371,7 +371,7 @@ fn the_model_scores_a_row_the_same_in_any_batch() {
     // Live (256-row window) and backfill (4,096) batch the same rows differently; their scores
     // must still be equal bit for bit.
     let cfg = config("");
-    let (mut scorers, _) = weir_topologies::runner::open_scorers(&cfg, None).unwrap();
+    let (mut scorers, _) = weir_runtime::runner::open_scorers(&cfg, None).unwrap();
     let scorer = &mut scorers[0];
     let n_features = cfg.model.features.len();
     let rows = 4096;
@@ -451,7 +451,7 @@ fn a_future_dated_transaction_or_a_tombstone_never_blocks_a_partitions_commits()
     let mut cfg = config("");
     cfg.source.group_id = "future".into();
     cfg.source.commit_interval = Duration::from_millis(100);
-    let flow = Arc::new(weir_topologies::runner::flow_control(&cfg, cfg.batching.max_batch_rows));
+    let flow = Arc::new(weir_runtime::runner::flow_control(&cfg, cfg.batching.max_batch_rows));
     let (f, b, c) = (flow.clone(), env.brokers.clone(), cfg.clone());
     logs();
     let run = std::thread::spawn(move || {
@@ -540,7 +540,7 @@ fn memory_pressure_slows_reading_but_changes_no_feature() {
     .unwrap();
     // Below this process's resident size from the start: under pressure the whole run.
     cfg.topology.max_memory = Some(bytesize::ByteSize::mib(1));
-    let flow = Arc::new(weir_topologies::runner::flow_control(&cfg, cfg.batching.max_batch_rows));
+    let flow = Arc::new(weir_runtime::runner::flow_control(&cfg, cfg.batching.max_batch_rows));
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watcher = {
         let (flow, done) = (flow.clone(), done.clone());

@@ -16,10 +16,10 @@ use weir_connectors::kafka::embedded::EmbeddedKafka;
 use weir_connectors::kafka::source::StartPosition;
 use weir_simulator::{FraudLabel, SimConfig, DAY_MS};
 
-use crate::config::{ConfigError, TopologyConfig};
 use crate::eval::{card_precision_at_k, roc_auc, ScoredTx};
 use crate::generate::{generate, GenerateError, GenerateSummary, Target};
-use crate::runner::{run_topology, RunOptions, RunReport, TopologyError};
+use weir_runtime::runner::{run_topology, RunOptions, RunReport, TopologyError};
+use weir_topologies::config::{ConfigError, TopologyConfig};
 
 /// Topic the demo publishes labels on.
 pub const LABELS_TOPIC: &str = "fraud-labels";
