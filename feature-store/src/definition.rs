@@ -780,10 +780,12 @@ impl FeatureSpec {
     /// `(field, detail)` for a measure that is not finite or beyond ±[`MAX_MEASURE`] (it could
     /// not be summed exactly), a dead letter's `invalid_value`.
     pub fn event_row(&self, meta: RowMeta, values: &[Value]) -> Result<EventRow, (String, String)> {
-        let mut keys = SmallVec::new();
-        let mut measures = SmallVec::new();
+        // Keys of every stage, then their measures.
+        let mut inputs: SmallVec<[u64; 4]> = SmallVec::new();
         for s in &self.stages {
-            keys.push(entity_key(&s.entity, values));
+            inputs.push(entity_key(&s.entity, values));
+        }
+        for s in &self.stages {
             let m = match s.measure {
                 Some(f) => {
                     let v = values[f].number().unwrap_or(0.0);
@@ -797,15 +799,12 @@ impl FeatureSpec {
                 }
                 None => 0,
             };
-            measures.push(m);
+            inputs.push(m as u64);
         }
-        let join = id_key(&meta.id);
         Ok(EventRow {
             values: self.event_values(values),
             meta,
-            keys,
-            measures,
-            join,
+            inputs,
         })
     }
 
@@ -906,21 +905,44 @@ pub fn micros(v: f64) -> i64 {
     (v * 1e6).round() as i64
 }
 
-/// An event as the feature store takes it: its identity, its key and measure per stage, its
-/// label join key, and its columns (per-event ones filled, windowed ones 0 until their stage
-/// reads them).
+/// An event as the feature store takes it: its identity, its key and measure per stage, and its
+/// columns (per-event ones filled, windowed ones 0 until their stage reads them). Compact: the
+/// keyed window operator moves it through every stage (120 bytes with two stages, plus the
+/// columns' vector).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventRow {
     /// Identity and lineage.
     pub meta: RowMeta,
-    /// Entity key per stage ([`FeatureSpec::stages`] order).
-    pub keys: SmallVec<[u64; 2]>,
-    /// The stage's measure in micro-units per stage (0 where a stage sums nothing).
-    pub measures: SmallVec<[i64; 2]>,
-    /// The key labels join it by ([`id_key`] of its id).
-    pub join: u64,
+    /// The entity key of each stage ([`FeatureSpec::stages`] order), then the measure of each
+    /// stage in micro-units (`i64` bits; 0 where a stage aggregates no field).
+    inputs: SmallVec<[u64; 4]>,
     /// Columns, `[n_features] f64`, in the spec's order.
     pub values: Vec<f64>,
+}
+
+impl EventRow {
+    /// The entity key of stage `stage`.
+    #[inline]
+    pub fn key(&self, stage: usize) -> u64 {
+        self.inputs[stage]
+    }
+
+    /// The entity keys, one per stage.
+    pub fn keys(&self) -> &[u64] {
+        &self.inputs[..self.inputs.len() / 2]
+    }
+
+    /// The measure of stage `stage`, micro-units.
+    #[inline]
+    pub fn measure(&self, stage: usize) -> i64 {
+        self.inputs[self.inputs.len() / 2 + stage] as i64
+    }
+
+    /// The key labels join it by ([`id_key`] of its id).
+    #[inline]
+    pub fn join(&self) -> u64 {
+        id_key(&self.meta.id)
+    }
 }
 
 /// A label as the feature store takes it: the event it labels (join key, time, entity key per
@@ -1337,14 +1359,17 @@ mod tests {
                 partition: 0,
                 offset: 0,
             },
-            id: EventId::Str("e1".into()),
+            id: EventId::Str(Box::new("e1".into())),
             event_time_ms: 0,
             read_at_us: 0,
         };
         let row = spec.event_row(meta, &values).unwrap();
-        assert_eq!(row.measures.as_slice(), &[2_500_000, 3_000_000, 0]);
-        assert_eq!(row.keys[0], xxhash_rust::xxh3::xxh3_64(b"c9"));
-        assert_ne!(row.keys[2], row.keys[0]);
-        assert_eq!(row.join, xxhash_rust::xxh3::xxh3_64(b"e1"));
+        assert_eq!(
+            (row.measure(0), row.measure(1), row.measure(2)),
+            (2_500_000, 3_000_000, 0)
+        );
+        assert_eq!(row.key(0), xxhash_rust::xxh3::xxh3_64(b"c9"));
+        assert_ne!(row.key(2), row.key(0));
+        assert_eq!(row.join(), xxhash_rust::xxh3::xxh3_64(b"e1"));
     }
 }

@@ -667,7 +667,7 @@ fn outputs_of(spec: &FeatureSpec, stage: usize, wins: &[Win]) -> Vec<Out> {
 }
 
 /// Writes the stage's columns of a row from its entity's cursors (and min/max queues).
-#[inline]
+#[inline(always)]
 fn write_values(outs: &[Out], w: &EntityWindows, cursors: &[Cursor], values: &mut [f64]) {
     for o in outs {
         let s = &cursors[o.win].sums;
@@ -806,7 +806,7 @@ fn stage<'s>(
     };
     let wins = windows_of(&accs);
     let outs = outputs_of(spec, entity, &wins);
-    let route_rows = Exchange::new(move |r: &StagedRow| spread(r.row.keys[entity]));
+    let route_rows = Exchange::new(move |r: &StagedRow| spread(r.row.key(entity)));
     let route_labels = Exchange::new(move |l: &LabelRow| spread(l.keys[entity]));
     // A stage without labels reads an empty label stream (its frontier is then the rows'): not
     // one derived from the rows, which would clone every row batch for nothing.
@@ -899,7 +899,7 @@ fn stage<'s>(
                 // Each row's and label's slot first (the index stays in cache), so that the loop
                 // below can prefetch the state of the rows a few ahead.
                 row_slots.clear();
-                row_slots.extend(rows_now.iter().map(|r| state.slot(r.row.keys[entity])));
+                row_slots.extend(rows_now.iter().map(|r| state.slot(r.row.key(entity))));
                 label_slots.clear();
                 label_slots.extend(labels_now.iter().map(|(_, l)| state.slot(l.keys[entity])));
                 let ahead = |state: &StageState, slots: &[u32], i: usize| {
@@ -934,12 +934,12 @@ fn stage<'s>(
                         while i < rows_now.len() && rows_now[i].t == t {
                             i += 1;
                         }
-                        let fresh = |r: &StagedRow| t >= cut_of(r.row.keys[entity]);
+                        let fresh = |r: &StagedRow| t >= cut_of(r.row.key(entity));
                         for j in first..i {
                             let r = &rows_now[j];
                             if fresh(r) {
                                 let (w, _) = state.parts(row_slots[j]);
-                                w.insert(cols, t, r.row.measures[entity], r.row.join);
+                                w.insert(cols, t, r.row.measure(entity), r.row.join());
                             }
                         }
                         for j in first..i {
@@ -971,7 +971,7 @@ fn stage<'s>(
                         ahead(&state, &row_slots, first);
                         let r = &mut rows_now[first];
                         let (w, c) = state.parts(row_slots[first]);
-                        w.insert(cols, t, r.row.measures[entity], r.row.join);
+                        w.insert(cols, t, r.row.measure(entity), r.row.join());
                         w.advance(c, &wins, cols, t);
                         write_values(&outs, w, c, &mut r.row.values);
                     } else if i > first {
@@ -979,7 +979,7 @@ fn stage<'s>(
                             let r = &rows_now[j];
                             let (w, _) = state.parts(row_slots[j]);
                             // Logged at its processing time: a late row counts where processed.
-                            w.insert(cols, t, r.row.measures[entity], r.row.join);
+                            w.insert(cols, t, r.row.measure(entity), r.row.join());
                         }
                         for j in first..i {
                             ahead(&state, &row_slots, j);
@@ -1049,8 +1049,8 @@ pub fn keyed_features<'s>(
         rows = stage(rows, l, entity, accs, &spec, snapshots, n_stages);
     }
     rows.map(|r| FeatureValues {
+        keys: r.row.keys().into(),
         values: r.row.values,
-        keys: r.row.keys,
         meta: r.row.meta,
         time: r.t,
     })

@@ -65,8 +65,8 @@ pub fn windowed_features_with<'s>(
     if !spec.is_windowed() {
         return txs.map(move |row| FeatureValues {
             time: row.meta.event_time_ms.max(0) as u64,
+            keys: row.keys().into(),
             values: row.values,
-            keys: row.keys,
             meta: row.meta,
         });
     }

@@ -214,7 +214,7 @@ impl EventDecoder {
         }
         let id = match &out[self.schema.id_index()] {
             Value::Int(v) => EventId::Int(*v),
-            Value::Str(s) => EventId::Str(s.as_str().into()),
+            Value::Str(s) => EventId::Str(Box::new(s.clone())),
             _ => unreachable!("the id field is a required integer or string"),
         };
         Ok(RowMeta {
