@@ -915,7 +915,7 @@ pub struct EventRow {
     pub meta: RowMeta,
     /// The entity key of each stage ([`FeatureSpec::stages`] order), then the measure of each
     /// stage in micro-units (`i64` bits; 0 where a stage aggregates no field).
-    inputs: SmallVec<[u64; 4]>,
+    pub(crate) inputs: SmallVec<[u64; 4]>,
     /// Columns, `[n_features] f64`, in the spec's order.
     pub values: Vec<f64>,
 }

@@ -33,8 +33,15 @@ pub struct FeatureValues {
     pub time: u64,
     /// Feature values in column order.
     pub values: Vec<f64>,
+    /// The event's stage inputs (see [`EventRow`]), for [`FeatureValues::keys`].
+    pub(crate) inputs: smallvec::SmallVec<[u64; 4]>,
+}
+
+impl FeatureValues {
     /// The event's entity key per stage ([`FeatureSpec::stages`] order).
-    pub keys: smallvec::SmallVec<[u64; 2]>,
+    pub fn keys(&self) -> &[u64] {
+        &self.inputs[..self.inputs.len() / 2]
+    }
 }
 
 /// Computes the feature vectors of `txs` under `spec`, with fraud `labels` if the spec needs
@@ -65,8 +72,8 @@ pub fn windowed_features_with<'s>(
     if !spec.is_windowed() {
         return txs.map(move |row| FeatureValues {
             time: row.meta.event_time_ms.max(0) as u64,
-            keys: row.keys().into(),
             values: row.values,
+            inputs: row.inputs,
             meta: row.meta,
         });
     }

@@ -179,7 +179,7 @@ pub fn export_training_set(opts: &ExportOptions) -> Result<ExportReport, DemoErr
                     let row = TrainingRow {
                         id: fv.meta.id.clone(),
                         event_time_ms: fv.meta.event_time_ms,
-                        keys: fv.keys.to_vec(),
+                        keys: fv.keys().to_vec(),
                         features: fv.values.clone(),
                         label: label.map_or(-1, |l| *l as i8),
                     };
