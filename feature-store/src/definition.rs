@@ -789,7 +789,7 @@ impl FeatureSpec {
             let m = match s.measure {
                 Some(f) => {
                     let v = values[f].number().unwrap_or(0.0);
-                    if !(v.abs() <= MAX_MEASURE) {
+                    if v.is_nan() || v.abs() > MAX_MEASURE {
                         return Err((
                             self.fields[f].name.clone(),
                             format!("{v} is beyond ±{MAX_MEASURE:e}, the largest value a window sums exactly"),

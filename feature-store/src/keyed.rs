@@ -208,6 +208,7 @@ pub struct EntityWindows {
     /// greatest (`2 w + 1`) measure, in increasing order with monotone measures (the sliding
     /// window minimum's ascending-minima queue): empty unless the stage has a min or a max.
     /// (Boxed: most stages have none, and the arena's entries stay 88 bytes.)
+    #[allow(clippy::box_collection)]
     extrema: Option<Box<Vec<VecDeque<u64>>>>,
 }
 

@@ -548,7 +548,7 @@ mod tests {
                         panic!("time {:?}", tx[1])
                     };
                     prop_assert!(amount.is_finite() && (0.0..=1e9).contains(&amount));
-                    prop_assert!(time >= 0 && time <= NOW + 86_400_000);
+                    prop_assert!((0..=NOW + 86_400_000).contains(&time));
                     prop_assert_eq!(meta.event_time_ms, 1000, "the source's event time");
                     prop_assert_eq!(
                         meta.lineage,

@@ -250,7 +250,7 @@ mod tests {
                     partition: 0,
                     offset: i,
                 },
-                id: weir_core::EventId::Int(i as i64),
+                id: weir_core::EventId::Int(i),
                 event_time_ms: i,
                 read_at_us: 0,
             },

@@ -264,11 +264,13 @@ impl Schema {
     /// keys in one order, so that one comparison usually finds it).
     #[inline]
     fn position(&self, key: &str, hint: usize) -> Option<usize> {
-        if self.fields.get(hint).is_some_and(|f| f.name == key) {
+        // Keys are short: a byte loop beats a call to memcmp.
+        let same = |f: &FieldSpec| f.name.len() == key.len() && f.name.bytes().zip(key.bytes()).all(|(a, b)| a == b);
+        if self.fields.get(hint).is_some_and(same) {
             return Some(hint);
         }
         if self.fields.len() <= 16 {
-            self.fields.iter().position(|f| f.name == key)
+            self.fields.iter().position(same)
         } else {
             self.index.get(key).copied()
         }
@@ -494,7 +496,6 @@ struct FieldSeed<'a>(&'a FieldSpec);
 
 /// Any JSON value, kept only as much as a field needs.
 enum Raw {
-    Null,
     Bool(bool),
     I(i64),
     U(u64),
@@ -507,48 +508,59 @@ impl<'de> DeserializeSeed<'de> for FieldSeed<'_> {
     type Value = Result<Option<Value>, Box<SchemaError>>;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        struct RawVisitor;
-        impl<'de> Visitor<'de> for RawVisitor {
-            type Value = Raw;
+        // Each visit converts at once (`convert` inlined per JSON type, so only the branches of
+        // that type remain), and an RFC 3339 string is parsed where it lies, not copied first.
+        struct Typed<'a>(&'a FieldSpec);
+        type Out = Result<Option<Value>, Box<SchemaError>>;
+        impl<'de> Visitor<'de> for Typed<'_> {
+            type Value = Out;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a JSON value")
             }
-            fn visit_unit<E>(self) -> Result<Raw, E> {
-                Ok(Raw::Null)
+            fn visit_unit<E>(self) -> Result<Out, E> {
+                Ok(Ok(None))
             }
-            fn visit_bool<E>(self, v: bool) -> Result<Raw, E> {
-                Ok(Raw::Bool(v))
+            fn visit_bool<E>(self, v: bool) -> Result<Out, E> {
+                Ok(convert(self.0, Raw::Bool(v)).map_err(Box::new))
             }
-            fn visit_i64<E>(self, v: i64) -> Result<Raw, E> {
-                Ok(Raw::I(v))
+            fn visit_i64<E>(self, v: i64) -> Result<Out, E> {
+                Ok(convert(self.0, Raw::I(v)).map_err(Box::new))
             }
-            fn visit_u64<E>(self, v: u64) -> Result<Raw, E> {
-                Ok(Raw::U(v))
+            fn visit_u64<E>(self, v: u64) -> Result<Out, E> {
+                Ok(convert(self.0, Raw::U(v)).map_err(Box::new))
             }
-            fn visit_f64<E>(self, v: f64) -> Result<Raw, E> {
-                Ok(Raw::F(v))
+            fn visit_f64<E>(self, v: f64) -> Result<Out, E> {
+                Ok(convert(self.0, Raw::F(v)).map_err(Box::new))
             }
-            fn visit_str<E>(self, v: &str) -> Result<Raw, E> {
-                Ok(Raw::S(v.to_string()))
+            fn visit_str<E>(self, v: &str) -> Result<Out, E> {
+                if self.0.kind == FieldType::Timestamp(TimeFormat::Rfc3339) {
+                    return Ok(rfc3339_ms(v).map(|t| Some(Value::Time(t))).ok_or_else(|| {
+                        Box::new(err(
+                            Some(&self.0.name),
+                            "invalid_time",
+                            format!("`{v}` is not an RFC 3339 time"),
+                        ))
+                    }));
+                }
+                Ok(convert(self.0, Raw::S(v.to_string())).map_err(Box::new))
             }
-            fn visit_string<E>(self, v: String) -> Result<Raw, E> {
-                Ok(Raw::S(v))
+            fn visit_string<E>(self, v: String) -> Result<Out, E> {
+                Ok(convert(self.0, Raw::S(v)).map_err(Box::new))
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Raw, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Out, A::Error> {
                 while a.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(Raw::Other("an array"))
+                Ok(convert(self.0, Raw::Other("an array")).map_err(Box::new))
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Raw, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Out, A::Error> {
                 while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(Raw::Other("an object"))
+                Ok(convert(self.0, Raw::Other("an object")).map_err(Box::new))
             }
         }
-        let raw = d.deserialize_any(RawVisitor)?;
-        Ok(convert(self.0, raw).map_err(Box::new))
+        d.deserialize_any(Typed(self.0))
     }
 }
 
-#[inline]
+#[inline(always)]
 fn convert(spec: &FieldSpec, raw: Raw) -> Result<Option<Value>, SchemaError> {
     let name = Some(spec.name.as_str());
     let wrong = |got: &str| {
@@ -563,16 +575,12 @@ fn convert(spec: &FieldSpec, raw: Raw) -> Result<Option<Value>, SchemaError> {
         Err(err(name, "schema", format!("{got}, expected {want}")))
     };
     let kind_of = |r: &Raw| match r {
-        Raw::Null => "null",
         Raw::Bool(_) => "a boolean",
         Raw::I(_) | Raw::U(_) => "an integer",
         Raw::F(_) => "a float",
         Raw::S(_) => "a string",
         Raw::Other(o) => o,
     };
-    if matches!(raw, Raw::Null) {
-        return Ok(None);
-    }
     let int = |r: &Raw| match *r {
         Raw::I(v) => Some(v),
         Raw::U(v) => i64::try_from(v).ok(),

@@ -12,7 +12,7 @@
 //! ```no_run
 //! use std::sync::Arc;
 //! use weir_core::Metrics;
-//! use weir_topologies::http::MetricsServer;
+//! use weir_runtime::http::MetricsServer;
 //!
 //! let metrics = Arc::new(Metrics::new("fraud-scoring"));
 //! let server = MetricsServer::start("127.0.0.1:9464", metrics).unwrap();

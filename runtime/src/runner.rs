@@ -382,7 +382,6 @@ pub fn source_config(
         bounded,
         ranges: None,
         // One process reads every partition (the feature store needs them all); no rebalances.
-        assign: true,
         start_offsets: None,
         commit_floor: None,
         follows: None,
@@ -406,7 +405,6 @@ pub fn labels_source(cfg: &TopologyConfig, source: &KafkaSourceConfig) -> Option
         group_id: format!("{}-labels", cfg.source.group_id),
         start: StartPosition::Earliest,
         commit: false,
-        assign: true,
         start_offsets: None,
         commit_floor: None,
         follows: Some(source.topic.clone()),

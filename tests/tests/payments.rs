@@ -73,7 +73,7 @@ fn reference(payments: &[Payment], labels: &HashMap<String, (bool, i64)>) -> Has
             p.amount,
             t.rem_euclid(DAY) as f64 / 3_600_000.0,
             (weekday >= 5) as u8 as f64,
-            (hour_int >= 22 || hour_int < 6) as u8 as f64,
+            !(6..22).contains(&hour_int) as u8 as f64,
             (p.country == "FR") as u8 as f64,
             (p.country == "DE") as u8 as f64,
             (p.country == "GB") as u8 as f64,

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 /// ROC AUC of `(score, is_fraud)` pairs; `None` if either class is absent.
 ///
 /// ```
-/// use weir_topologies::eval::roc_auc;
+/// use weir_tools::eval::roc_auc;
 /// assert_eq!(roc_auc(&[(0.1, false), (0.9, true)]), Some(1.0));
 /// assert_eq!(roc_auc(&[(0.5, false), (0.5, true)]), Some(0.5));
 /// ```

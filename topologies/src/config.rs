@@ -791,7 +791,7 @@ impl TopologyConfig {
                 return Err(self.field_error(&at("min"), "a range applies to integers and floats only"));
             }
             if let (Some(lo), Some(hi)) = (d.min, d.max) {
-                if !(lo <= hi) {
+                if lo.is_nan() || hi.is_nan() || lo > hi {
                     return Err(self.field_error(&at("max"), format!("{hi} is below min {lo}")));
                 }
             }

@@ -4,13 +4,12 @@
 //! `group_id` only from the [`DeliveryLedger`]: the position after the contiguous run of events
 //! whose scores or dead letters were acknowledged by a sink (at-least-once, no gaps). Commits
 //! happen every `commit_interval`, before partitions are revoked, and at shutdown after in-flight
-//! events drained. With `assign = true` (what `weir run` uses) worker `i` of `n` takes the
-//! partitions at positions `i, i + n, ...` directly and never rebalances: the feature store must
-//! see every partition of the topic in one process, and a rebalance inside the process would
-//! hand a partition to a worker that reads again, from the last commit, events the feature store
-//! already counted. `start_offsets` can start partitions before the commit (a restart replaying
-//! history, see `commit_floor`). With `assign = false` every worker joins the group and Kafka's
-//! group protocol spreads partitions over workers (and processes).
+//! events drained. Worker `i` of `n` takes the partitions at positions `i, i + n, ...` directly and
+//! never rebalances: the feature store must see every partition of the topic, and a rebalance
+//! would hand a partition to a worker that reads again, from the last commit, events the feature
+//! store already counted. (The group is used for its commits only; there is no subscribing
+//! mode.) `start_offsets` can start partitions before the commit (a restart replaying history,
+//! see `commit_floor`).
 //!
 //! **Bounded** (`bounded = true`): partitions are assigned directly (worker `i` of `n` takes the
 //! partitions at positions `i, i + n, ...` of the sorted partition list), read from the start
@@ -22,8 +21,7 @@
 //! until its dataflow is dropped; callers step their workers until every source finished, so no
 //! worker leaves the consumer group while another is still committing.
 //!
-//! **Partition queues**: partitions assigned directly (every mode but `assign = false`) each get
-//! their own librdkafka queue, so the operator chooses which partitions it reads without pausing
+//! **Partition queues**: every assigned partition gets its own librdkafka queue, so the operator chooses which partitions it reads without pausing
 //! them (a pause drops what librdkafka prefetched, and a resume waits up to a second for the
 //! broker thread's next round). librdkafka stops fetching a partition once its queue holds
 //! `queued.max.messages.kbytes` (4 MiB by default). The main queue is still polled, for callbacks.
@@ -33,10 +31,8 @@
 //! by a sink (a sink that stopped acknowledging must not grow the ledger without bound); while either
 //! holds, the operator stops reading its partition queues (librdkafka stops fetching once they
 //! are full, and keeps what it fetched), so lag grows instead of memory. An episode lasting
-//! `pause_after` (an episode ends after 20 ms without pressure) counts as a pause; a subscribed
-//! consumer (`assign = false`, no queues of its own) pauses its partitions then, so that polling
-//! can go on serving the group protocol without receiving messages. A message returned while
-//! pausing is still emitted, never dropped.
+//! `pause_after` (an episode ends after 20 ms without pressure) counts as a pause. A message
+//! returned while pausing is still emitted, never dropped.
 //!
 //! **Watermark alignment** (as Flink's split alignment): the rows in flight mostly wait in the
 //! feature store for the watermark, which only the partitions holding it back can advance. Once
@@ -67,7 +63,7 @@
 //! live mode the source waits (up to `drain_timeout`) until every event before the cutoff was
 //! acknowledged, commits, and only then drops its capability.
 //!
-//! **Side input** (`assign = true`): partitions assigned directly as in bounded mode, read
+//! **Side input** (`commit = false`): partitions assigned directly as in bounded mode, read
 //! without a stop offset and without a group (every process reads the whole topic). A side
 //! input that commits nothing (labels) is not held back by backpressure: the main events in
 //! flight may be waiting for its watermark, which only reading it advances.
@@ -98,7 +94,6 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::message::{Headers, Message};
-use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::generic::operator::source;
@@ -142,11 +137,7 @@ pub struct KafkaSourceConfig {
     /// For a side input: the main topic whose watermark this source follows while it has read
     /// nothing and expects nothing (see [`WatermarkBoard`]).
     pub follows: Option<String>,
-    /// Assign partitions directly (worker `i` of `n` takes every `n`-th) instead of joining the
-    /// consumer group; implied by `bounded`. Side inputs, and live sources since the feature
-    /// store needs every partition of the topic in one process (see the module doc), read whole.
-    pub assign: bool,
-    /// With `assign`: where listed partitions start reading, overriding `start` (a live restart
+    /// Where listed partitions start reading, overriding `start` (a live restart
     /// replaying retained history into the feature store: see `weir_runtime::recovery`).
     pub start_offsets: Option<Arc<BTreeMap<i32, i64>>>,
     /// Offsets are never committed at or below these positions, `partition -> offset` (the
@@ -165,9 +156,7 @@ pub struct KafkaSourceConfig {
     pub commit_interval: Duration,
     /// How long a backpressure episode must last to count as a pause. Reading stops at once
     /// either way: librdkafka stops fetching once a partition's queue
-    /// (`queued.max.messages.kbytes`) is full, and keeps what it prefetched. Only a subscribed
-    /// consumer (`assign = false`) also pauses its partitions then (a pause drops the prefetched
-    /// messages, which are fetched again on resume).
+    /// (`queued.max.messages.kbytes`) is full, and keeps what it prefetched.
     pub pause_after: Duration,
     /// Watermark lag behind the largest event time seen, ms.
     pub allowed_lateness_ms: i64,
@@ -320,14 +309,12 @@ pub struct SourceShared {
     pub positions: Arc<super::lag::ConsumerPositions>,
 }
 
-/// Consumer context: applies the start position on first assignment and commits acknowledged
-/// offsets before partitions are revoked.
+/// Consumer context: commits acknowledged offsets (partitions are assigned directly, so there
+/// is no rebalance to follow).
 pub struct SourceContext {
     topic: String,
-    start: StartPosition,
     ledger: Arc<DeliveryLedger>,
     assigned: Mutex<Vec<i32>>,
-    started: Mutex<HashSet<i32>>,
     /// Positions last sent in an asynchronous commit (to skip unchanged ones).
     last_sent: Mutex<HashMap<i32, i64>>,
     /// Commits at or below these positions are skipped (see [`KafkaSourceConfig::commit_floor`]).
@@ -372,39 +359,7 @@ impl SourceContext {
     }
 }
 
-impl ConsumerContext for SourceContext {
-    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
-        match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-                {
-                    let mut started = self.started.lock().unwrap();
-                    let fresh: Vec<i32> = parts.iter().copied().filter(|p| started.insert(*p)).collect();
-                    if let Err(e) = apply_start(consumer, &self.topic, self.start, &fresh, tpl) {
-                        tracing::error!(worker = self.worker, error = %e, "cannot apply start position; using committed offsets");
-                    }
-                }
-                if let Err(e) = consumer.assign(tpl) {
-                    tracing::error!(worker = self.worker, error = %e, "assign failed");
-                }
-                tracing::info!(worker = self.worker, topic = %self.topic, partitions = ?parts, "partitions assigned");
-                *self.assigned.lock().unwrap() = parts;
-            }
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                let parts = std::mem::take(&mut *self.assigned.lock().unwrap());
-                self.commit_acked(consumer, &parts, CommitMode::Sync);
-                // The next owner re-reads from the commit: later acks must not commit.
-                self.ledger.forget(&parts);
-                self.last_sent.lock().unwrap().clear();
-                if let Err(e) = consumer.unassign() {
-                    tracing::error!(worker = self.worker, error = %e, "unassign failed");
-                }
-                tracing::info!(worker = self.worker, partitions = ?parts, "partitions revoked");
-            }
-            other => tracing::error!(worker = self.worker, error = ?other, "rebalance error"),
-        }
-    }
-}
+impl ConsumerContext for SourceContext {}
 
 /// How often a source publishes its positions for the consumer lag.
 const LAG_INTERVAL: Duration = Duration::from_secs(1);
@@ -505,10 +460,8 @@ pub fn kafka_source<'s>(
     let peers = scope.peers();
     let context = SourceContext {
         topic: config.topic.clone(),
-        start: config.start,
         ledger: shared.ledger.clone(),
         assigned: Mutex::new(Vec::new()),
-        started: Mutex::new(HashSet::new()),
         last_sent: Mutex::new(HashMap::new()),
         floor: config.commit_floor.clone(),
         worker,
@@ -524,8 +477,8 @@ pub fn kafka_source<'s>(
     );
 
     let mut bounded = None;
-    // Partitions assigned directly have their own queues (see `split_queues`).
-    let mut queues = BTreeMap::new();
+    // Every assigned partition has its own queue (see `split_queues`).
+    let queues;
     if let Some(ranges) = &config.ranges {
         let mine: Vec<i32> = ranges
             .iter()
@@ -547,7 +500,7 @@ pub fn kafka_source<'s>(
         *consumer.context().assigned.lock().unwrap() = mine.clone();
         tracing::info!(worker, topic = %config.topic, partitions = ?mine, "offset ranges assigned");
         bounded = Some(Bounded { remaining });
-    } else if config.bounded || config.assign {
+    } else {
         let timeout = Duration::from_secs(10);
         let mut all = topic_partitions(&consumer, &config.topic, timeout)?;
         all.sort_unstable();
@@ -595,10 +548,6 @@ pub fn kafka_source<'s>(
         if config.bounded {
             bounded = Some(Bounded { remaining });
         }
-    } else {
-        consumer
-            .subscribe(&[&config.topic])
-            .map_err(ConnectorError::kafka(format!("subscribe to `{}`", config.topic)))?;
     }
 
     let stream = source::<_, CapacityContainerBuilder<Vec<SourceEvent>>, _, _>(
@@ -671,33 +620,16 @@ pub fn kafka_source<'s>(
                         .collect(),
                     _ => Vec::new(),
                 };
-                if queues.is_empty() && paused.is_none() && ahead != aligned {
-                    let tpl = |parts: &[i32]| {
-                        let mut t = TopicPartitionList::new();
-                        for p in parts {
-                            t.add_partition(&config.topic, *p);
-                        }
-                        t
-                    };
-                    let resume: Vec<i32> = aligned.iter().copied().filter(|p| !ahead.contains(p)).collect();
-                    if !resume.is_empty() {
-                        let _ = consumer.resume(&tpl(&resume));
-                    }
-                    let pause: Vec<i32> = ahead.iter().copied().filter(|p| !aligned.contains(p)).collect();
-                    if !pause.is_empty() {
-                        let _ = consumer.pause(&tpl(&pause));
-                    }
-                    tracing::debug!(worker, topic = %config.topic, paused = ?ahead, "watermark alignment");
+                if ahead != aligned {
+                    tracing::debug!(worker, topic = %config.topic, held = ?ahead, "watermark alignment");
                     aligned = ahead.clone();
                 }
                 let now = Instant::now();
 
                 // Backpressure: stop reading the partitions (their queues, bounded by
                 // queued.max.messages.kbytes, keep what librdkafka fetched). Pressure lasting
-                // pause_after is a pause episode; without partition queues (subscribed) the
-                // partitions are then paused, so that fetching stops and poll() can keep serving
-                // callbacks. (A pause drops librdkafka's prefetched messages, which are fetched
-                // again on resume; pausing on every short spike would cost a round trip each time.)
+                // pause_after is a pause episode. (The partitions are never paused: a pause drops
+                // librdkafka's prefetched messages, which are fetched again on resume.)
                 if want_pause {
                     last_pressure = now;
                     pressure_since.get_or_insert(now);
@@ -707,23 +639,12 @@ pub fn kafka_source<'s>(
                     if let Some(since) = pressure_since.take() {
                         shared.flow.add_paused_micros(since.elapsed().as_micros() as u64);
                     }
-                    if paused.take().is_some() && queues.is_empty() {
-                        if let Ok(a) = consumer_ref.assignment() {
-                            let _ = consumer_ref.resume(&a);
-                        }
-                        // Alignment pauses again next time if still needed.
-                        aligned.clear();
-                    }
+                    paused = None;
                 } else if let Some(since) = pressure_since {
                     let long = shutting_down || now - since >= config.pause_after;
                     if long && paused.is_none_or(|(_, n)| n != assigned.len()) {
-                        // Partitions with their own queue are simply not read: librdkafka stops
-                        // fetching once their queues are full, and keeps what it fetched.
-                        if queues.is_empty() {
-                            if let Ok(a) = consumer_ref.assignment() {
-                                let _ = consumer_ref.pause(&a);
-                            }
-                        }
+                        // The partition queues are simply not read: librdkafka stops fetching
+                        // once they are full, and keeps what it fetched.
                         if paused.is_none() {
                             shared.flow.add_pause();
                         }
@@ -820,8 +741,8 @@ pub fn kafka_source<'s>(
                         (false, false) if config.commit => shared.flow.read_budget(config.max_poll_records, peers),
                         (false, false) => config.max_poll_records,
                     };
-                    // The main queue: callbacks, and the messages of partitions without a queue of
-                    // their own (subscribed, or fetched before the split).
+                    // The main queue: callbacks, and the messages fetched before the partition
+                    // queues were split.
                     // (A poll that returns nothing uses none of the budget: with
                     // max_poll_records = 1 the partition queues were never read.)
                     // Aligning with every partition of this worker ahead: the main queue waits

@@ -25,7 +25,6 @@ fn config(brokers: &str, bounded: bool, group: &str) -> KafkaSourceConfig {
         bounded,
         ranges: None,
         commit: true,
-        assign: false,
         start_offsets: None,
         commit_floor: None,
         follows: None,
@@ -222,7 +221,7 @@ fn score_sink_acknowledges_delivered_scores() {
                 partition: 0,
                 offset: i,
             },
-            id: weir_core::EventId::Int(100 + i as i64),
+            id: weir_core::EventId::Int(100 + i),
             event_time_ms: 5,
             read_at_us: 0,
         })

@@ -308,7 +308,7 @@ mod tests {
                     partition: 1,
                     offset: i,
                 },
-                id: weir_core::EventId::Int(i as i64),
+                id: weir_core::EventId::Int(i),
                 event_time_ms: 1000 + i,
                 read_at_us: 0,
             })
