@@ -42,7 +42,9 @@ use weir_connectors::parquet::sink::{job_prefix, job_run_prefix, score_file_line
 use weir_core::{clock, DeliveryLedger, FlowControl, Lineage, Metrics};
 use weir_operators::micro_batch::BatchWindow;
 
-use weir_runtime::runner::{flow_control, run_topology, ReadRanges, RunOptions, RunReport, ScoreFilter, TopologyError};
+use weir_runtime::runner::{
+    flow_control, run_topology, Mode, ReadRanges, RunOptions, RunReport, ScoreFilter, TopologyError,
+};
 use weir_topologies::config::{ConfigError, TopologyConfig};
 
 /// Errors of a backfill.
@@ -90,35 +92,7 @@ pub enum RangeSpec {
     },
 }
 
-/// Where a backfill writes scores.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum SinkSpec {
-    /// Parquet files in this directory.
-    Parquet(PathBuf),
-    /// A Kafka topic on the source's brokers.
-    Kafka(String),
-}
-
-impl SinkSpec {
-    /// Parses `parquet:<dir>` or `kafka:<topic>`.
-    ///
-    /// # Errors
-    /// A message naming the accepted forms.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        match s.split_once(':') {
-            Some(("parquet", dir)) if !dir.is_empty() => Ok(Self::Parquet(PathBuf::from(dir))),
-            Some(("kafka", topic)) if !topic.is_empty() => Ok(Self::Kafka(topic.to_string())),
-            _ => Err(format!("`{s}` is not parquet:<directory> or kafka:<topic>")),
-        }
-    }
-
-    fn describe(&self) -> String {
-        match self {
-            Self::Parquet(d) => format!("parquet:{}", d.display()),
-            Self::Kafka(t) => format!("kafka:{t}"),
-        }
-    }
-}
+pub use weir_topologies::plan::SinkSpec;
 
 /// Parses per-partition offsets `partition:offset[,partition:offset...]`, e.g. `0:1200,1:1180`.
 ///
@@ -641,21 +615,16 @@ pub fn run_backfill(opts: &BackfillOptions) -> Result<BackfillReport, BackfillEr
         max_batch_rows: cfg.backfill.max_batch_rows,
         max_wait: cfg.backfill.max_wait,
     };
-    let (parquet_dir, kafka_topic) = match &job.sink {
-        SinkSpec::Parquet(d) => (Some(d.clone()), None),
-        SinkSpec::Kafka(t) => (None, Some(t.clone())),
-    };
+
     let run_opts = RunOptions {
         brokers: Some(job.brokers.clone()),
-        bounded: true,
-        ranges: Some(ReadRanges {
+        mode: Mode::Range(ReadRanges {
             source: job.read.clone(),
             labels: job.labels.clone(),
         }),
         score_filter: Some(filter),
         window: Some((window, cfg.backfill.max_inflight_batches)),
-        parquet_dir,
-        kafka_topic,
+        sink: Some(job.sink.clone()),
         parquet_prefix: Some(job_run_prefix(&job.job_id, clock::wall_ms())),
         ledger: Some(ledger.clone()),
         flow: Some(flow.clone()),

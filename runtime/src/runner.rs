@@ -68,26 +68,19 @@ pub type ScorerFactory = Arc<dyn Fn() -> Result<Box<dyn Scorer>, InferenceError>
 /// store (`false`: a backfill's warm-up, or what a previous attempt of the job completed).
 pub type ScoreFilter = Arc<dyn Fn(Lineage) -> bool + Send + Sync>;
 
-/// Offset ranges a bounded run reads, `partition -> [start, stop)`, per topic.
-#[derive(Debug, Clone, Default)]
-pub struct ReadRanges {
-    /// The source topic.
-    pub source: BTreeMap<i32, (i64, i64)>,
-    /// The labels topic (side input), if the features need labels.
-    pub labels: BTreeMap<i32, (i64, i64)>,
-}
+pub use weir_topologies::plan::{Mode, ReadRanges, SinkSpec};
 
 /// How to run a topology, beyond its file.
 #[derive(Clone, Default)]
 pub struct RunOptions {
     /// Overrides `source.brokers` (and the sinks' brokers).
     pub brokers: Option<String>,
-    /// Read up to the high watermarks seen at start, then stop (no offset commits).
-    pub bounded: bool,
+    /// How far to read: live (the default), up to the end seen at start, or offset ranges.
+    pub mode: Mode,
     /// Overrides `source.start`.
     pub start: Option<StartPosition>,
-    /// Overrides the Parquet sink: write to this directory instead of the configured sink.
-    pub parquet_dir: Option<PathBuf>,
+    /// Overrides the topology's `[sink]`.
+    pub sink: Option<SinkSpec>,
     /// Substitute scorer (tests: an artificially slow one).
     pub scorer: Option<ScorerFactory>,
     /// Flow control to share with the caller (to request shutdown, or observe buffered rows).
@@ -96,8 +89,6 @@ pub struct RunOptions {
     pub metrics: Option<Arc<Metrics>>,
     /// ONNX Runtime library (default: [`default_runtime_path`]).
     pub runtime: Option<PathBuf>,
-    /// Read exactly these offset ranges, then stop (a backfill; no offset commits).
-    pub ranges: Option<ReadRanges>,
     /// Score only the events it accepts; the others feed the feature store and are acknowledged.
     pub score_filter: Option<ScoreFilter>,
     /// Overrides `[batching]`: the micro-batch window and the batches queued for inference.
@@ -106,8 +97,6 @@ pub struct RunOptions {
     /// topology runs ([`crate::reload::Reloader`]); its initial value replaces the window of
     /// `[batching]` (or of `window`).
     pub live_window: Option<Arc<SharedWindow>>,
-    /// Overrides the score sink: write to this Kafka topic (on the source's brokers).
-    pub kafka_topic: Option<String>,
     /// Names Parquet files `<prefix>-<seq>.parquet` (see [`ParquetScoreSink::with_prefix`]).
     pub parquet_prefix: Option<String>,
     /// Delivery ledger to share with the caller (a backfill records acknowledged ranges from it).
@@ -486,7 +475,7 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
     // Client properties librdkafka refuses fail here, naming their section; then the brokers
     // must answer (an unreachable address is named within seconds, not after 30 s of silence).
     cfg.check_clients()?;
-    let bounded = opts.bounded || opts.ranges.is_some();
+    let bounded = opts.mode.is_bounded();
     let field = if opts.brokers.is_some() {
         "--brokers"
     } else {
@@ -495,16 +484,16 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
     wait_for_brokers(&brokers, &cfg.source.properties, field, !bounded, &flow)?;
 
     let id_column = cfg.id_column();
-    let sink: Arc<dyn ScoreSink> = match (&opts.parquet_dir, cfg.sink.kind.as_str()) {
-        (None, _) if opts.kafka_topic.is_some() => Arc::new(KafkaScoreSink::new(
+    let sink: Arc<dyn ScoreSink> = match (&opts.sink, cfg.sink.kind.as_str()) {
+        (Some(SinkSpec::Kafka(topic)), _) => Arc::new(KafkaScoreSink::new(
             &brokers,
-            opts.kafka_topic.as_deref().expect("checked"),
+            topic,
             &id_column,
             &cfg.sink.properties,
             ledger.clone(),
             metrics.clone(),
         )?),
-        (Some(dir), _) => {
+        (Some(SinkSpec::Parquet(dir)), _) => {
             let sink = ParquetScoreSink::new(
                 dir,
                 &id_column,
@@ -563,7 +552,7 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
     );
 
     let mut source_config = source_config(cfg, &brokers, bounded, opts.start);
-    if let Some(r) = &opts.ranges {
+    if let Some(r) = opts.mode.ranges() {
         source_config.ranges = Some(Arc::new(r.source.clone()));
     }
     // Snapshots of the feature state (a live run with windowed features and `[snapshot] dir`).
@@ -732,7 +721,7 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
     };
     let n_features = spec.len();
     let labels_config = labels_source(cfg, &source_config).map(|mut l| {
-        l.ranges = opts.ranges.as_ref().map(|r| Arc::new(r.labels.clone()));
+        l.ranges = opts.mode.ranges().map(|r| Arc::new(r.labels.clone()));
         l
     });
     let gate_counts = Arc::new(GateCounts::default());

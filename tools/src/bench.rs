@@ -408,7 +408,7 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchReport, DemoError> {
         &cfg,
         RunOptions {
             brokers: Some(brokers.clone()),
-            bounded: true,
+            mode: weir_runtime::runner::Mode::UntilEnd,
             start: Some(StartPosition::Earliest),
             ..RunOptions::default()
         },

@@ -164,7 +164,7 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoReport, DemoError> {
         &cfg,
         RunOptions {
             brokers: Some(brokers.clone()),
-            bounded: true,
+            mode: weir_runtime::runner::Mode::UntilEnd,
             start: Some(StartPosition::Earliest),
             ..RunOptions::default()
         },

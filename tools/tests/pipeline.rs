@@ -97,7 +97,7 @@ fn logs() {
 fn bounded() -> RunOptions {
     logs();
     RunOptions {
-        bounded: true,
+        mode: weir_runtime::runner::Mode::UntilEnd,
         start: Some(StartPosition::Earliest),
         ..RunOptions::default()
     }
@@ -284,7 +284,7 @@ fn parquet_sink_gets_every_score() {
         &cfg,
         RunOptions {
             brokers: Some(env.brokers.clone()),
-            parquet_dir: Some(dir.path().to_path_buf()),
+            sink: Some(weir_runtime::runner::SinkSpec::Parquet(dir.path().to_path_buf())),
             ..bounded()
         },
     )
@@ -533,7 +533,7 @@ fn memory_pressure_slows_reading_but_changes_no_feature() {
         &cfg,
         RunOptions {
             brokers: Some(env.brokers.clone()),
-            kafka_topic: Some("scores-free".into()),
+            sink: Some(weir_runtime::runner::SinkSpec::Kafka("scores-free".into())),
             ..bounded()
         },
     )
@@ -557,7 +557,7 @@ fn memory_pressure_slows_reading_but_changes_no_feature() {
         &cfg,
         RunOptions {
             brokers: Some(env.brokers.clone()),
-            kafka_topic: Some("scores-pressed".into()),
+            sink: Some(weir_runtime::runner::SinkSpec::Kafka("scores-pressed".into())),
             flow: Some(flow.clone()),
             ..bounded()
         },
@@ -608,7 +608,7 @@ fn scores_of(
         &cfg,
         RunOptions {
             brokers: Some(env.brokers.clone()),
-            kafka_topic: Some(out.into()),
+            sink: Some(weir_runtime::runner::SinkSpec::Kafka(out.into())),
             metrics,
             ..bounded()
         },

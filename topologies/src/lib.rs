@@ -8,4 +8,4 @@ pub mod config;
 pub mod plan;
 
 pub use config::TopologyConfig;
-pub use plan::FeaturePlan;
+pub use plan::{FeaturePlan, Mode, ReadRanges, SinkSpec};

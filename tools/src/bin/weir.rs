@@ -445,7 +445,11 @@ fn main() -> ExitCode {
                     &cfg,
                     RunOptions {
                         brokers,
-                        bounded: until_end,
+                        mode: if until_end {
+                            weir_runtime::runner::Mode::UntilEnd
+                        } else {
+                            weir_runtime::runner::Mode::Live
+                        },
                         start,
                         flow: Some(flow),
                         metrics: Some(metrics),
