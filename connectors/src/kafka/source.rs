@@ -550,442 +550,613 @@ pub fn kafka_source<'s>(
         }
     }
 
-    let stream = source::<_, CapacityContainerBuilder<Vec<SourceEvent>>, _, _>(
-        scope,
-        "KafkaSource",
-        move |cap, info| {
+    let mut op = SourceOperator::new(config, shared, consumer, queues, bounded, worker, peers);
+    let stream =
+        source::<_, CapacityContainerBuilder<Vec<SourceEvent>>, _, _>(scope, "KafkaSource", move |cap, info| {
             let activator = scope.activator_for(info.address.clone());
             let mut cap = Some(cap);
-            // The consumer stays (in the group) after the source finished, until the dataflow is
-            // dropped: the topology's workers wait for every source to finish before exiting.
-            let consumer = consumer;
-            let mut paused: Option<(Instant, usize)> = None;
-            let mut pressure_since: Option<Instant> = None;
-            let mut last_pressure = Instant::now();
-            let mut last_commit = Instant::now();
-            let mut drain_deadline: Option<Instant> = None;
-            let mut frozen: Option<u64> = None;
-            // partition -> (largest timestamp seen, when the last message arrived)
-            let mut max_ts: HashMap<i32, (i64, Instant)> = HashMap::new();
-            // Partitions that reached their end (librdkafka's partition EOF) since their last
-            // message: only these can turn idle, unless backpressure holds the source back.
-            let mut caught_up: HashSet<i32> = HashSet::new();
-            // partition -> what it held the watermark at, last activation (holding partitions only)
-            let mut last_holding: HashMap<i32, i64> = HashMap::new();
-            // Partitions paused by watermark alignment.
-            let mut aligned: Vec<i32> = Vec::new();
-            // The process-wide watermark of this topic at the last activation, if any partition held it.
-            let mut last_wm: Option<i64> = None;
-            // The smallest watermark the other workers' partitions held at the last activation.
-            let mut others_wm: Option<i64> = None;
-            // Which partition queue is read first (rotates, for fairness).
-            let mut turn = 0usize;
-            let mut in_flight_seen = (usize::MAX, Instant::now());
-            let mut stall_logged = false;
-            // partition -> when it was first seen assigned
-            let mut assigned_at: HashMap<i32, Instant> = HashMap::new();
-            let mut last_wm_log = Instant::now();
-            let mut max_emitted = i64::MIN;
-            // Partitions whose positions this source published, for the consumer lag.
-            let mut published: Vec<i32> = Vec::new();
-            let mut last_lag = Instant::now();
+            // Each activation: plan (backpressure, alignment), read, then the end of the round
+            // (watermark, positions, commit or finish). See `SourceOperator`.
             move |output| {
                 let Some(c) = cap.as_mut() else {
                     return;
                 };
-                let consumer_ref = &consumer;
-                let ctx = consumer_ref.context();
-                let assigned: Vec<i32> = ctx.assigned.lock().unwrap().clone();
-                let shutting_down = shared.flow.shutdown_requested();
-                // A side input (no commits: labels) is not held back: the main events in flight
-                // may be waiting for its watermark, which only reading it advances.
-                // A sink that stopped acknowledging (events past inference pile up in the
-                // ledger) stops the reads too: memory stays bounded, lag shows the trouble.
-                let unacked_full = config.commit
-                    && !assigned.is_empty()
-                    && shared.ledger.unacked(&assigned) >= shared.flow.max_unacked();
-                let want_pause = shutting_down || (config.commit && (shared.flow.should_pause() || unacked_full));
-                // Watermark alignment (as Flink's split alignment): with half the in-flight limit
-                // reached, rows wait in the feature store for the watermark, which only the
-                // partitions holding it back can advance; the others pause, those keep reading
-                // into the other half (see the module doc).
-                let align = !want_pause && config.commit && shared.flow.should_align();
-                // Ahead: every partition not holding the process-wide watermark (the laggard may be
-                // another worker's, in which case all of this worker's partitions wait).
-                let ahead: Vec<i32> = match (align, last_wm) {
-                    (true, Some(wm)) => assigned
-                        .iter()
-                        .copied()
-                        .filter(|p| last_holding.get(p).is_none_or(|h| *h > wm))
-                        .collect(),
-                    _ => Vec::new(),
-                };
-                if ahead != aligned {
-                    tracing::debug!(worker, topic = %config.topic, held = ?ahead, "watermark alignment");
-                    aligned = ahead.clone();
-                }
-                let now = Instant::now();
-
-                // Backpressure: stop reading the partitions (their queues, bounded by
-                // queued.max.messages.kbytes, keep what librdkafka fetched). Pressure lasting
-                // pause_after is a pause episode. (The partitions are never paused: a pause drops
-                // librdkafka's prefetched messages, which are fetched again on resume.)
-                if want_pause {
-                    last_pressure = now;
-                    pressure_since.get_or_insert(now);
-                }
-                let in_episode = pressure_since.is_some() && (want_pause || now - last_pressure < CALM_AFTER);
-                if !in_episode {
-                    if let Some(since) = pressure_since.take() {
-                        shared.flow.add_paused_micros(since.elapsed().as_micros() as u64);
-                    }
-                    paused = None;
-                } else if let Some(since) = pressure_since {
-                    let long = shutting_down || now - since >= config.pause_after;
-                    if long && paused.is_none_or(|(_, n)| n != assigned.len()) {
-                        // The partition queues are simply not read: librdkafka stops fetching
-                        // once they are full, and keeps what it fetched.
-                        if paused.is_none() {
-                            shared.flow.add_pause();
-                        }
-                        paused.get_or_insert((now, 0)).1 = assigned.len();
-                    }
-                }
-
-                let mut emitted = 0usize;
-                let mut late_events = 0u64;
-                {
+                let plan = op.plan();
+                let read = {
                     let mut session = output.session(&*c);
-                    let polled_at = Instant::now();
-                    let cap_time = *c.time();
-                    // Handles one poll result; `false`: that queue has nothing more now.
-                    // The holding (largest event time - allowed lateness) of the partition of the
-                    // last message handled.
-                    let last_holds = std::cell::Cell::new(i64::MIN);
-                    let mut handle = |r: Option<Result<BorrowedMessage<'_>, KafkaError>>| -> bool {
-                        match r {
-                            None => false,
-                            Some(Err(KafkaError::PartitionEOF(p))) => {
-                                caught_up.insert(p);
-                                if let Some(b) = bounded.as_mut() {
-                                    b.remaining.remove(&p);
-                                }
-                                true
-                            }
-                            Some(Err(e)) => {
-                                tracing::warn!(worker, error = %e, "consumer error");
-                                false
-                            }
-                            Some(Ok(m)) => {
-                                let partition = m.partition();
-                                let offset = m.offset();
-                                if let Some(b) = bounded.as_mut() {
-                                    match b.remaining.get(&partition) {
-                                        Some(&stop) if offset < stop => {
-                                            if offset + 1 >= stop {
-                                                b.remaining.remove(&partition);
-                                            }
-                                        }
-                                        _ => return true, // past the range
-                                    }
-                                }
-                                caught_up.remove(&partition);
-                                let ts = m.timestamp().to_millis().unwrap_or_else(clock::wall_ms);
-                                let et = match &config.event_time {
-                                    EventTime::MessageTimestamp => Some(ts),
-                                    EventTime::Payload(f) => m.payload().and_then(|p| f(p, ts)),
-                                };
-                                let e = max_ts.entry(partition).or_insert((i64::MIN, polled_at));
-                                let before = (e.0 > i64::MIN).then_some(e.0);
-                                let (event_time_ms, late) =
-                                    processing_time(et, before, config.allowed_lateness_ms, cap_time as i64);
-                                if let Some(t) = et {
-                                    e.0 = e.0.max(t);
-                                }
-                                e.1 = polled_at;
-                                last_holds.set(e.0.saturating_sub(config.allowed_lateness_ms));
-                                late_events += late as u64;
-                                let lineage = Lineage { partition, offset };
-                                if config.commit {
-                                    // The time it enters the dataflow.
-                                    shared.ledger.register(lineage, event_time_ms.max(0) as u64);
-                                }
-                                let headers = m
-                                    .headers()
-                                    .map(|hs| {
-                                        hs.iter()
-                                            .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
-                                            .collect()
-                                    })
-                                    .unwrap_or_default();
-                                session.give(SourceEvent {
-                                    lineage,
-                                    key: m.key().map(<[u8]>::to_vec),
-                                    payload: m.payload().map(<[u8]>::to_vec),
-                                    headers,
-                                    timestamp_ms: ts,
-                                    event_time_ms,
-                                    read_at_us: clock::now_micros(),
-                                });
-                                emitted += 1;
-                                true
-                            }
-                        }
-                    };
-                    // Paused: one poll serves callbacks (a message it returns is still emitted).
-                    let mut budget = match (paused.is_some(), want_pause) {
-                        (true, _) => 1,
-                        (false, true) => 0,
-                        // The main input's reads stay within the in-flight limit's halves
-                        // (see FlowControl::read_budget); a side input is not held back.
-                        (false, false) if config.commit => shared.flow.read_budget(config.max_poll_records, peers),
-                        (false, false) => config.max_poll_records,
-                    };
-                    // The main queue: callbacks, and the messages fetched before the partition
-                    // queues were split.
-                    // (A poll that returns nothing uses none of the budget: with
-                    // max_poll_records = 1 the partition queues were never read.)
-                    // Aligning with every partition of this worker ahead: the main queue waits
-                    // too (its callbacks are served again once one partition holds). What librdkafka fetched before the partition queues were split
-                    // sits on the main queue, of any partition: read at full speed, it let a worker
-                    // read its whole share past the alignment and fill the in-flight limit while
-                    // the worker holding the watermark waited (a deadlock until the stall escape,
-                    // after which features depended on timing).
-                    let all_ahead = align
-                        && !queues.is_empty()
-                        && !assigned.is_empty()
-                        && assigned.iter().all(|p| ahead.contains(p));
-                    let mut main_budget = if all_ahead { 0 } else { budget };
-                    while main_budget > 0 {
-                        if !handle(consumer_ref.poll(Duration::ZERO)) {
-                            break;
-                        }
-                        budget -= 1;
-                        main_budget -= 1;
-                    }
-                    // Each partition's queue in turn, skipping those ahead (watermark alignment:
-                    // they keep what librdkafka prefetched, no pause and no fetch round trip).
-                    let reading = paused.is_none() && !want_pause;
-                    let readable: Vec<i32> = match reading {
-                        true => queues.keys().copied().filter(|p| !ahead.contains(p)).collect(),
-                        false => Vec::new(),
-                    };
-                    if !readable.is_empty() {
-                        turn = (turn + 1) % readable.len();
-                    }
-                    for (i, p) in readable.iter().cycle().skip(turn).take(readable.len()).enumerate() {
-                        let mut share = budget.div_ceil(readable.len() - i);
-                        // Aligning, a laggard is read until it passes the next partition's
-                        // watermark (the smallest other holding, of this worker or another):
-                        // what it read up to there is released as the watermark moves, and at
-                        // most one row past it stays, so that the laggards' half of the limit
-                        // is not taken by a partition that stopped holding the watermark (a
-                        // partition never read held it at i64::MIN with others: the first
-                        // read one filled the half, the others could not be read; deadlock).
-                        let next = align
-                            .then(|| {
-                                assigned
-                                    .iter()
-                                    .filter(|q| *q != p)
-                                    .filter_map(|q| last_holding.get(q).copied())
-                                    .chain(others_wm)
-                                    .min()
-                            })
-                            .flatten();
-                        while share > 0 {
-                            share -= 1;
-                            budget -= 1;
-                            last_holds.set(i64::MIN);
-                            if !handle(queues[p].poll(Duration::ZERO)) {
-                                break;
-                            }
-                            if next.is_some_and(|n| last_holds.get() > n) {
-                                break;
-                            }
-                        }
-                    }
-                }
-                if shutting_down {
-                    // Stopped for good: silence is not idleness (the watermark stays frozen).
-                    let now = Instant::now();
-                    max_ts.values_mut().for_each(|v| v.1 = now);
-                    assigned_at.values_mut().for_each(|v| *v = now);
-                }
-                if emitted > 0 {
-                    // Records were stamped with the capability's time (late ones included): once
-                    // nothing holds, the watermark must pass it too.
-                    max_emitted = max_emitted.max(*c.time() as i64);
-                }
-                if late_events > 0 {
-                    shared
-                        .metrics
-                        .late_events
-                        .with_label_values(&[&config.topic])
-                        .inc_by(late_events);
-                }
-                if config.commit {
-                    // The main input: each event ends as a batch row or a dead letter.
-                    shared.metrics.events_in.inc_by(emitted as u64);
-                    shared.flow.add_in_flight(emitted);
-                }
-
-                // Watermark: the minimum, over partitions still expected to deliver, of (largest
-                // timestamp seen - allowed lateness). A partition is not expected when it finished
-                // its range, or has been silent for idle_timeout (never seen: since assignment).
-                // When none is expected, everything read so far is complete: largest seen + 1.
-                let now = Instant::now();
-                for p in &assigned {
-                    assigned_at.entry(*p).or_insert(now);
-                }
-                // Stalled: held back with no event leaving the pipeline for STALL_AFTER (rows wait
-                // for a watermark that only reading a paused partition would advance).
-                let in_flight = shared.flow.in_flight();
-                if in_flight != in_flight_seen.0 {
-                    in_flight_seen = (in_flight, now);
-                }
-                let stalled = (want_pause || align) && !shutting_down && now - in_flight_seen.1 >= STALL_AFTER;
-                if stalled && !stall_logged {
-                    stall_logged = true;
-                    tracing::warn!(worker, topic = %config.topic, in_flight, "backpressure stalled the watermark: silent partitions now turn idle, and their later events are late (raise source.max_in_flight_rows)");
-                } else if !stalled {
-                    stall_logged = false;
-                }
-                let mut holding: Option<i64> = None;
-                let mut seen_max: Option<i64> = None;
-                last_holding.clear();
-                for p in &assigned {
-                    let finished = bounded.as_ref().is_some_and(|b| !b.remaining.contains_key(p));
-                    // Silence counts as idleness only at the partition's end (or under
-                    // backpressure, see the module doc): a partition with unread messages holds
-                    // the watermark however slow its fetches, so that results do not depend on
-                    // timing (a live run, a restart and a backfill see the same event order).
-                    let may_idle = caught_up.contains(p) || stalled;
-                    match max_ts.get(p) {
-                        Some(&(ts, last)) => {
-                            seen_max = Some(seen_max.map_or(ts, |m| m.max(ts)));
-                            if !finished && (now - last < config.idle_timeout || !may_idle) {
-                                let h = ts.saturating_sub(config.allowed_lateness_ms);
-                                holding = Some(holding.map_or(h, |m| m.min(h)));
-                                last_holding.insert(*p, h);
-                            }
-                        }
-                        None if !finished && (now - assigned_at[p] < config.idle_timeout || !may_idle) => {
-                            holding = Some(i64::MIN);
-                            last_holding.insert(*p, i64::MIN);
-                        }
-                        None => {}
-                    }
-                }
-                // "Everything read is complete" must cover what was emitted at a later stamp (late
-                // records, raised to the capability's time) as well as what was read.
-                let seen_max = match (seen_max, max_emitted) {
-                    (Some(s), e) if e > i64::MIN => Some(s.max(e)),
-                    (s, _) => s,
+                    op.read(*c.time(), &plan, &mut |ev| session.give(ev))
                 };
-                let board = shared.watermarks.publish(
-                    &config.topic,
-                    worker,
-                    peers,
-                    holding,
-                    seen_max,
-                    config.follows.as_deref(),
-                );
-                let wm = board.watermark.unwrap_or(i64::MIN);
-                last_wm = board.holding;
-                others_wm = board.others;
-                if shutting_down {
-                    // Freeze: from here on the capability stays where it is until it is dropped.
-                    if frozen.is_none() {
-                        frozen = Some(*c.time());
-                        shared.flow.freeze_at(*c.time());
-                        tracing::info!(worker, topic = %config.topic, watermark = *c.time(), "shutdown: watermark frozen");
-                    }
-                } else if wm > 0 && wm as u64 > *c.time() {
-                    c.downgrade(&(wm as u64));
-                }
-                if last_wm_log.elapsed() >= Duration::from_secs(1) {
-                    last_wm_log = now;
-                    tracing::debug!(worker, topic = %config.topic, capability = *c.time(), ?holding, ?seen_max, assigned = assigned.len(), in_flight = shared.flow.in_flight(), buffered = shared.flow.buffered_rows(), want_pause, paused = paused.is_some(), "watermark");
-                }
-
-                if last_lag.elapsed() >= LAG_INTERVAL {
-                    last_lag = Instant::now();
-                    let revoked: Vec<i32> = published.iter().copied().filter(|p| !assigned.contains(p)).collect();
-                    shared.positions.remove(&config.topic, &revoked);
-                    published.retain(|p| assigned.contains(p));
-                    // librdkafka's position: last message returned by poll + 1 (local, no
-                    // broker round trip); invalid for a partition not read yet.
-                    if let Ok(tpl) = consumer_ref.position() {
-                        for e in tpl.elements_for_topic(&config.topic) {
-                            if let (Offset::Offset(next), true) = (e.offset(), assigned.contains(&e.partition())) {
-                                shared.positions.set(&config.topic, e.partition(), next);
-                                if !published.contains(&e.partition()) {
-                                    published.push(e.partition());
-                                }
-                            }
-                        }
-                    }
-                    // Assigned and not read yet: its lag series exists from the assignment.
-                    if config.commit && !config.bounded {
-                        for p in &assigned {
-                            if !published.contains(p) {
-                                shared.positions.set_unread(&config.topic, *p);
-                                published.push(*p);
-                            }
-                        }
-                    }
-                }
-
-                let live = bounded.is_none() && config.commit;
-                if live && last_commit.elapsed() >= config.commit_interval {
-                    ctx.commit_acked(consumer_ref, &assigned, CommitMode::Async);
-                    last_commit = Instant::now();
-                }
-
-                let finished_range = bounded.as_ref().is_some_and(|b| b.remaining.is_empty());
-                if finished_range || shutting_down {
-                    let deadline = *drain_deadline.get_or_insert_with(|| Instant::now() + config.drain_timeout);
-                    let unacked = match (config.commit, finished_range) {
-                        (false, _) => 0,
-                        (true, true) => shared.ledger.unacked(&assigned),
-                        // Stopping early: events after the cutoff wait for a restart.
-                        (true, false) => shared.ledger.unacked_before(&assigned, shared.flow.cutoff()),
-                    };
-                    if !live || unacked == 0 || Instant::now() >= deadline {
-                        if live {
-                            if unacked > 0 {
-                                tracing::warn!(
-                                    worker,
-                                    unacked,
-                                    "drain timeout: in-flight events stay uncommitted and will be re-read"
-                                );
-                            }
-                            ctx.commit_acked(consumer_ref, &assigned, CommitMode::Sync);
-                        }
-                        if let Some(since) = pressure_since.take() {
-                            shared.flow.add_paused_micros(since.elapsed().as_micros() as u64);
-                        }
-                        tracing::info!(worker, topic = %config.topic, "source finished");
-                        shared.watermarks.publish(
-                            &config.topic,
-                            worker,
-                            peers,
-                            None,
-                            max_ts.values().map(|v| v.0).max(),
-                            None,
-                        );
-                        shared.flow.source_finished();
-                        cap = None;
-                        return;
-                    }
-                }
-                if emitted > 0 && !want_pause {
-                    activator.activate();
-                } else {
-                    activator.activate_after(Duration::from_millis(1));
+                match op.end_round(c, &plan, &read) {
+                    Next::Now => activator.activate(),
+                    Next::Soon => activator.activate_after(Duration::from_millis(1)),
+                    Next::Finished => cap = None,
                 }
             }
-        },
-    );
+        });
     Ok(stream)
+}
+
+/// What the source does next after an activation.
+enum Next {
+    /// Read again at once (it emitted, and nothing holds it back).
+    Now,
+    /// Look again in a millisecond.
+    Soon,
+    /// Finished: drop the capability.
+    Finished,
+}
+
+/// The phase of a source: reading, or draining before it finishes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Phase {
+    /// Reading its partitions (and committing, live).
+    Reading,
+    /// Its range is read, or shutdown was requested: it waits (live: until `deadline`, at most
+    /// `drain_timeout`) for the events in flight to be acknowledged, commits, and finishes.
+    Draining {
+        /// When it stops waiting.
+        deadline: Instant,
+    },
+}
+
+/// Backpressure as one source lives it: the pause episode in progress, if any.
+#[derive(Debug, Default)]
+struct Pressure {
+    /// Since when it counts as paused, and over how many partitions.
+    paused: Option<(Instant, usize)>,
+    /// When the current episode of pressure began.
+    since: Option<Instant>,
+    /// The last time pressure was seen.
+    last: Option<Instant>,
+}
+
+/// What [`SourceOperator::plan`] decided for one activation.
+struct Plan {
+    /// The partitions this worker reads now.
+    assigned: Vec<i32>,
+    /// Shutdown was requested.
+    shutting_down: bool,
+    /// Reading stops (backpressure, a sink not acknowledging, shutdown).
+    want_pause: bool,
+    /// Watermark alignment is on: only the partitions holding the watermark are read.
+    align: bool,
+    /// The partitions ahead of the watermark, left in their queues while aligning.
+    ahead: Vec<i32>,
+}
+
+/// What one read did.
+struct Read {
+    /// Events emitted.
+    emitted: usize,
+    /// Of which late.
+    late: u64,
+}
+
+/// One worker's Kafka source between activations: the consumer and its partition queues, and
+/// what the source remembers of its partitions (largest event time, end reached, watermark
+/// holdings) and of backpressure. An activation runs [`Self::plan`], [`Self::read`] and
+/// [`Self::end_round`], in that order (see the module doc for each mechanism).
+struct SourceOperator {
+    config: KafkaSourceConfig,
+    shared: SourceShared,
+    /// Stays (with its group) after the source finished, until the dataflow is dropped: the
+    /// topology's workers wait for every source to finish before exiting.
+    consumer: Arc<BaseConsumer<SourceContext>>,
+    /// One queue per assigned partition (see `split_queues`).
+    queues: BTreeMap<i32, PartitionQueue<SourceContext>>,
+    /// The stop offsets of a bounded run.
+    bounded: Option<Bounded>,
+    worker: usize,
+    peers: usize,
+    phase: Phase,
+    pressure: Pressure,
+    last_commit: Instant,
+    /// The capability's time when shutdown froze the watermark.
+    frozen: Option<u64>,
+    /// partition -> (largest event time seen, when its last message arrived).
+    max_ts: HashMap<i32, (i64, Instant)>,
+    /// Partitions at their end (librdkafka's partition EOF) since their last message: only these
+    /// can turn idle, unless backpressure stalled the pipeline.
+    caught_up: HashSet<i32>,
+    /// partition -> what it held the watermark at, last activation (holding partitions only).
+    last_holding: HashMap<i32, i64>,
+    /// Partitions left unread by watermark alignment.
+    aligned: Vec<i32>,
+    /// The process-wide watermark of this topic at the last activation, if any partition held it.
+    last_wm: Option<i64>,
+    /// The smallest watermark the other workers' partitions held at the last activation.
+    others_wm: Option<i64>,
+    /// Which partition queue is read first (rotates, for fairness).
+    turn: usize,
+    /// The in-flight count last seen changing, and when.
+    in_flight_seen: (usize, Instant),
+    stall_logged: bool,
+    /// partition -> when it was first seen assigned.
+    assigned_at: HashMap<i32, Instant>,
+    last_wm_log: Instant,
+    /// The latest capability time anything was emitted at.
+    max_emitted: i64,
+    /// Partitions whose positions this source published, for the consumer lag.
+    published: Vec<i32>,
+    last_lag: Instant,
+}
+
+impl SourceOperator {
+    fn new(
+        config: KafkaSourceConfig,
+        shared: SourceShared,
+        consumer: Arc<BaseConsumer<SourceContext>>,
+        queues: BTreeMap<i32, PartitionQueue<SourceContext>>,
+        bounded: Option<Bounded>,
+        worker: usize,
+        peers: usize,
+    ) -> Self {
+        let now = Instant::now();
+        Self {
+            config,
+            shared,
+            consumer,
+            queues,
+            bounded,
+            worker,
+            peers,
+            phase: Phase::Reading,
+            pressure: Pressure::default(),
+            last_commit: now,
+            frozen: None,
+            max_ts: HashMap::new(),
+            caught_up: HashSet::new(),
+            last_holding: HashMap::new(),
+            aligned: Vec::new(),
+            last_wm: None,
+            others_wm: None,
+            turn: 0,
+            in_flight_seen: (usize::MAX, now),
+            stall_logged: false,
+            assigned_at: HashMap::new(),
+            last_wm_log: now,
+            max_emitted: i64::MIN,
+            published: Vec::new(),
+            last_lag: now,
+        }
+    }
+
+    /// Decides what this activation reads: backpressure, a sink not acknowledging, shutdown
+    /// (nothing), watermark alignment (only the partitions holding the watermark); and keeps
+    /// the pause episodes' accounting.
+    fn plan(&mut self) -> Plan {
+        let (config, shared) = (&self.config, &self.shared);
+        let assigned: Vec<i32> = self.consumer.context().assigned.lock().unwrap().clone();
+        let shutting_down = shared.flow.shutdown_requested();
+        // A side input (no commits: labels) is not held back: the main events in flight may be
+        // waiting for its watermark, which only reading it advances. A sink that stopped
+        // acknowledging (events past inference pile up in the ledger) stops the reads too:
+        // memory stays bounded, lag shows the trouble.
+        let unacked_full =
+            config.commit && !assigned.is_empty() && shared.ledger.unacked(&assigned) >= shared.flow.max_unacked();
+        let want_pause = shutting_down || (config.commit && (shared.flow.should_pause() || unacked_full));
+        // Watermark alignment (as Flink's split alignment): with half the in-flight limit
+        // reached, rows wait in the feature store for the watermark, which only the partitions
+        // holding it back can advance; the others wait in their queues, those keep reading into
+        // the other half (see the module doc).
+        let align = !want_pause && config.commit && shared.flow.should_align();
+        // Ahead: every partition not holding the process-wide watermark (the laggard may be
+        // another worker's, in which case all of this worker's partitions wait).
+        let ahead: Vec<i32> = match (align, self.last_wm) {
+            (true, Some(wm)) => assigned
+                .iter()
+                .copied()
+                .filter(|p| self.last_holding.get(p).is_none_or(|h| *h > wm))
+                .collect(),
+            _ => Vec::new(),
+        };
+        if ahead != self.aligned {
+            tracing::debug!(worker = self.worker, topic = %config.topic, held = ?ahead, "watermark alignment");
+            self.aligned = ahead.clone();
+        }
+        // Backpressure: the partition queues (bounded by queued.max.messages.kbytes, keeping what
+        // librdkafka fetched) are not read. Pressure lasting pause_after is a pause episode. (The
+        // partitions are never paused: a pause drops librdkafka's prefetched messages, which are
+        // fetched again on resume.)
+        let now = Instant::now();
+        let p = &mut self.pressure;
+        if want_pause {
+            p.last = Some(now);
+            p.since.get_or_insert(now);
+        }
+        let in_episode = p.since.is_some() && (want_pause || p.last.is_some_and(|l| now - l < CALM_AFTER));
+        if !in_episode {
+            if let Some(since) = p.since.take() {
+                shared.flow.add_paused_micros(since.elapsed().as_micros() as u64);
+            }
+            p.paused = None;
+        } else if let Some(since) = p.since {
+            let long = shutting_down || now - since >= config.pause_after;
+            if long && p.paused.is_none_or(|(_, n)| n != assigned.len()) {
+                if p.paused.is_none() {
+                    shared.flow.add_pause();
+                }
+                p.paused.get_or_insert((now, 0)).1 = assigned.len();
+            }
+        }
+        Plan {
+            assigned,
+            shutting_down,
+            want_pause,
+            align,
+            ahead,
+        }
+    }
+
+    /// Reads what `plan` allows, handing each event to `give`: the main queue (callbacks, and
+    /// what was fetched before the partition queues were split), then each partition's queue in
+    /// turn. `cap_time`: the capability's time, the least time an event can be emitted at.
+    fn read(&mut self, cap_time: u64, plan: &Plan, give: &mut impl FnMut(SourceEvent)) -> Read {
+        let config = &self.config;
+        let shared = &self.shared;
+        let worker = self.worker;
+        let (bounded, caught_up, max_ts) = (&mut self.bounded, &mut self.caught_up, &mut self.max_ts);
+        let (assigned, ahead, align) = (&plan.assigned, &plan.ahead, plan.align);
+        let mut emitted = 0usize;
+        let mut late_events = 0u64;
+        let polled_at = Instant::now();
+        // The holding (largest event time - allowed lateness) of the partition of the last
+        // message handled.
+        let last_holds = std::cell::Cell::new(i64::MIN);
+        // Handles one poll result; `false`: that queue has nothing more now.
+        let mut handle = |r: Option<Result<BorrowedMessage<'_>, KafkaError>>| -> bool {
+            match r {
+                None => false,
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    caught_up.insert(p);
+                    if let Some(b) = bounded.as_mut() {
+                        b.remaining.remove(&p);
+                    }
+                    true
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(worker, error = %e, "consumer error");
+                    false
+                }
+                Some(Ok(m)) => {
+                    let partition = m.partition();
+                    let offset = m.offset();
+                    if let Some(b) = bounded.as_mut() {
+                        match b.remaining.get(&partition) {
+                            Some(&stop) if offset < stop => {
+                                if offset + 1 >= stop {
+                                    b.remaining.remove(&partition);
+                                }
+                            }
+                            _ => return true, // past the range
+                        }
+                    }
+                    caught_up.remove(&partition);
+                    let ts = m.timestamp().to_millis().unwrap_or_else(clock::wall_ms);
+                    let et = match &config.event_time {
+                        EventTime::MessageTimestamp => Some(ts),
+                        EventTime::Payload(f) => m.payload().and_then(|p| f(p, ts)),
+                    };
+                    let e = max_ts.entry(partition).or_insert((i64::MIN, polled_at));
+                    let before = (e.0 > i64::MIN).then_some(e.0);
+                    let (event_time_ms, late) =
+                        processing_time(et, before, config.allowed_lateness_ms, cap_time as i64);
+                    if let Some(t) = et {
+                        e.0 = e.0.max(t);
+                    }
+                    e.1 = polled_at;
+                    last_holds.set(e.0.saturating_sub(config.allowed_lateness_ms));
+                    late_events += late as u64;
+                    let lineage = Lineage { partition, offset };
+                    if config.commit {
+                        // The time it enters the dataflow.
+                        shared.ledger.register(lineage, event_time_ms.max(0) as u64);
+                    }
+                    let headers = m
+                        .headers()
+                        .map(|hs| {
+                            hs.iter()
+                                .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    give(SourceEvent {
+                        lineage,
+                        key: m.key().map(<[u8]>::to_vec),
+                        payload: m.payload().map(<[u8]>::to_vec),
+                        headers,
+                        timestamp_ms: ts,
+                        event_time_ms,
+                        read_at_us: clock::now_micros(),
+                    });
+                    emitted += 1;
+                    true
+                }
+            }
+        };
+        let paused = self.pressure.paused.is_some();
+        // Paused: one poll serves callbacks (a message it returns is still emitted).
+        let mut budget = match (paused, plan.want_pause) {
+            (true, _) => 1,
+            (false, true) => 0,
+            // The main input's reads stay within the in-flight limit's halves (see
+            // FlowControl::read_budget); a side input is not held back.
+            (false, false) if config.commit => shared.flow.read_budget(config.max_poll_records, self.peers),
+            (false, false) => config.max_poll_records,
+        };
+        // The main queue: callbacks, and the messages fetched before the partition queues were
+        // split. (A poll that returns nothing uses none of the budget: with max_poll_records = 1
+        // the partition queues were never read.) Aligning with every partition of this worker
+        // ahead, the main queue waits too (its callbacks are served again once one partition
+        // holds): what librdkafka fetched before the split sits on the main queue, of any
+        // partition; read at full speed, it let a worker read its whole share past the alignment
+        // and fill the in-flight limit while the worker holding the watermark waited (a
+        // deadlock until the stall escape, after which features depended on timing).
+        let all_ahead =
+            align && !self.queues.is_empty() && !assigned.is_empty() && assigned.iter().all(|p| ahead.contains(p));
+        let mut main_budget = if all_ahead { 0 } else { budget };
+        while main_budget > 0 {
+            if !handle(self.consumer.poll(Duration::ZERO)) {
+                break;
+            }
+            budget -= 1;
+            main_budget -= 1;
+        }
+        // Each partition's queue in turn, skipping those ahead (watermark alignment: they keep
+        // what librdkafka prefetched, no pause and no fetch round trip).
+        let reading = !paused && !plan.want_pause;
+        let readable: Vec<i32> = match reading {
+            true => self.queues.keys().copied().filter(|p| !ahead.contains(p)).collect(),
+            false => Vec::new(),
+        };
+        if !readable.is_empty() {
+            self.turn = (self.turn + 1) % readable.len();
+        }
+        for (i, p) in readable.iter().cycle().skip(self.turn).take(readable.len()).enumerate() {
+            let mut share = budget.div_ceil(readable.len() - i);
+            // Aligning, a laggard is read until it passes the next partition's watermark (the
+            // smallest other holding, of this worker or another): what it read up to there is
+            // released as the watermark moves, and at most one row past it stays, so that the
+            // laggards' half of the limit is not taken by a partition that stopped holding the
+            // watermark (a partition never read held it at i64::MIN with others: the first read
+            // one filled the half, the others could not be read; deadlock).
+            let next = align
+                .then(|| {
+                    assigned
+                        .iter()
+                        .filter(|q| *q != p)
+                        .filter_map(|q| self.last_holding.get(q).copied())
+                        .chain(self.others_wm)
+                        .min()
+                })
+                .flatten();
+            while share > 0 {
+                share -= 1;
+                budget -= 1;
+                last_holds.set(i64::MIN);
+                if !handle(self.queues[p].poll(Duration::ZERO)) {
+                    break;
+                }
+                if next.is_some_and(|n| last_holds.get() > n) {
+                    break;
+                }
+            }
+        }
+        Read {
+            emitted,
+            late: late_events,
+        }
+    }
+
+    /// The end of an activation: the counts, the watermark (and the capability) moved, the
+    /// partitions' positions published for the lag, offsets committed; then, if the range is
+    /// read or shutdown was requested, draining and finishing.
+    fn end_round(&mut self, c: &mut timely::dataflow::operators::Capability<u64>, plan: &Plan, read: &Read) -> Next {
+        let (worker, peers) = (self.worker, self.peers);
+        let assigned = &plan.assigned;
+        let shutting_down = plan.shutting_down;
+        if shutting_down {
+            // Stopped for good: silence is not idleness (the watermark stays frozen).
+            let now = Instant::now();
+            self.max_ts.values_mut().for_each(|v| v.1 = now);
+            self.assigned_at.values_mut().for_each(|v| *v = now);
+        }
+        if read.emitted > 0 {
+            // Records were stamped with the capability's time (late ones included): once nothing
+            // holds, the watermark must pass it too.
+            self.max_emitted = self.max_emitted.max(*c.time() as i64);
+        }
+        let (config, shared) = (&self.config, &self.shared);
+        if read.late > 0 {
+            shared
+                .metrics
+                .late_events
+                .with_label_values(&[&config.topic])
+                .inc_by(read.late);
+        }
+        if config.commit {
+            // The main input: each event ends as a batch row or a dead letter.
+            shared.metrics.events_in.inc_by(read.emitted as u64);
+            shared.flow.add_in_flight(read.emitted);
+        }
+
+        // Watermark: the minimum, over partitions still expected to deliver, of (largest
+        // timestamp seen - allowed lateness). A partition is not expected when it finished its
+        // range, or has been silent for idle_timeout (never seen: since assignment). When none is
+        // expected, everything read so far is complete: largest seen + 1.
+        let now = Instant::now();
+        for p in assigned {
+            self.assigned_at.entry(*p).or_insert(now);
+        }
+        // Stalled: held back with no event leaving the pipeline for STALL_AFTER (rows wait for a
+        // watermark that only reading a held-back partition would advance).
+        let in_flight = shared.flow.in_flight();
+        if in_flight != self.in_flight_seen.0 {
+            self.in_flight_seen = (in_flight, now);
+        }
+        let stalled = (plan.want_pause || plan.align) && !shutting_down && now - self.in_flight_seen.1 >= STALL_AFTER;
+        if stalled && !self.stall_logged {
+            self.stall_logged = true;
+            tracing::warn!(worker, topic = %config.topic, in_flight, "backpressure stalled the watermark: silent partitions now turn idle, and their later events are late (raise source.max_in_flight_rows)");
+        } else if !stalled {
+            self.stall_logged = false;
+        }
+        let mut holding: Option<i64> = None;
+        let mut seen_max: Option<i64> = None;
+        self.last_holding.clear();
+        for p in assigned {
+            let finished = self.bounded.as_ref().is_some_and(|b| !b.remaining.contains_key(p));
+            // Silence counts as idleness only at the partition's end (or when stalled, see the
+            // module doc): a partition with unread messages holds the watermark however slow its
+            // fetches, so that results do not depend on timing (a live run, a restart and a
+            // backfill see the same event order).
+            let may_idle = self.caught_up.contains(p) || stalled;
+            match self.max_ts.get(p) {
+                Some(&(ts, last)) => {
+                    seen_max = Some(seen_max.map_or(ts, |m| m.max(ts)));
+                    if !finished && (now - last < config.idle_timeout || !may_idle) {
+                        let h = ts.saturating_sub(config.allowed_lateness_ms);
+                        holding = Some(holding.map_or(h, |m| m.min(h)));
+                        self.last_holding.insert(*p, h);
+                    }
+                }
+                None if !finished && (now - self.assigned_at[p] < config.idle_timeout || !may_idle) => {
+                    holding = Some(i64::MIN);
+                    self.last_holding.insert(*p, i64::MIN);
+                }
+                None => {}
+            }
+        }
+        // "Everything read is complete" must cover what was emitted at a later stamp (late
+        // records, raised to the capability's time) as well as what was read.
+        let seen_max = match (seen_max, self.max_emitted) {
+            (Some(s), e) if e > i64::MIN => Some(s.max(e)),
+            (s, _) => s,
+        };
+        let board = shared.watermarks.publish(
+            &config.topic,
+            worker,
+            peers,
+            holding,
+            seen_max,
+            config.follows.as_deref(),
+        );
+        let wm = board.watermark.unwrap_or(i64::MIN);
+        self.last_wm = board.holding;
+        self.others_wm = board.others;
+        if shutting_down {
+            // Freeze: from here on the capability stays where it is until it is dropped.
+            if self.frozen.is_none() {
+                self.frozen = Some(*c.time());
+                shared.flow.freeze_at(*c.time());
+                tracing::info!(worker, topic = %config.topic, watermark = *c.time(), "shutdown: watermark frozen");
+            }
+        } else if wm > 0 && wm as u64 > *c.time() {
+            c.downgrade(&(wm as u64));
+        }
+        if self.last_wm_log.elapsed() >= Duration::from_secs(1) {
+            self.last_wm_log = now;
+            tracing::debug!(worker, topic = %config.topic, capability = *c.time(), ?holding, ?seen_max, assigned = assigned.len(), in_flight = shared.flow.in_flight(), buffered = shared.flow.buffered_rows(), want_pause = plan.want_pause, paused = self.pressure.paused.is_some(), "watermark");
+        }
+        self.publish_positions(assigned);
+        self.commit_or_finish(assigned, shutting_down, plan.want_pause, read.emitted)
+    }
+
+    /// Publishes the partitions' positions for the consumer lag, every `LAG_INTERVAL`.
+    fn publish_positions(&mut self, assigned: &[i32]) {
+        if self.last_lag.elapsed() < LAG_INTERVAL {
+            return;
+        }
+        self.last_lag = Instant::now();
+        let (config, shared) = (&self.config, &self.shared);
+        let revoked: Vec<i32> = self
+            .published
+            .iter()
+            .copied()
+            .filter(|p| !assigned.contains(p))
+            .collect();
+        shared.positions.remove(&config.topic, &revoked);
+        self.published.retain(|p| assigned.contains(p));
+        // librdkafka's position: last message returned by poll + 1 (local, no broker round
+        // trip); invalid for a partition not read yet.
+        if let Ok(tpl) = self.consumer.position() {
+            for e in tpl.elements_for_topic(&config.topic) {
+                if let (Offset::Offset(next), true) = (e.offset(), assigned.contains(&e.partition())) {
+                    shared.positions.set(&config.topic, e.partition(), next);
+                    if !self.published.contains(&e.partition()) {
+                        self.published.push(e.partition());
+                    }
+                }
+            }
+        }
+        // Assigned and not read yet: its lag series exists from the assignment.
+        if config.commit && !config.bounded {
+            for p in assigned {
+                if !self.published.contains(p) {
+                    shared.positions.set_unread(&config.topic, *p);
+                    self.published.push(*p);
+                }
+            }
+        }
+    }
+
+    /// Commits (live, every `commit_interval`); once the range is read or shutdown was
+    /// requested, drains (see [`Phase::Draining`]) and finishes.
+    fn commit_or_finish(&mut self, assigned: &[i32], shutting_down: bool, want_pause: bool, emitted: usize) -> Next {
+        let (config, shared) = (&self.config, &self.shared);
+        let ctx = self.consumer.context();
+        let live = self.bounded.is_none() && config.commit;
+        if live && self.last_commit.elapsed() >= config.commit_interval {
+            ctx.commit_acked(&self.consumer, assigned, CommitMode::Async);
+            self.last_commit = Instant::now();
+        }
+        let finished_range = self.bounded.as_ref().is_some_and(|b| b.remaining.is_empty());
+        if finished_range || shutting_down {
+            let deadline = match self.phase {
+                Phase::Draining { deadline } => deadline,
+                Phase::Reading => {
+                    let deadline = Instant::now() + config.drain_timeout;
+                    self.phase = Phase::Draining { deadline };
+                    deadline
+                }
+            };
+            let unacked = match (config.commit, finished_range) {
+                (false, _) => 0,
+                (true, true) => shared.ledger.unacked(assigned),
+                // Stopping early: events after the cutoff wait for a restart.
+                (true, false) => shared.ledger.unacked_before(assigned, shared.flow.cutoff()),
+            };
+            if !live || unacked == 0 || Instant::now() >= deadline {
+                if live {
+                    if unacked > 0 {
+                        tracing::warn!(
+                            worker = self.worker,
+                            unacked,
+                            "drain timeout: in-flight events stay uncommitted and will be re-read"
+                        );
+                    }
+                    ctx.commit_acked(&self.consumer, assigned, CommitMode::Sync);
+                }
+                if let Some(since) = self.pressure.since.take() {
+                    shared.flow.add_paused_micros(since.elapsed().as_micros() as u64);
+                }
+                tracing::info!(worker = self.worker, topic = %config.topic, "source finished");
+                shared.watermarks.publish(
+                    &config.topic,
+                    self.worker,
+                    self.peers,
+                    None,
+                    self.max_ts.values().map(|v| v.0).max(),
+                    None,
+                );
+                shared.flow.source_finished();
+                return Next::Finished;
+            }
+        }
+        if emitted > 0 && !want_pause {
+            Next::Now
+        } else {
+            Next::Soon
+        }
+    }
 }
