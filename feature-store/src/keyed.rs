@@ -674,7 +674,7 @@ fn outputs_of(spec: &FeatureSpec, stage: usize, wins: &[Win]) -> Vec<Out> {
 }
 
 /// Writes the stage's columns of a row from its entity's cursors (and min/max queues).
-#[inline(always)]
+#[inline]
 fn write_values(outs: &[Out], w: &EntityWindows, cursors: &[Cursor], values: &mut [f64]) {
     for o in outs {
         let s = &cursors[o.win].sums;
