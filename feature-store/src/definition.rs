@@ -1067,6 +1067,11 @@ pub fn windowed_value(aggregation: Aggregation, num: i128, den: i128) -> f64 {
 /// `v as f64` (round to nearest); through `i64` when it fits, which gives the same value without
 /// the software 128-bit conversion (kept out of line, or the compiler folds both into it).
 #[inline]
+pub(crate) fn i128_to_f64(v: i128) -> f64 {
+    to_f64(v)
+}
+
+#[inline]
 fn to_f64(v: i128) -> f64 {
     #[inline(never)]
     fn wide(v: i128) -> f64 {

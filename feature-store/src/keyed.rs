@@ -58,7 +58,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
-use crate::definition::{windowed_value, AccKind, Aggregation, Column, EventRow, FeatureSpec, LabelRow};
+use crate::definition::{AccKind, Aggregation, Column, EventRow, FeatureSpec, LabelRow};
 use crate::snapshot::{Restored, SnapshotHeader, SnapshotSettings};
 use crate::windows::FeatureValues;
 use timely::container::CapacityContainerBuilder;
@@ -673,20 +673,33 @@ fn outputs_of(spec: &FeatureSpec, stage: usize, wins: &[Win]) -> Vec<Out> {
     outs
 }
 
-/// Writes the stage's columns of a row from its entity's cursors (and min/max queues).
-#[inline]
+/// Writes the stage's columns of a row from its entity's cursors (and min/max queues): each
+/// column's [`windowed_value`](crate::definition::windowed_value), computed in one dispatch on the aggregation (the same arithmetic,
+/// so the same bits).
+#[inline(always)]
 fn write_values(outs: &[Out], w: &EntityWindows, cursors: &[Cursor], values: &mut [f64]) {
     for o in outs {
         let s = &cursors[o.win].sums;
-        let num = match o.aggregation {
-            Aggregation::Count => s[0],
-            Aggregation::Sum | Aggregation::Mean => s[1],
-            Aggregation::Ratio => s[2],
-            Aggregation::Min => w.extreme(o.win, 0),
-            Aggregation::Max => w.extreme(o.win, 1),
+        let n = s[0];
+        let v = match o.aggregation {
+            Aggregation::Count => to_f64(n),
+            Aggregation::Sum => to_f64(s[1]) / 1e6,
+            Aggregation::Mean if n == 0 => 0.0,
+            Aggregation::Mean => to_f64(s[1]) / to_f64(n) / 1e6,
+            Aggregation::Ratio if n == 0 => 0.0,
+            Aggregation::Ratio => to_f64(s[2]) / to_f64(n),
+            Aggregation::Min | Aggregation::Max if n == 0 => 0.0,
+            Aggregation::Min => to_f64(w.extreme(o.win, 0)) / 1e6,
+            Aggregation::Max => to_f64(w.extreme(o.win, 1)) / 1e6,
         };
-        values[o.column] = windowed_value(o.aggregation, num, s[0]);
+        values[o.column] = v;
     }
+}
+
+/// `v as f64` (round to nearest), as [`windowed_value`](crate::definition::windowed_value) converts.
+#[inline(always)]
+fn to_f64(v: i128) -> f64 {
+    crate::definition::i128_to_f64(v)
 }
 
 /// Snapshots of a dataflow's keyed window operators: where to write them, and what a restart
