@@ -1155,9 +1155,9 @@ pub fn handbook_features() -> Vec<FeatureDef> {
     out
 }
 
-/// A handbook transaction's values in [`handbook_fields`] order.
-pub fn handbook_values(tx_id: u64, tx_time_ms: i64, customer_id: u64, terminal_id: u64, amount: f64) -> Vec<Value> {
-    vec![
+/// A handbook transaction's values in [`handbook_fields`] order (an array: no allocation).
+pub fn handbook_values(tx_id: u64, tx_time_ms: i64, customer_id: u64, terminal_id: u64, amount: f64) -> [Value; 5] {
+    [
         Value::Int(tx_id as i64),
         Value::Time(tx_time_ms),
         Value::Int(customer_id as i64),

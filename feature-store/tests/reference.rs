@@ -11,53 +11,13 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use timely::dataflow::operators::vec::Input;
 use timely::dataflow::operators::{Inspect, Probe};
-use weir_core::{EventId, Lineage, RowMeta};
-use weir_feature_store::definition::{handbook_label, handbook_spec, handbook_values, EventRow, LabelRow};
-use weir_simulator::Transaction;
+mod common;
 
-/// A handbook label, as the simulator's feed carries it.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Label {
-    tx_id: u64,
-    tx_time_ms: i64,
-    customer_id: u64,
-    terminal_id: u64,
-    tx_fraud: u8,
-    available_at_ms: i64,
-}
-
-fn event_row(spec: &FeatureSpec, tx: &Transaction) -> EventRow {
-    let meta = RowMeta {
-        lineage: Lineage {
-            partition: 0,
-            offset: tx.tx_id as i64,
-        },
-        id: EventId::Int(tx.tx_id as i64),
-        event_time_ms: tx.tx_time_ms,
-        read_at_us: 0,
-    };
-    spec.event_row(
-        meta,
-        &handbook_values(tx.tx_id, tx.tx_time_ms, tx.customer_id, tx.terminal_id, tx.amount),
-    )
-    .unwrap()
-}
-
-fn label_row(spec: &FeatureSpec, l: &Label) -> LabelRow {
-    handbook_label(
-        spec,
-        l.tx_id,
-        l.tx_time_ms,
-        l.customer_id,
-        l.terminal_id,
-        l.tx_fraud,
-        l.available_at_ms,
-    )
-}
-#[allow(unused_imports)]
-use weir_feature_store::definition::FeatureKind;
-use weir_feature_store::definition::{handbook_features, FeatureSpec};
+use common::{event_row, label_row};
+use weir_feature_store::definition::handbook_features;
+use weir_feature_store::definition::{handbook_spec, EventRow, FeatureKind, LabelRow};
 use weir_feature_store::{windowed_features, FeatureValues};
+use weir_simulator::{FraudLabel as Label, Transaction};
 use weir_simulator::{SimConfig, Simulator, DAY_MS};
 
 const LATENESS_MS: i64 = 3_600_000; // shuffle bound: 1 hour
@@ -87,12 +47,8 @@ fn dataset() -> Data {
             0
         };
         labels.push(Label {
-            tx_id: lt.label.tx_id,
-            tx_time_ms: lt.label.tx_time_ms,
-            customer_id: lt.label.customer_id,
-            terminal_id: lt.label.terminal_id,
-            tx_fraud: lt.label.tx_fraud,
             available_at_ms: lt.label.available_at_ms + extra,
+            ..lt.label
         });
         txs.push(lt.tx);
     }

@@ -9,55 +9,15 @@ use std::sync::{Arc, Mutex};
 
 use timely::dataflow::operators::vec::Input;
 use timely::dataflow::operators::{Inspect, Probe};
-use weir_core::{EventId, Lineage, RowMeta};
-use weir_feature_store::definition::{handbook_label, handbook_spec, handbook_values, EventRow, LabelRow};
-use weir_simulator::Transaction;
+mod common;
 
-/// A handbook label, as the simulator's feed carries it.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Label {
-    tx_id: u64,
-    tx_time_ms: i64,
-    customer_id: u64,
-    terminal_id: u64,
-    tx_fraud: u8,
-    available_at_ms: i64,
-}
-
-fn event_row(spec: &FeatureSpec, tx: &Transaction) -> EventRow {
-    let meta = RowMeta {
-        lineage: Lineage {
-            partition: 0,
-            offset: tx.tx_id as i64,
-        },
-        id: EventId::Int(tx.tx_id as i64),
-        event_time_ms: tx.tx_time_ms,
-        read_at_us: 0,
-    };
-    spec.event_row(
-        meta,
-        &handbook_values(tx.tx_id, tx.tx_time_ms, tx.customer_id, tx.terminal_id, tx.amount),
-    )
-    .unwrap()
-}
-
-fn label_row(spec: &FeatureSpec, l: &Label) -> LabelRow {
-    handbook_label(
-        spec,
-        l.tx_id,
-        l.tx_time_ms,
-        l.customer_id,
-        l.terminal_id,
-        l.tx_fraud,
-        l.available_at_ms,
-    )
-}
-#[allow(unused_imports)]
-use weir_feature_store::definition::FeatureKind;
+use common::{event_row, label_row};
 use weir_feature_store::definition::{handbook_features, FeatureSpec};
+use weir_feature_store::definition::{handbook_spec, EventRow, FeatureKind, LabelRow};
 use weir_feature_store::keyed::{stage_definitions, Snapshots};
 use weir_feature_store::snapshot::{SnapshotSettings, SnapshotStats, SnapshotStore};
 use weir_feature_store::windowed_features_with;
+use weir_simulator::{FraudLabel as Label, Transaction};
 use weir_simulator::{SimConfig, Simulator, DAY_MS};
 
 const EPOCH_MS: i64 = 600_000; // the inputs' timely time advances every 10 minutes of event time
@@ -74,18 +34,7 @@ fn arrivals() -> Vec<(i64, Result<Transaction, Label>)> {
     });
     let mut out = Vec::new();
     for lt in sim.flatten() {
-        let l = &lt.label;
-        out.push((
-            l.available_at_ms,
-            Err(Label {
-                tx_id: l.tx_id,
-                tx_time_ms: l.tx_time_ms,
-                customer_id: l.customer_id,
-                terminal_id: l.terminal_id,
-                tx_fraud: l.tx_fraud,
-                available_at_ms: l.available_at_ms,
-            }),
-        ));
+        out.push((lt.label.available_at_ms, Err(lt.label)));
         out.push((lt.tx.tx_time_ms, Ok(lt.tx)));
     }
     out.sort_by_key(|(t, _)| *t);
@@ -123,6 +72,7 @@ fn run(
                 .probe();
             (txs_in, labels_in, probe)
         });
+        let spec = spec();
         if worker.index() == 0 {
             for (t, a) in arrivals.iter() {
                 let epoch = (*t - t.rem_euclid(EPOCH_MS)) as u64;
@@ -132,8 +82,8 @@ fn run(
                     worker.step();
                 }
                 match a {
-                    Ok(tx) => txs.send(event_row(&spec(), tx)),
-                    Err(l) => labels.send(label_row(&spec(), l)),
+                    Ok(tx) => txs.send(event_row(&spec, tx)),
+                    Err(l) => labels.send(label_row(&spec, l)),
                 }
             }
         }

@@ -152,15 +152,8 @@ impl BenchReport {
 }
 
 /// A handbook transaction's values as `topologies/fraud-scoring.toml` declares them.
-fn handbook_values(tx: &weir_simulator::Transaction) -> Vec<weir_core::Value> {
-    use weir_core::Value;
-    vec![
-        Value::Int(tx.tx_id as i64),
-        Value::Time(tx.tx_time_ms),
-        Value::Int(tx.customer_id as i64),
-        Value::Int(tx.terminal_id as i64),
-        Value::Float(tx.amount),
-    ]
+fn handbook_values(tx: &weir_simulator::Transaction) -> [weir_core::Value; 5] {
+    weir_feature_store::definition::handbook_values(tx.tx_id, tx.tx_time_ms, tx.customer_id, tx.terminal_id, tx.amount)
 }
 
 fn raw_onnx(cfg: &TopologyConfig, sim: &SimConfig, seconds: f64, rows: usize) -> Result<f64, DemoError> {
@@ -605,7 +598,6 @@ pub fn run_feature_bench(
                 .probe();
             (tx_in, label_in, probe)
         });
-        let mut values: Vec<weir_core::Value> = Vec::with_capacity(5);
         if worker.index() == 0 {
             for (i, (t, a)) in arrivals.iter().enumerate() {
                 if i % FEATURE_BENCH_EPOCH == 0 {
@@ -619,16 +611,11 @@ pub fn run_feature_bench(
                 }
                 match a {
                     Arrival::Tx(meta, tx) => {
-                        use weir_core::Value;
-                        values.clear();
-                        values.extend([
-                            Value::Int(tx.tx_id as i64),
-                            Value::Time(tx.tx_time_ms),
-                            Value::Int(tx.customer_id as i64),
-                            Value::Int(tx.terminal_id as i64),
-                            Value::Float(tx.amount),
-                        ]);
-                        tx_in.send(spec_in.event_row(meta.clone(), &values).expect("a handbook amount"));
+                        tx_in.send(
+                            spec_in
+                                .event_row(meta.clone(), &handbook_values(tx))
+                                .expect("a handbook amount"),
+                        );
                     }
                     Arrival::Label(l) => label_in.send(l.clone()),
                 }
