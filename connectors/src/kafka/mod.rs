@@ -10,6 +10,7 @@ mod test;
 
 use std::collections::BTreeMap;
 
+use rdkafka::message::{Headers, Message};
 use rdkafka::ClientConfig;
 
 /// Builds a client configuration: weir's defaults for `role`, then the user's `properties`
@@ -94,4 +95,16 @@ pub fn check_reachable(
         .fetch_metadata(None, timeout)
         .map(drop)
         .map_err(|e| unreachable(e.to_string()))
+}
+
+/// A message's headers as owned `(name, value)` pairs, in order (a header's value may be null);
+/// empty when it has none. What a source event and a dead letter carry.
+pub(crate) fn owned_headers(m: &impl Message) -> Vec<(String, Option<Vec<u8>>)> {
+    m.headers()
+        .map(|hs| {
+            hs.iter()
+                .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                .collect()
+        })
+        .unwrap_or_default()
 }

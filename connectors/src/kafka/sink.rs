@@ -29,7 +29,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 use weir_core::{DeadLetter, DeadLetterSink, DeliveryLedger, Lineage, Metrics, RowMeta, ScoreSink, SinkError};
@@ -113,14 +113,7 @@ impl ProducerContext for AckContext {
                     }
                 }
                 (Some(_), Some(resend)) if too_large(e) && !pending.retried => {
-                    let headers = msg
-                        .headers()
-                        .map(|hs| {
-                            hs.iter()
-                                .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
-                                .collect()
-                        })
-                        .unwrap_or_default();
+                    let headers = super::owned_headers(msg);
                     let _ = resend.send(Resend {
                         pending,
                         key: msg.key().map(<[u8]>::to_vec),

@@ -93,7 +93,7 @@ use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::generic::operator::source;
@@ -852,14 +852,7 @@ impl SourceOperator {
                         // The time it enters the dataflow.
                         shared.ledger.register(lineage, event_time_ms.max(0) as u64);
                     }
-                    let headers = m
-                        .headers()
-                        .map(|hs| {
-                            hs.iter()
-                                .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
-                                .collect()
-                        })
-                        .unwrap_or_default();
+                    let headers = super::owned_headers(&m);
                     give(SourceEvent {
                         lineage,
                         key: m.key().map(<[u8]>::to_vec),
