@@ -232,7 +232,8 @@ impl EntityWindows {
         }
     }
 
-    /// Appends a transaction at `time` (not before the last entry).
+    /// Appends a transaction at `time` (not before the last entry); `tx_id` is its join key (0
+    /// in a stage without labels, which never looks it up).
     #[inline]
     fn insert(&mut self, cols: Columns, time: u64, amount: i64, tx_id: u64) {
         let mut e = Entry {
@@ -826,6 +827,8 @@ fn stage<'s>(
     };
     let wins = windows_of(&accs);
     let outs = outputs_of(spec, entity, &wins);
+    // The join key is only kept where labels look entries up by it (a string id's is a hash).
+    let id_of = move |row: &EventRow| if cols.labels { row.join() } else { 0 };
     let route_rows = Exchange::new(move |r: &StagedRow| spread(r.row.key(entity)));
     let route_labels = Exchange::new(move |l: &LabelRow| spread(l.keys[entity]));
     // A stage without labels reads an empty label stream (its frontier is then the rows'): not
@@ -959,7 +962,7 @@ fn stage<'s>(
                             let r = &rows_now[j];
                             if fresh(r) {
                                 let (w, _) = state.parts(row_slots[j]);
-                                w.insert(cols, t, r.row.measure(entity), r.row.join());
+                                w.insert(cols, t, r.row.measure(entity), id_of(&r.row));
                             }
                         }
                         for j in first..i {
@@ -991,7 +994,7 @@ fn stage<'s>(
                         ahead(&state, &row_slots, first);
                         let r = &mut rows_now[first];
                         let (w, c) = state.parts(row_slots[first]);
-                        w.insert(cols, t, r.row.measure(entity), r.row.join());
+                        w.insert(cols, t, r.row.measure(entity), id_of(&r.row));
                         w.advance(c, &wins, cols, t);
                         write_values(&outs, w, c, &mut r.row.values);
                     } else if i > first {
@@ -999,7 +1002,7 @@ fn stage<'s>(
                             let r = &rows_now[j];
                             let (w, _) = state.parts(row_slots[j]);
                             // Logged at its processing time: a late row counts where processed.
-                            w.insert(cols, t, r.row.measure(entity), r.row.join());
+                            w.insert(cols, t, r.row.measure(entity), id_of(&r.row));
                         }
                         for j in first..i {
                             ahead(&state, &row_slots, j);
