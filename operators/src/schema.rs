@@ -39,6 +39,8 @@ use std::fmt;
 
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 
+mod fast;
+
 /// The type of a declared field, and how its JSON value is read.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum FieldType {
@@ -150,6 +152,9 @@ pub struct Schema {
     id: usize,
     time: Option<usize>,
     unknown: UnknownFields,
+    /// No declared name holds a quote, a backslash or a control character, so the fast path
+    /// may compare a key with a name where it lies in the payload.
+    plain_names: bool,
 }
 
 impl Schema {
@@ -224,12 +229,16 @@ impl Schema {
                 Some(at)
             }
         };
+        let plain_names = fields
+            .iter()
+            .all(|f| f.name.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\'));
         Ok(Self {
             fields,
             index,
             id: id_at,
             time: time_at,
             unknown,
+            plain_names,
         })
     }
 
@@ -263,16 +272,19 @@ impl Schema {
     /// `hint`: where the key is expected (the field after the last one found: producers write
     /// keys in one order, so that one comparison usually finds it).
     #[inline]
-    fn position(&self, key: &str, hint: usize) -> Option<usize> {
+    fn position_bytes(&self, key: &[u8], hint: usize) -> Option<usize> {
         // Keys are short: a byte loop beats a call to memcmp.
-        let same = |f: &FieldSpec| f.name.len() == key.len() && f.name.bytes().zip(key.bytes()).all(|(a, b)| a == b);
+        let same = |f: &FieldSpec| {
+            let name = f.name.as_bytes();
+            name.len() == key.len() && name.iter().zip(key).all(|(a, b)| a == b)
+        };
         if self.fields.get(hint).is_some_and(same) {
             return Some(hint);
         }
         if self.fields.len() <= 16 {
             self.fields.iter().position(same)
         } else {
-            self.index.get(key).copied()
+            std::str::from_utf8(key).ok().and_then(|k| self.index.get(k).copied())
         }
     }
 
@@ -284,6 +296,15 @@ impl Schema {
     pub fn decode_into(&self, payload: &[u8], out: &mut Vec<Value>) -> Result<(), SchemaError> {
         // Every slot is written below (a value, a default or Missing): no clearing pass.
         out.resize(self.fields.len(), Value::Missing);
+        if fast::decode(self, payload, out) {
+            return Ok(());
+        }
+        self.decode_with_serde(payload, out)
+    }
+
+    /// [`Schema::decode_into`] through serde_json alone: what decides every input the fast path
+    /// ([`fast`]) leaves to it, and the reference it is tested against.
+    fn decode_with_serde(&self, payload: &[u8], out: &mut [Value]) -> Result<(), SchemaError> {
         let mut seen = Seen::new(self.fields.len());
         let mut de = serde_json::Deserializer::from_slice(payload);
         let mut failure: Option<SchemaError> = None;
@@ -320,6 +341,11 @@ impl Schema {
     /// skipped unparsed): `None` when the payload is not a JSON object, lacks the field, or its
     /// value does not decode. What a source needs of an event before decoding it (its time).
     pub fn read_field(&self, payload: &[u8], index: usize) -> Option<Value> {
+        fast::read_field(self, payload, index).unwrap_or_else(|| self.read_field_with_serde(payload, index))
+    }
+
+    /// [`Schema::read_field`] through serde_json alone (what decides what the fast path leaves).
+    fn read_field_with_serde(&self, payload: &[u8], index: usize) -> Option<Value> {
         struct One<'a>(&'a FieldSpec);
         impl<'de> DeserializeSeed<'de> for One<'_> {
             type Value = Option<Value>;
@@ -483,7 +509,7 @@ impl<'de> Visitor<'de> for KeySeed<'_> {
     fn visit_str<E>(self, key: &str) -> Result<Self::Value, E> {
         Ok(self
             .schema
-            .position(key, self.hint)
+            .position_bytes(key.as_bytes(), self.hint)
             .ok_or_else(|| match self.schema.unknown {
                 UnknownFields::Reject => key.to_string(),
                 UnknownFields::Ignore => String::new(),
@@ -667,7 +693,8 @@ fn rfc3339_ms(s: &str) -> Option<i64> {
         }
     }
     // `...+hh:mm` / `...-hh:mm`
-    if s.len() > 6 {
+    // (Not on a char boundary: not an offset, and `split_at` would panic.)
+    if s.len() > 6 && s.is_char_boundary(s.len() - 6) {
         let (local, off) = s.split_at(s.len() - 6);
         let b = off.as_bytes();
         if (b[0] == b'+' || b[0] == b'-') && b[3] == b':' {
@@ -783,8 +810,12 @@ mod tests {
             UnknownFields::Ignore,
         )
         .unwrap();
-        let e = times.decode(br#"{"id":"a","at":"yesterday","s":1}"#).unwrap_err();
-        assert_eq!((e.field.as_deref(), e.reason), (Some("at"), "invalid_time"));
+        for at in ["yesterday", "2018-04-01T00:00é", "ééé:00", "é"] {
+            let e = times
+                .decode(format!(r#"{{"id":"a","at":"{at}","s":1}}"#).as_bytes())
+                .unwrap_err();
+            assert_eq!((e.field.as_deref(), e.reason), (Some("at"), "invalid_time"), "{at}");
+        }
         let e = times
             .decode(br#"{"id":"a","at":"2018-04-01T00:00:00Z","s":9223372036854775807}"#)
             .unwrap_err();
