@@ -147,7 +147,16 @@ impl Metrics {
     /// Never in practice: registration only fails on duplicate names, which this function does
     /// not create.
     pub fn new(topology: &str) -> Self {
-        let labels = HashMap::from([("topology".to_string(), topology.to_string())]);
+        Self::for_process(topology, None)
+    }
+
+    /// As [`Metrics::new`], for process `process` of a cluster: every metric also carries the
+    /// label `process` (each process serves its own `/metrics`; dashboards sum over them).
+    pub fn for_process(topology: &str, process: Option<usize>) -> Self {
+        let mut labels = HashMap::from([("topology".to_string(), topology.to_string())]);
+        if let Some(p) = process {
+            labels.insert("process".to_string(), p.to_string());
+        }
         let registry = Registry::new_custom(None, Some(labels)).expect("valid registry labels");
         let opts = |name: &str, help: &str, operator: &str| {
             let o = Opts::new(name, help);

@@ -41,16 +41,67 @@ pub struct SourceEvent {
 
 /// An event's id as it came in its payload: an integer or a string (e.g. a UUID), carried to the
 /// sinks unchanged (a number stays a number in the score record, a string stays a string).
-/// Serialized untagged: `17` or `"7f3a-..."`. 16 bytes: a string id is behind one thin pointer,
-/// so that the rows every operator moves stay small (a `Box<str>` would make it 24).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(untagged)]
+/// Serialized untagged in human-readable formats (JSON: `17` or `"7f3a-..."`), and as a tagged
+/// enum in binary ones (bincode, which timely uses between the processes of a cluster, cannot
+/// read an untagged enum). 16 bytes: a string id is behind one thin pointer, so that the rows
+/// every operator moves stay small (a `Box<str>` would make it 24).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[allow(clippy::box_collection)]
 pub enum EventId {
     /// An integer id.
     Int(i64),
     /// A string id.
     Str(Box<String>),
+}
+
+/// [`EventId`] as a binary format writes it.
+#[derive(Serialize, Deserialize)]
+#[allow(clippy::box_collection)]
+enum TaggedId {
+    Int(i64),
+    Str(Box<String>),
+}
+
+/// [`EventId`] as a human-readable format writes it.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+#[allow(clippy::box_collection)]
+enum UntaggedId {
+    Int(i64),
+    Str(Box<String>),
+}
+
+impl Serialize for EventId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            match self {
+                EventId::Int(v) => s.serialize_i64(*v),
+                EventId::Str(v) => s.serialize_str(v),
+            }
+        } else {
+            match self {
+                EventId::Int(v) => TaggedId::Int(*v),
+                EventId::Str(v) => TaggedId::Str(v.clone()),
+            }
+            .serialize(s)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for EventId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(if d.is_human_readable() {
+            match UntaggedId::deserialize(d)? {
+                UntaggedId::Int(v) => EventId::Int(v),
+                UntaggedId::Str(v) => EventId::Str(v),
+            }
+        } else {
+            match TaggedId::deserialize(d)? {
+                TaggedId::Int(v) => EventId::Int(v),
+                TaggedId::Str(v) => EventId::Str(v),
+            }
+        })
+    }
 }
 
 impl Default for EventId {

@@ -1376,5 +1376,32 @@ mod tests {
         assert_eq!(row.key(0), xxhash_rust::xxh3::xxh3_64(b"c9"));
         assert_ne!(row.key(2), row.key(0));
         assert_eq!(row.join(), xxhash_rust::xxh3::xxh3_64(b"e1"));
+        // What crosses processes in a cluster: timely writes it with bincode.
+        let bytes = bincode::serialize(&row).expect("bincode");
+        assert_eq!(bincode::deserialize::<EventRow>(&bytes).expect("bincode"), row);
+        let label = LabelRow {
+            keys: smallvec::smallvec![1, 2],
+            join: 3,
+            event_time_ms: 4,
+            available_at_ms: 5,
+            label: 1,
+        };
+        let bytes = bincode::serialize(&label).expect("bincode");
+        assert_eq!(bincode::deserialize::<LabelRow>(&bytes).expect("bincode"), label);
+    }
+
+    #[test]
+    fn event_ids_cross_processes_and_stay_untagged_in_json() {
+        for id in [EventId::Int(-7), EventId::Str(Box::new("7f3a-uuid".into()))] {
+            let bytes = bincode::serialize(&id).expect("bincode");
+            assert_eq!(bincode::deserialize::<EventId>(&bytes).expect("bincode"), id);
+            let json = serde_json::to_string(&id).unwrap();
+            assert_eq!(serde_json::from_str::<EventId>(&json).unwrap(), id);
+        }
+        assert_eq!(serde_json::to_string(&EventId::Int(17)).unwrap(), "17");
+        assert_eq!(
+            serde_json::to_string(&EventId::Str(Box::new("a".into()))).unwrap(),
+            "\"a\""
+        );
     }
 }

@@ -185,6 +185,22 @@ pub struct JobState {
     pub created_at: String,
     /// Last update, RFC 3339.
     pub updated_at: String,
+    /// On a cluster: this share's process and the cluster's peers (every process records the
+    /// partitions its workers own, [`weir_connectors::kafka::source::owner_of`]); `None` for
+    /// one process.
+    #[serde(default)]
+    pub cluster: Option<ClusterShare>,
+}
+
+/// Which share of a job a process of a cluster runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterShare {
+    /// The process's index.
+    pub process: usize,
+    /// Every process's `host:port`.
+    pub peers: Vec<String>,
+    /// Workers per process.
+    pub workers: usize,
 }
 
 impl JobState {
@@ -321,6 +337,11 @@ pub struct BackfillOptions {
     /// Use this configuration instead of loading `topology` (benchmarks adjust topics in
     /// memory); `topology` is still recorded in the job.
     pub config: Option<TopologyConfig>,
+    /// `--process`/`--peers`/`--hostfile`: run on a cluster (see `weir_runtime::cluster`).
+    pub cluster: weir_topologies::config::ClusterOverride,
+    /// The id of a new job (default: a generated one). On a cluster every process is given the
+    /// same id and records its own share as `<id>-p<process>`.
+    pub job_id: Option<String>,
 }
 
 /// What a backfill attempt did.
@@ -514,10 +535,44 @@ fn reconcile_parquet(dir: &Path, job: &mut JobState) -> Result<u64, BackfillErro
 /// the range, or a failed run. An interrupted run is not an error: its report has status
 /// `interrupted`.
 pub fn run_backfill(opts: &BackfillOptions) -> Result<BackfillReport, BackfillError> {
+    // On a cluster, each process keeps its own share of the job: `<id>-p<process>`.
+    let share = |id: &str, cfg: &TopologyConfig| -> String {
+        let suffix = format!("-p{}", cfg.cluster.process);
+        if cfg.cluster.peers.len() > 1 && !id.ends_with(&suffix) {
+            format!("{id}{suffix}")
+        } else {
+            id.to_string()
+        }
+    };
     let (mut job, cfg) = match &opts.resume {
         Some(id) => {
-            let mut job = JobState::load(&opts.state_dir, id)?;
-            let cfg = TopologyConfig::load(&job.topology)?;
+            validate_job_id(id)?;
+            // The topology (and so the cluster) is the job's: find this process's share.
+            let mut cfg = match JobState::load(&opts.state_dir, id) {
+                Ok(j) => TopologyConfig::load(&j.topology)?,
+                Err(e) if opts.cluster.process.is_some() => {
+                    let guess = format!("{id}-p{}", opts.cluster.process.unwrap_or(0));
+                    TopologyConfig::load(&JobState::load(&opts.state_dir, &guess).map_err(|_| e)?.topology)?
+                }
+                Err(e) => return Err(e),
+            };
+            opts.cluster.apply(&mut cfg)?;
+            let mut job = JobState::load(&opts.state_dir, &share(id, &cfg))?;
+            // A share covers the partitions of its process in that cluster's shape only.
+            let shape = |c: &Option<ClusterShare>| c.as_ref().map(|c| (c.peers.len(), c.workers));
+            let now = (cfg.cluster.peers.len() > 1).then_some((cfg.cluster.peers.len(), cfg.topology.workers));
+            if shape(&job.cluster) != now {
+                let says = |s: Option<(usize, usize)>| match s {
+                    Some((n, w)) => format!("{n} processes x {w} workers"),
+                    None => "one process".into(),
+                };
+                return Err(BackfillError::Usage(format!(
+                    "job {} ran on {}, this is {}: resume it on the same cluster shape, or start a new job",
+                    job.job_id,
+                    says(shape(&job.cluster)),
+                    says(now)
+                )));
+            }
             if let Some(b) = &opts.brokers {
                 job.brokers = b.clone();
             }
@@ -535,9 +590,22 @@ pub fn run_backfill(opts: &BackfillOptions) -> Result<BackfillReport, BackfillEr
                 .topology
                 .as_ref()
                 .ok_or_else(|| BackfillError::Usage("give a topology file, or --resume <job id>".into()))?;
-            let cfg = match &opts.config {
+            let mut cfg = match &opts.config {
                 Some(c) => c.clone(),
                 None => TopologyConfig::load(topology)?,
+            };
+            opts.cluster.apply(&mut cfg)?;
+            let job_id = match &opts.job_id {
+                Some(id) => {
+                    validate_job_id(id)?;
+                    share(id, &cfg)
+                }
+                None if cfg.cluster.peers.len() > 1 => {
+                    return Err(BackfillError::Usage(
+                        "a backfill on a cluster needs --job-id, the same on every process".into(),
+                    ))
+                }
+                None => new_job_id(),
             };
             let range = opts
                 .range
@@ -566,7 +634,7 @@ pub fn run_backfill(opts: &BackfillOptions) -> Result<BackfillReport, BackfillEr
                 RangeSpec::Offsets { from, to } => format!("offsets from {from:?} to {to:?}"),
             };
             let mut job = JobState {
-                job_id: new_job_id(),
+                job_id,
                 topology: std::path::absolute(topology).unwrap_or_else(|_| topology.clone()),
                 brokers: brokers.clone(),
                 topic: cfg.source.topic.clone(),
@@ -582,8 +650,23 @@ pub fn run_backfill(opts: &BackfillOptions) -> Result<BackfillReport, BackfillEr
                 attempts: 1,
                 created_at: now_rfc3339(),
                 updated_at: now_rfc3339(),
+                cluster: (cfg.cluster.peers.len() > 1).then(|| ClusterShare {
+                    process: cfg.cluster.process,
+                    peers: cfg.cluster.peers.clone(),
+                    workers: cfg.topology.workers,
+                }),
             };
             resolve(&cfg, &brokers, range, &mut job)?;
+            if let Some(c) = &job.cluster {
+                // This process scores (and records) the partitions its workers own; every
+                // process reads the whole range (its sources take their own partitions of it).
+                let (peers, local) = (
+                    c.peers.len() * c.workers,
+                    c.process * c.workers..(c.process + 1) * c.workers,
+                );
+                job.score
+                    .retain(|p, _| local.contains(&weir_connectors::kafka::source::owner_of(*p, peers)));
+            }
             (job, cfg)
         }
     };
@@ -600,7 +683,10 @@ pub fn run_backfill(opts: &BackfillOptions) -> Result<BackfillReport, BackfillEr
     }
 
     let ledger = Arc::new(DeliveryLedger::new());
-    let metrics = Arc::new(Metrics::new(&cfg.topology.name));
+    let metrics = Arc::new(Metrics::for_process(
+        &cfg.topology.name,
+        (cfg.cluster.peers.len() > 1).then_some(cfg.cluster.process),
+    ));
     let flow = Arc::new(flow_control(&cfg, cfg.backfill.max_batch_rows));
     let filter: ScoreFilter = {
         let (score, done) = (job.score.clone(), job.completed.clone());
@@ -750,6 +836,7 @@ mod tests {
 
     fn job() -> JobState {
         JobState {
+            cluster: None,
             job_id: "bf-x".into(),
             topology: PathBuf::from("/t.toml"),
             brokers: "b".into(),

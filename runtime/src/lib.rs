@@ -4,6 +4,7 @@
 //! health), and reports what it did.
 #![deny(missing_docs)]
 
+pub mod cluster;
 pub mod http;
 pub mod recovery;
 pub mod reload;

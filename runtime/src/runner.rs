@@ -328,10 +328,23 @@ pub fn feature_dataflow<'s>(
     ))
 }
 
+/// In a cluster of several processes (`cluster`), sends each feature vector to the worker that
+/// read its partition ([`weir_connectors::kafka::source::owner_of`]), so that it is scored,
+/// sunk, acknowledged and committed by the process that read it; in one process the vectors
+/// stay where they are (the process's ledger sees every acknowledgement).
+pub fn to_owners<'s>(values: StreamVec<'s, u64, FeatureValues>, cluster: bool) -> StreamVec<'s, u64, FeatureValues> {
+    if !cluster {
+        return values;
+    }
+    use timely::dataflow::operators::Exchange;
+    values.exchange(|fv: &FeatureValues| fv.meta.lineage.partition as u64)
+}
+
 /// Runs one worker's dataflow to completion: steps until `probe` is done and every one of the
 /// process's `n_sources` sources has finished (no worker leaves a consumer group while another
 /// still commits). If building the dataflow failed (`built`), requests shutdown, counts this
-/// worker's sources as finished so the other workers do not wait for them, and returns the error.
+/// worker's sources as finished (of the process's `local_workers` workers) so the other
+/// workers do not wait for them, and returns the error.
 ///
 /// # Errors
 /// The build error.
@@ -341,10 +354,11 @@ pub fn drive_worker(
     probe: &ProbeHandle<u64>,
     flow: &FlowControl,
     n_sources: usize,
+    local_workers: usize,
 ) -> Result<(), String> {
     if let Err(e) = built {
         flow.request_shutdown();
-        for _ in 0..n_sources / worker.peers() {
+        for _ in 0..n_sources / local_workers.max(1) {
             flow.source_finished();
         }
         return Err(e);
@@ -703,6 +717,7 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
         })
     };
     let plan = FeaturePlan::of(cfg);
+    let peers = crate::cluster::Peers::of(&cfg.cluster);
     let positions = Arc::new(weir_connectors::kafka::lag::ConsumerPositions::default());
     let lag_monitor = weir_connectors::kafka::lag::LagMonitor::spawn(
         &brokers,
@@ -718,6 +733,7 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
         metrics: metrics.clone(),
         watermarks: Default::default(),
         positions,
+        cluster: peers.as_ref().map(|p| p.local_workers(workers)),
     };
     let n_features = spec.len();
     let labels_config = labels_source(cfg, &source_config).map(|mut l| {
@@ -728,9 +744,10 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
     let n_sources = workers * (1 + labels_config.is_some() as usize);
 
     let started = Instant::now();
-    let worker_result = timely::execute(timely::Config::process(workers), {
+    let worker_result = crate::cluster::execute(peers.as_ref(), workers, {
         let (tx, dlq, flow, metrics) = (tx, dlq.clone(), flow.clone(), metrics.clone());
         let (ledger, gate_counts, filter) = (ledger.clone(), gate_counts.clone(), score_filter.clone());
+        let cluster = peers.is_some();
         move |worker| -> Result<(), String> {
             let probe = ProbeHandle::new();
             let built = worker.dataflow::<u64, _, _>(|scope| -> Result<(), String> {
@@ -758,7 +775,7 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
                     })
                     .probe_with(&probe);
                 let rows = score_gate(
-                    values,
+                    to_owners(values, cluster),
                     filter.clone(),
                     flow.clone(),
                     ledger.clone(),
@@ -775,7 +792,7 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
                 .probe_with(&probe);
                 Ok(())
             });
-            drive_worker(worker, built, &probe, &flow, n_sources)
+            drive_worker(worker, built, &probe, &flow, n_sources, workers)
         }
     })
     .map_err(TopologyError::Worker)?;

@@ -42,6 +42,8 @@ pub struct ExportOptions {
     pub out: PathBuf,
     /// Generate this simulated data onto an embedded broker first.
     pub generate: Option<SimConfig>,
+    /// `--process`/`--peers`/`--hostfile`: export on a cluster.
+    pub cluster: weir_topologies::config::ClusterOverride,
 }
 
 /// What an export wrote.
@@ -64,7 +66,8 @@ pub struct ExportReport {
 /// # Errors
 /// [`DemoError`] from the configuration, the broker or the output file.
 pub fn export_training_set(opts: &ExportOptions) -> Result<ExportReport, DemoError> {
-    let cfg = TopologyConfig::load(&opts.topology)?;
+    let mut cfg = TopologyConfig::load(&opts.topology)?;
+    opts.cluster.apply(&mut cfg)?;
     let mut _embedded = None;
     let brokers = match (&opts.brokers, &opts.generate) {
         (Some(b), None) => b.clone(),
@@ -141,6 +144,9 @@ pub fn export_training_set(opts: &ExportOptions) -> Result<ExportReport, DemoErr
     };
     let labels_cfg = labels_source(&cfg, &source);
     let n_sources = workers * (1 + labels_cfg.is_some() as usize);
+    // In a cluster, each process writes the rows its own workers computed to its own `out`:
+    // the training set is the union of the processes' files.
+    let peers = weir_runtime::cluster::Peers::of(&cfg.cluster);
     let flow = Arc::new(FlowControl::new(usize::MAX));
     let shared = SourceShared {
         ledger: Arc::new(DeliveryLedger::new()),
@@ -148,6 +154,7 @@ pub fn export_training_set(opts: &ExportOptions) -> Result<ExportReport, DemoErr
         metrics: Arc::new(Metrics::new(&cfg.topology.name)),
         watermarks: Default::default(),
         positions: Default::default(),
+        cluster: peers.as_ref().map(|p| p.local_workers(workers)),
     };
     // History is exported whatever the wall clock says.
     let limits = DecodeLimits {
@@ -161,7 +168,7 @@ pub fn export_training_set(opts: &ExportOptions) -> Result<ExportReport, DemoErr
     let (from, to) = (opts.from_ms.unwrap_or(i64::MIN), opts.to_ms.unwrap_or(i64::MAX));
     let labels = Arc::new(labels);
     let (w2, c2, e2) = (writer.clone(), counts.clone(), error.clone());
-    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+    let guards = weir_runtime::cluster::execute(peers.as_ref(), workers, move |worker| {
         let probe = ProbeHandle::new();
         let (writer, counts, error, labels) = (w2.clone(), c2.clone(), e2.clone(), labels.clone());
         let built = worker.dataflow::<u64, _, _>(|scope| -> Result<(), String> {
@@ -197,7 +204,7 @@ pub fn export_training_set(opts: &ExportOptions) -> Result<ExportReport, DemoErr
                 .probe_with(&probe);
             Ok(())
         });
-        drive_worker(worker, built, &probe, &shared.flow, n_sources)
+        drive_worker(worker, built, &probe, &shared.flow, n_sources, workers)
     })
     .map_err(DemoError::Usage)?;
     for r in guards.join() {

@@ -301,6 +301,67 @@ pub struct SinkSection {
     pub properties: BTreeMap<String, String>,
 }
 
+/// `[cluster]`: one topology run by several processes as one timely cluster (timely's
+/// `CommunicationConfig::Cluster`: every process runs `topology.workers` workers, and the
+/// partitions, the feature state and the commits are spread over all of them). Empty `peers`
+/// and `hostfile`: one process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// This process's index into `peers`, `0..peers.len()` (`weir run --process`).
+    pub process: usize,
+    /// Every process's `host:port`, in process order, this one included: where each listens
+    /// for the others (`--peers`).
+    pub peers: Vec<String>,
+    /// A file of `host:port` lines (blank lines and `#` comments skipped), instead of `peers`
+    /// (`--hostfile`), as timely's examples take; read at start-up, relative to the working
+    /// directory.
+    pub hostfile: PathBuf,
+    /// How long a process waits at start for its peers to connect, before it exits naming
+    /// those it could not reach.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl ClusterSection {
+    /// Processes in the cluster (1 without peers).
+    pub fn processes(&self) -> usize {
+        self.peers.len().max(1)
+    }
+}
+
+/// Command-line overrides of `[cluster]` (`--process`, `--peers`, `--hostfile`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterOverride {
+    /// `--process`.
+    pub process: Option<usize>,
+    /// `--peers` (replaces `cluster.peers` and `cluster.hostfile`).
+    pub peers: Option<Vec<String>>,
+    /// `--hostfile` (replaces `cluster.peers` and `cluster.hostfile`).
+    pub hostfile: Option<PathBuf>,
+}
+
+impl ClusterOverride {
+    /// Applies the flags to `cfg` and resolves its cluster ([`TopologyConfig::resolve_cluster`]).
+    ///
+    /// # Errors
+    /// As [`TopologyConfig::resolve_cluster`].
+    pub fn apply(&self, cfg: &mut TopologyConfig) -> Result<(), ConfigError> {
+        if let Some(p) = self.process {
+            cfg.cluster.process = p;
+        }
+        if let Some(peers) = &self.peers {
+            cfg.cluster.peers = peers.clone();
+            cfg.cluster.hostfile = PathBuf::new();
+        }
+        if let Some(h) = &self.hostfile {
+            cfg.cluster.peers = Vec::new();
+            cfg.cluster.hostfile = h.clone();
+        }
+        cfg.resolve_cluster()
+    }
+}
+
 /// A whole topology file, defaults applied.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -329,6 +390,8 @@ pub struct TopologyConfig {
     pub metrics: MetricsSection,
     /// `[snapshot]`.
     pub snapshot: SnapshotSection,
+    /// `[cluster]`.
+    pub cluster: ClusterSection,
     /// `[[feature]]`: feature definitions (per-event and windowed).
     #[serde(default, rename = "feature")]
     pub features: Vec<FeatureDef>,
@@ -378,6 +441,59 @@ pub fn parse_start(s: &str) -> Result<StartPosition, String> {
 }
 
 impl TopologyConfig {
+    /// Reads `cluster.hostfile` into `cluster.peers` (the flags `--peers`/`--hostfile` set
+    /// either before this), then validates the cluster: `process` within the peers, each peer a
+    /// `host:port`, none twice.
+    ///
+    /// # Errors
+    /// [`ConfigError::Field`] naming `cluster.hostfile`, `cluster.peers[i]` or `cluster.process`.
+    pub fn resolve_cluster(&mut self) -> Result<(), ConfigError> {
+        let file = self.cluster.hostfile.clone();
+        if !file.as_os_str().is_empty() {
+            if !self.cluster.peers.is_empty() {
+                return Err(self.field_error("cluster.hostfile", "give peers or a hostfile, not both"));
+            }
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| self.field_error("cluster.hostfile", format!("cannot read `{}`: {e}", file.display())))?;
+            self.cluster.peers = text
+                .lines()
+                .map(|l| l.split('#').next().unwrap_or("").trim())
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect();
+            if self.cluster.peers.is_empty() {
+                return Err(self.field_error("cluster.hostfile", format!("`{}` lists no peer", file.display())));
+            }
+        }
+        self.validate_cluster()
+    }
+
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let c = &self.cluster;
+        let mut seen = std::collections::HashSet::new();
+        for (i, peer) in c.peers.iter().enumerate() {
+            let ok = peer
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !ok {
+                return Err(self.field_error(&format!("cluster.peers[{i}]"), format!("`{peer}` is not host:port")));
+            }
+            if !seen.insert(peer) {
+                return Err(self.field_error(&format!("cluster.peers[{i}]"), format!("`{peer}` is listed twice")));
+            }
+        }
+        if !c.peers.is_empty() && c.process >= c.peers.len() {
+            return Err(self.field_error(
+                "cluster.process",
+                format!("{} is not below the number of peers ({})", c.process, c.peers.len()),
+            ));
+        }
+        if c.peers.is_empty() && c.process != 0 {
+            return Err(self.field_error("cluster.process", "must be 0 without cluster.peers"));
+        }
+        Ok(())
+    }
+
     /// Loads, merges over the defaults, and validates a topology file.
     ///
     /// # Errors
@@ -480,6 +596,7 @@ impl TopologyConfig {
         if self.topology.workers > 64 {
             return Err(self.field_error("topology.workers", "must be at most 64"));
         }
+        self.validate_cluster()?;
         for (field, v) in [
             ("topology.name", &self.topology.name),
             ("source.brokers", &self.source.brokers),

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod embedded;
 pub mod lag;
+pub mod peers;
 pub mod sink;
 pub mod source;
 #[cfg(test)]

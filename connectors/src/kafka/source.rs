@@ -243,13 +243,28 @@ pub struct TopicWatermark {
 /// run: workers start at different moments) holds the watermark at `i64::MIN`: until then, the
 /// others cannot know what its partitions hold. A side input that has read nothing and expects
 /// nothing follows the topic it names (its main input); a main input never follows another topic.
+/// In a cluster, the entries of other processes' workers arrive through
+/// [`super::peers::BoardLink`] ([`WatermarkBoard::apply_remote`]).
 #[derive(Debug, Default)]
 pub struct WatermarkBoard {
     /// (topic, worker) -> (holding, largest seen)
     entries: Mutex<HashMap<(String, usize), WorkerWatermark>>,
+    /// (topic, worker) -> the sequence number of the last remote entry applied.
+    remote_seq: Mutex<HashMap<(String, usize), u64>>,
 }
 
 impl WatermarkBoard {
+    /// Applies another process's worker's entry, unless a later one was applied already.
+    pub fn apply_remote(&self, m: &super::peers::BoardMessage) {
+        let key = (m.topic.clone(), m.worker as usize);
+        let mut seqs = self.remote_seq.lock().unwrap();
+        if seqs.get(&key).is_some_and(|s| *s >= m.seq) {
+            return;
+        }
+        seqs.insert(key.clone(), m.seq);
+        self.entries.lock().unwrap().insert(key, (m.holding, m.seen));
+    }
+
     /// Publishes worker `worker`'s (of `peers`) view of `topic` and returns the topic's
     /// watermarks. `follows`: the main topic a side input falls back to.
     pub fn publish(
@@ -307,6 +322,10 @@ pub struct SourceShared {
     /// Next offset per owned partition, published about once a second for the consumer lag
     /// ([`super::lag::LagMonitor`]).
     pub positions: Arc<super::lag::ConsumerPositions>,
+    /// In a cluster of several processes: the global indexes of this process's workers (the
+    /// others' watermarks and shutdown arrive through [`super::peers::BoardLink`]); `None` in
+    /// one process.
+    pub cluster: Option<std::ops::Range<usize>>,
 }
 
 /// Consumer context: commits acknowledged offsets (partitions are assigned directly, so there
@@ -446,7 +465,16 @@ struct Bounded {
     remaining: HashMap<i32, i64>,
 }
 
-/// Builds the source operator for worker `scope.index()` of `scope.peers()`.
+/// The worker (of `peers`, across all processes) that reads partition `partition`:
+/// `partition mod peers`. What it reads is scored and committed there: a topology sends each
+/// feature vector back to its partition's owner by exchanging on the partition number (timely's
+/// exchange takes the same modulus).
+pub fn owner_of(partition: i32, peers: usize) -> usize {
+    partition.rem_euclid(peers as i32) as usize
+}
+
+/// Builds the source operator for worker `scope.index()` of `scope.peers()`; it reads the
+/// partitions [`owner_of`] gives it.
 ///
 /// # Errors
 /// [`ConnectorError`] if the consumer cannot be created, the topic is unknown (bounded mode),
@@ -484,8 +512,7 @@ pub fn kafka_source<'s>(
             .iter()
             .filter(|(_, (a, b))| b > a)
             .map(|(p, _)| *p)
-            .skip(worker)
-            .step_by(peers)
+            .filter(|p| owner_of(*p, peers) == worker)
             .collect();
         let mut tpl = TopicPartitionList::new();
         let mut remaining = HashMap::new();
@@ -504,7 +531,7 @@ pub fn kafka_source<'s>(
         let timeout = Duration::from_secs(10);
         let mut all = topic_partitions(&consumer, &config.topic, timeout)?;
         all.sort_unstable();
-        let mine: Vec<i32> = all.iter().copied().skip(worker).step_by(peers).collect();
+        let mine: Vec<i32> = all.iter().copied().filter(|p| owner_of(*p, peers) == worker).collect();
         let mut tpl = TopicPartitionList::new();
         let mut remaining = HashMap::new();
         for p in &mine {
@@ -554,6 +581,14 @@ pub fn kafka_source<'s>(
     let stream =
         source::<_, CapacityContainerBuilder<Vec<SourceEvent>>, _, _>(scope, "KafkaSource", move |cap, info| {
             let activator = scope.activator_for(info.address.clone());
+            if let Some(local) = op.shared.cluster.clone() {
+                // Every worker builds the same sources in the same order: the same channel.
+                let channel = scope.worker().new_identifier();
+                let (pushers, puller) = scope
+                    .worker()
+                    .allocate::<super::peers::BoardMessage>(channel, info.address.clone());
+                op.link = Some(super::peers::BoardLink::new(pushers, puller, op.worker, local));
+            }
             let mut cap = Some(cap);
             // Each activation: plan (backpressure, alignment), read, then the end of the round
             // (watermark, positions, commit or finish). See `SourceOperator`.
@@ -679,6 +714,8 @@ struct SourceOperator {
     /// Partitions whose positions this source published, for the consumer lag.
     published: Vec<i32>,
     last_lag: Instant,
+    /// The other processes' source workers, in a cluster (see [`super::peers`]).
+    link: Option<super::peers::BoardLink>,
 }
 
 impl SourceOperator {
@@ -718,6 +755,7 @@ impl SourceOperator {
             max_emitted: i64::MIN,
             published: Vec::new(),
             last_lag: now,
+            link: None,
         }
     }
 
@@ -725,6 +763,19 @@ impl SourceOperator {
     /// (nothing), watermark alignment (only the partitions holding the watermark); and keeps
     /// the pause episodes' accounting.
     fn plan(&mut self) -> Plan {
+        if let Some(link) = self.link.as_mut() {
+            let (stop, frozen) = link.receive(&self.shared.watermarks);
+            if stop && !self.shared.flow.shutdown_requested() {
+                tracing::info!(
+                    worker = self.worker,
+                    "shutdown requested by another process of the cluster"
+                );
+                self.shared.flow.request_shutdown();
+            }
+            if let Some(f) = frozen {
+                self.shared.flow.freeze_at(f);
+            }
+        }
         let (config, shared) = (&self.config, &self.shared);
         let assigned: Vec<i32> = self.consumer.context().assigned.lock().unwrap().clone();
         let shutting_down = shared.flow.shutdown_requested();
@@ -1047,6 +1098,9 @@ impl SourceOperator {
         } else if wm > 0 && wm as u64 > *c.time() {
             c.downgrade(&(wm as u64));
         }
+        if let Some(link) = self.link.as_mut() {
+            link.send(&config.topic, (holding, seen_max, shutting_down, self.frozen), false);
+        }
         if self.last_wm_log.elapsed() >= Duration::from_secs(1) {
             self.last_wm_log = now;
             tracing::debug!(worker, topic = %config.topic, capability = *c.time(), ?holding, ?seen_max, assigned = assigned.len(), in_flight = shared.flow.in_flight(), buffered = shared.flow.buffered_rows(), want_pause = plan.want_pause, paused = self.pressure.paused.is_some(), "watermark");
@@ -1134,14 +1188,14 @@ impl SourceOperator {
                     shared.flow.add_paused_micros(since.elapsed().as_micros() as u64);
                 }
                 tracing::info!(worker = self.worker, topic = %config.topic, "source finished");
-                shared.watermarks.publish(
-                    &config.topic,
-                    self.worker,
-                    self.peers,
-                    None,
-                    self.max_ts.values().map(|v| v.0).max(),
-                    None,
-                );
+                let seen = self.max_ts.values().map(|v| v.0).max();
+                shared
+                    .watermarks
+                    .publish(&config.topic, self.worker, self.peers, None, seen, None);
+                if let Some(link) = self.link.as_mut() {
+                    let stopping = shared.flow.shutdown_requested();
+                    link.send(&config.topic, (None, seen, stopping, self.frozen), true);
+                }
                 shared.flow.source_finished();
                 return Next::Finished;
             }

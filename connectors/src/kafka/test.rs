@@ -72,6 +72,7 @@ fn run(config: KafkaSourceConfig, stop_after: usize, ack: fn(&SourceEvent) -> bo
         metrics,
         watermarks: Default::default(),
         positions: Default::default(),
+        cluster: None,
     };
     let seen2 = seen.clone();
     let guards = timely::execute(timely::Config::process(2), move |worker| {

@@ -33,6 +33,31 @@ struct Cli {
     command: Command,
 }
 
+/// Running as one process of a timely cluster (overrides `[cluster]`; see the README's
+/// "Cluster").
+#[derive(Args, Clone, Debug, Default)]
+struct ClusterArgs {
+    /// This process's index among the peers (0-based).
+    #[arg(long)]
+    process: Option<usize>,
+    /// Every process's host:port, comma-separated, in process order (this one included).
+    #[arg(long, value_delimiter = ',', conflicts_with = "hostfile")]
+    peers: Option<Vec<String>>,
+    /// A file of host:port lines, one per process, in process order.
+    #[arg(long)]
+    hostfile: Option<PathBuf>,
+}
+
+impl ClusterArgs {
+    fn to_override(&self) -> weir_topologies::config::ClusterOverride {
+        weir_topologies::config::ClusterOverride {
+            process: self.process,
+            peers: self.peers.clone(),
+            hostfile: self.hostfile.clone(),
+        }
+    }
+}
+
 #[derive(Args, Clone)]
 struct SimArgs {
     /// Simulated days.
@@ -87,6 +112,8 @@ enum Command {
         /// Metrics endpoint address (host:port), overriding [metrics] listen.
         #[arg(long)]
         metrics_listen: Option<String>,
+        #[command(flatten)]
+        cluster: ClusterArgs,
     },
     /// Replay a bounded range of the source topic through the topology: a resumable batch job.
     ///
@@ -123,6 +150,12 @@ enum Command {
         /// Directory of job state files.
         #[arg(long, default_value = ".weir/backfill")]
         state_dir: PathBuf,
+        /// Id of the new job (letters, digits, `-`, `_`; default: generated). Required on a
+        /// cluster: the same on every process.
+        #[arg(long, conflicts_with = "resume")]
+        job_id: Option<String>,
+        #[command(flatten)]
+        cluster: ClusterArgs,
     },
     /// Generate simulated card transactions (Fraud Detection Handbook, ch. 3) to Kafka or JSONL.
     Generate {
@@ -335,6 +368,9 @@ enum FeaturesCommand {
         /// Seed of the generated data.
         #[arg(long, default_value_t = 7)]
         seed: u64,
+        /// On a cluster, each process writes the rows its workers computed to its own --out.
+        #[command(flatten)]
+        cluster: ClusterArgs,
     },
 }
 
@@ -411,10 +447,12 @@ fn main() -> ExitCode {
             until_end,
             start,
             metrics_listen,
+            cluster,
         } => {
             init_logging("info");
             (|| {
                 let mut cfg = TopologyConfig::load(&topology).map_err(|e| e.to_string())?;
+                cluster.to_override().apply(&mut cfg).map_err(|e| e.to_string())?;
                 if let Some(addr) = metrics_listen {
                     cfg.metrics.listen = addr;
                 }
@@ -436,7 +474,10 @@ fn main() -> ExitCode {
                 });
                 // Live reload of [batching]: file edits (polled) or SIGHUP.
                 let window = Arc::new(weir_operators::micro_batch::SharedWindow::new(cfg.batching.window()));
-                let metrics = Arc::new(weir_core::Metrics::new(&cfg.topology.name));
+                let metrics = Arc::new(weir_core::Metrics::for_process(
+                    &cfg.topology.name,
+                    (cfg.cluster.peers.len() > 1).then_some(cfg.cluster.process),
+                ));
                 let sighup = Arc::new(AtomicBool::new(false));
                 let _ = signal_hook::flag::register(signal_hook::consts::SIGHUP, sighup.clone());
                 let _reloader =
@@ -484,6 +525,8 @@ fn main() -> ExitCode {
             sink,
             resume,
             state_dir,
+            job_id,
+            cluster,
         } => {
             init_logging("warn");
             (|| {
@@ -530,6 +573,8 @@ fn main() -> ExitCode {
                         );
                     })),
                     config: None,
+                    cluster: cluster.to_override(),
+                    job_id,
                 };
                 let report = run_backfill(&opts).map_err(|e| e.to_string())?;
                 print!("{}", report.render());
@@ -802,6 +847,7 @@ fn main() -> ExitCode {
                     to,
                     generate_days,
                     seed,
+                    cluster,
                 },
         } => {
             init_logging("warn");
@@ -817,6 +863,7 @@ fn main() -> ExitCode {
                         seed,
                         ..SimConfig::default()
                     }),
+                    cluster: cluster.to_override(),
                 };
                 let r = weir_tools::export::export_training_set(&opts).map_err(|e| e.to_string())?;
                 println!(
