@@ -144,18 +144,18 @@ fn wait_committed_to_end(brokers: &str, group: &str, children: &mut [&mut Child]
     }
 }
 
-/// Stops `children` (SIGTERM to the first only: the others must follow) and checks each exits 0.
-fn stop(mut children: Vec<Child>) {
+/// Stops `children` (SIGTERM to the first only: the others must follow), checks each exits 0,
+/// and returns their logs.
+fn stop(mut children: Vec<Child>) -> Vec<String> {
     sigterm(&children[0]);
+    let mut logs = Vec::new();
     for c in children.drain(..) {
         let out = wait_with_timeout(c, Duration::from_secs(120));
-        assert!(
-            out.status.success(),
-            "exit {:?}:\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let log = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "exit {:?}:\n{log}", out.status);
+        logs.push(log);
     }
+    logs
 }
 
 /// `(partition, offset) -> score` of a score topic; every record once.
@@ -178,8 +178,17 @@ fn two_processes_score_and_commit_as_one_process_with_two_workers_and_survive_a_
     let s = setup();
     let brokers = s.broker.brokers.clone();
 
-    // A pair started before the events arrive, one of them killed while they stream in.
+    // A pair started before the events arrive, one of them killed while they stream in; each
+    // worker snapshots its share of the feature state into one directory, which the restarted
+    // pair loads.
     let killed_file = topology(&s, "killed", "g-killed", "scores-killed", 1);
+    let snapshots = s.dir.path().join("snapshots");
+    let mut text = std::fs::read_to_string(&killed_file).unwrap();
+    text.push_str(&format!(
+        "\n[snapshot]\ndir = \"{}\"\ninterval = \"2s\"\nkeep = 3\n",
+        snapshots.display()
+    ));
+    std::fs::write(&killed_file, text).unwrap();
     let cluster = peers();
     let (m0, m1) = (free_port(), free_port());
     let p0 = run(&killed_file, Some((0, &cluster)), m0);
@@ -197,6 +206,12 @@ fn two_processes_score_and_commit_as_one_process_with_two_workers_and_survive_a_
         assert!(Instant::now() < deadline, "process 1 scored {scored} events");
         std::thread::sleep(Duration::from_millis(50));
     }
+    let body = http_get(m1, "/metrics").map(|(_, b)| b).unwrap_or_default();
+    assert!(
+        body.lines()
+            .any(|l| l.starts_with("weir_sink_scores_total{") && l.contains("process=\"1\"")),
+        "each process's metrics carry its index:\n{body}"
+    );
     p1.kill().unwrap();
     let killed_at = Instant::now();
     p1.wait().unwrap();
@@ -220,6 +235,7 @@ fn two_processes_score_and_commit_as_one_process_with_two_workers_and_survive_a_
         String::from_utf8_lossy(&out.stderr)
     );
     let committed_at_kill = committed(&brokers, "g-killed", "transactions");
+    let cuts = std::fs::read_dir(&snapshots).map(|d| d.count()).unwrap_or(0);
     let scored_before_restart = score_records(&brokers, "scores-killed").len();
     assert!(scored_before_restart > 0);
 
@@ -229,7 +245,12 @@ fn two_processes_score_and_commit_as_one_process_with_two_workers_and_survive_a_
     let mut p0 = run(&killed_file, Some((0, &cluster)), m0);
     let mut p1 = run(&killed_file, Some((1, &cluster)), m1);
     wait_committed_to_end(&brokers, "g-killed", &mut [&mut p0, &mut p1]);
-    stop(vec![p0, p1]);
+    for log in stop(vec![p0, p1]) {
+        assert!(
+            log.contains("feature state loaded from a snapshot"),
+            "the restarted pair starts from the snapshot:\n{log}"
+        );
+    }
 
     // The reference: one process of two workers, uninterrupted.
     let reference_file = topology(&s, "reference", "g-ref", "scores-ref", 2);
@@ -288,7 +309,7 @@ fn two_processes_score_and_commit_as_one_process_with_two_workers_and_survive_a_
         );
     }
     eprintln!(
-        "killed pair: {} records for {} events ({} scored before the restart, {} duplicates)",
+        "killed pair: {} records for {} events ({} scored before the restart, {} duplicates; {cuts} snapshot cuts at the kill)",
         records.len(),
         seen.len(),
         scored_before_restart,
@@ -402,4 +423,36 @@ fn a_backfill_on_two_processes_writes_what_one_process_writes() {
         one,
         "2 x 1 writes the rows 1 x 2 writes, bit for bit"
     );
+}
+
+#[test]
+fn a_process_that_cannot_reach_its_peers_names_them_and_gives_up() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let broker = weir_tests::BrokerProcess::start(&["transactions:2", "fraud-labels:2", "scores:2", "transactions-dlq:1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = topology_file(dir.path(), &broker.brokers, "g-alone", "", "");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str("\n[cluster]\nconnect_timeout = \"1s\"\n");
+    std::fs::write(&path, text).unwrap();
+    let (p0, p1) = (free_port(), free_port());
+    let peers = format!("127.0.0.1:{p0},127.0.0.1:{p1}");
+    for (process, missing, why) in [(1, p0, "refused"), (0, p1, "has not connected")] {
+        let out = run_weir(
+            &[
+                "run",
+                path.to_str().unwrap(),
+                "--process",
+                &process.to_string(),
+                "--peers",
+                &peers,
+            ],
+            Duration::from_secs(120),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "process {process} gives up:\n{err}");
+        assert!(
+            err.contains(&format!("127.0.0.1:{missing}")) && err.contains("cluster.connect_timeout") && err.contains(why),
+            "process {process} names the peer it could not reach:\n{err}"
+        );
+    }
 }

@@ -466,7 +466,19 @@ fn the_compose_file_names_only_files_ports_and_topologies_that_exist_and_agree()
                 .flat_map(|c| strings(&c["targets"]))
         })
         .collect();
-    assert_eq!(targets, [format!("weir:{metrics_port}")]);
+    // The single process and the `cluster` profile's processes, each on the port it listens on.
+    let mut want = vec![format!("weir:{metrics_port}")];
+    for name in ["weir-0", "weir-1"] {
+        let cmd = strings(&service(name)["command"]);
+        let listen = cmd
+            .iter()
+            .skip_while(|a| *a != "--metrics-listen")
+            .nth(1)
+            .expect("--metrics-listen");
+        want.push(format!("{name}:{}", listen.rsplit(':').next().unwrap()));
+        assert!(strings(&service(name)["profiles"]).contains(&"cluster".to_string()));
+    }
+    assert_eq!(targets, want);
     let prom_port = "9090";
     assert!(strings(&service("prometheus")["ports"]).contains(&format!("{prom_port}:{prom_port}")));
 
@@ -578,4 +590,47 @@ fn the_compose_file_names_only_files_ports_and_topologies_that_exist_and_agree()
             "\n!!! SKIPPED: `docker-compose config` (docker-compose not installed: {e}); install it with `apt-get install docker-compose` !!!\n"
         ),
     }
+}
+
+/// The Kubernetes example of a cluster (deploy/kubernetes/weir-cluster.yaml): its `--peers` are
+/// the StatefulSet's pods through its headless service, one per replica, on the port the pods
+/// expose; the process index is the pod's ordinal.
+#[test]
+fn the_kubernetes_cluster_example_names_one_peer_per_replica() {
+    let path = weir_tests::repo().join("deploy/kubernetes/weir-cluster.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let docs: Vec<serde_norway::Value> = text
+        .split("\n---\n")
+        .map(|d| serde_norway::from_str(d).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+        .collect();
+    let kind = |k: &str| docs.iter().find(|d| d["kind"] == k).unwrap_or_else(|| panic!("a {k}"));
+    let (set, service) = (kind("StatefulSet"), kind("Service"));
+    assert_eq!(set["spec"]["serviceName"], service["metadata"]["name"]);
+    assert_eq!(service["spec"]["clusterIP"].as_str(), Some("None"), "a headless service");
+    let replicas = set["spec"]["replicas"].as_u64().unwrap();
+    let container = &set["spec"]["template"]["spec"]["containers"][0];
+    let args = strings(&container["args"]).join(" ");
+    let peers: Vec<&str> = args
+        .split_whitespace()
+        .skip_while(|a| *a != "--peers")
+        .nth(1)
+        .expect("--peers")
+        .split(',')
+        .collect();
+    assert_eq!(peers.len() as u64, replicas, "one peer per replica: {peers:?}");
+    let name = set["metadata"]["name"].as_str().unwrap();
+    let svc = service["metadata"]["name"].as_str().unwrap();
+    let ports: Vec<u64> = container["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["containerPort"].as_u64())
+        .collect();
+    for (i, p) in peers.iter().enumerate() {
+        let (host, port) = p.rsplit_once(':').unwrap();
+        assert_eq!(host, format!("{name}-{i}.{svc}"), "peer {i} is pod {i}");
+        assert!(ports.contains(&port.parse().unwrap()), "the pods expose {port}");
+    }
+    assert!(args.contains("--process \"${HOSTNAME##*-}\""), "the ordinal is the process: {args}");
+    assert_eq!(set["spec"]["podManagementPolicy"].as_str(), Some("Parallel"));
 }

@@ -1132,6 +1132,48 @@ part = "hour"
     }
 
     #[test]
+    fn a_cluster_is_checked_naming_the_field() {
+        let cfg = parse(GOOD).unwrap();
+        assert_eq!(cfg.cluster.processes(), 1, "one process by default");
+        let cluster = |body: &str| field_of(&format!("{GOOD}\n[cluster]\n{body}\n"));
+        let cases = [
+            ("peers = [\"a:1\", \"b\"]", "cluster.peers[1]", "host:port"),
+            ("peers = [\"a:1\", \"a:1\"]", "cluster.peers[1]", "twice"),
+            ("peers = [\"a:1\", \"b:2\"]\nprocess = 2", "cluster.process", "below"),
+            ("process = 1", "cluster.process", "without cluster.peers"),
+        ];
+        for (body, field, says) in cases {
+            let (f, detail) = cluster(body);
+            assert_eq!(f, field, "{body}: {detail}");
+            assert!(detail.contains(says), "{body}: {detail}");
+        }
+        // A hostfile (comments and blank lines skipped), and the flags over the file.
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = dir.path().join("hosts");
+        std::fs::write(&hosts, "# the pair\nweir-0:7100\n\nweir-1:7100 # second\n").unwrap();
+        let mut cfg = parse(GOOD).unwrap();
+        let flags = ClusterOverride {
+            process: Some(1),
+            hostfile: Some(hosts.clone()),
+            ..ClusterOverride::default()
+        };
+        flags.apply(&mut cfg).unwrap();
+        assert_eq!(cfg.cluster.peers, vec!["weir-0:7100", "weir-1:7100"]);
+        assert_eq!((cfg.cluster.process, cfg.cluster.processes()), (1, 2));
+        let missing = ClusterOverride {
+            hostfile: Some(dir.path().join("nope")),
+            ..ClusterOverride::default()
+        };
+        match missing.apply(&mut parse(GOOD).unwrap()) {
+            Err(ConfigError::Field { field, detail, .. }) => {
+                assert_eq!(field, "cluster.hostfile");
+                assert!(detail.contains("nope"), "{detail}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn unknown_fields_are_named() {
         let (field, detail) = field_of(&format!("{GOOD}\n[batching]\nmax_batch_rowz = 5\n"));
         assert_eq!(field, "batching.max_batch_rowz", "{detail}");
