@@ -31,12 +31,15 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use timely::communication::allocator::zero_copy::initialize::initialize_networking_from_sockets;
 use timely::communication::allocator::{AllocatorBuilder, ProcessBuilder};
+use timely::communication::logging::{CommunicationEvent, CommunicationEventBuilder, CommunicationSetup};
 use timely::communication::{Hooks, WorkerGuards};
+use timely::logging_core::Logger;
 use timely::worker::Worker;
 
 /// Exit status of a process that lost a peer of its cluster (the others' exit status too, as
@@ -101,6 +104,38 @@ pub enum ClusterError {
 
 /// The addresses of the peers, for the panic hook's message.
 static ADDRESSES: OnceLock<Vec<String>> = OnceLock::new();
+
+/// Bytes this process's timely send threads wrote to its peers (headers included).
+static BYTES_SENT: AtomicU64 = AtomicU64::new(0);
+
+/// Bytes this OS process sent to cluster peers so far, headers included: every data and
+/// progress message of every dataflow (what crosses the network).
+pub fn bytes_sent() -> u64 {
+    BYTES_SENT.load(Ordering::Relaxed)
+}
+
+/// Timely's communication logging, reduced to a byte count of the messages sent.
+fn count_bytes(setup: CommunicationSetup) -> Option<Logger<CommunicationEventBuilder>> {
+    setup.sender.then(|| {
+        Logger::new(
+            Instant::now(),
+            Duration::ZERO,
+            |_, batch: &mut Option<Vec<(Duration, CommunicationEvent)>>| {
+                if let Some(events) = batch {
+                    let sent: usize = events
+                        .iter()
+                        .filter_map(|(_, e)| match e {
+                            CommunicationEvent::Message(m) if m.is_send => Some(m.header.required_bytes()),
+                            _ => None,
+                        })
+                        .sum();
+                    BYTES_SENT.fetch_add(sent as u64, Ordering::Relaxed);
+                    events.clear();
+                }
+            },
+        )
+    })
+}
 
 /// Turns a panic of timely's network threads (`timely:send-N` / `timely:recv-N`: the
 /// connection to process N broke) into a logged exit with [`EXIT_PEER_LOST`]. Installed once.
@@ -250,7 +285,10 @@ where
     let sockets = connect(peers).map_err(|e| e.to_string())?;
     let _ = ADDRESSES.set(peers.addresses.clone());
     install_peer_loss_hook();
-    let hooks = Hooks::default();
+    let hooks = Hooks {
+        log_fn: Arc::new(count_bytes),
+        ..Hooks::default()
+    };
     let process = ProcessBuilder::new_typed_vector(workers, hooks.refill.clone(), hooks.spill.clone());
     let (builders, guard) = initialize_networking_from_sockets(process, sockets, peers.process, workers, hooks)
         .map_err(|e| ClusterError::Timely(e.to_string()).to_string())?;

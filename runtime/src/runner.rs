@@ -817,6 +817,13 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
     }
     flush_result?;
     metrics.set_paused_seconds(flow.paused_micros());
+    if let Some(p) = &peers {
+        tracing::info!(
+            process = p.process,
+            bytes_sent = crate::cluster::bytes_sent(),
+            "sent to the cluster's other processes"
+        );
+    }
     tracing::info!(
         pauses = flow.pauses(),
         paused_ms = flow.paused_micros() / 1000,

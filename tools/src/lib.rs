@@ -5,6 +5,7 @@
 #![deny(missing_docs)]
 
 pub mod bench;
+pub mod cluster_bench;
 pub mod demo;
 pub mod eval;
 pub mod export;

@@ -281,6 +281,30 @@ enum Command {
         #[arg(long, default_value_t = 20.0)]
         seconds: f64,
     },
+    /// One topology as 1 process x 2 workers and as a cluster of 2 processes x 1 worker (two
+    /// threads, loopback TCP) on the same events: throughput of each, and the bytes and core-µs
+    /// per event the exchange between processes costs.
+    BenchCluster {
+        /// Topology file (default: `topologies/fraud-scoring.toml` in the working directory or in
+        /// the workspace the `weir` binary was built in).
+        #[arg(long)]
+        topology: Option<PathBuf>,
+        /// Simulated days.
+        #[arg(long, default_value_t = 25)]
+        days: u32,
+        /// Customers (cards).
+        #[arg(long, default_value_t = 5000)]
+        customers: usize,
+        /// Terminals.
+        #[arg(long, default_value_t = 10_000)]
+        terminals: usize,
+        /// Partitions of the source topic (the embedded broker keeps at most 5 MiB per partition).
+        #[arg(long, default_value_t = 16)]
+        partitions: i32,
+        /// Runs of each shape, alternating (the best of each counts).
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+    },
     /// Measure the feature store alone: events/s and resident memory over N simulated events.
     BenchFeatures {
         /// Topology file, for its feature definitions (default: `topologies/fraud-scoring.toml` in
@@ -764,6 +788,32 @@ fn main() -> ExitCode {
                     r.schema_per_s,
                     r.ratio()
                 );
+                Ok(())
+            })()
+        }
+        Command::BenchCluster {
+            topology,
+            days,
+            customers,
+            terminals,
+            partitions,
+            rounds,
+        } => {
+            init_logging("warn");
+            (|| {
+                let opts = weir_tools::cluster_bench::ClusterBenchOptions {
+                    topology: default_topology(topology)?,
+                    sim: SimConfig {
+                        n_days: days,
+                        n_customers: customers,
+                        n_terminals: terminals,
+                        ..SimConfig::default()
+                    },
+                    partitions,
+                    rounds,
+                };
+                let r = weir_tools::cluster_bench::run_cluster_bench(&opts).map_err(|e| e.to_string())?;
+                print!("{}", r.render());
                 Ok(())
             })()
         }
