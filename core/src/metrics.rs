@@ -8,7 +8,54 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+/// A stage of a scored event's way from the broker to the score sink's acknowledgement: the
+/// label values of `weir_stage_latency_seconds{stage}`. Read to acknowledgement
+/// (`weir_pipeline_latency_seconds`) is the sum of `features` to `sink`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Kafka message timestamp to the source's read (the producer's batching, the broker, the
+    /// fetch; millisecond resolution).
+    Broker,
+    /// Source read to the feature row reaching the micro-batcher: decode, the wait for the
+    /// watermark (every partition and the labels past the event's time), the feature operators.
+    Features,
+    /// Feature row reaching the micro-batcher to its batch's flush (the window).
+    Batch,
+    /// Batch flushed to an inference thread taking it (the queue of `max_inflight_batches`).
+    Queue,
+    /// The batch's inference (ONNX Runtime).
+    Inference,
+    /// Inference done to the score sink's acknowledgement (producer and broker, `acks = all`).
+    Sink,
+}
+
+impl Stage {
+    /// Every stage, in the order an event passes them.
+    pub const ALL: [Stage; 6] = [
+        Stage::Broker,
+        Stage::Features,
+        Stage::Batch,
+        Stage::Queue,
+        Stage::Inference,
+        Stage::Sink,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Broker => "broker",
+            Stage::Features => "features",
+            Stage::Batch => "batch",
+            Stage::Queue => "queue",
+            Stage::Inference => "inference",
+            Stage::Sink => "sink",
+        }
+    }
+}
 
 /// Why a micro-batch was flushed (label `cause` of `weir_batches_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +123,14 @@ pub struct Metrics {
     pub window_max_rows: IntGauge,
     /// `weir_batch_window_max_wait_seconds`: the micro-batch window's `max_wait` in use.
     pub window_max_wait: prometheus::Gauge,
+    /// `weir_batch_window_adaptive`: 1 when the adaptive controller sets the window
+    /// (`max_wait = "auto"`).
+    pub window_adaptive: IntGauge,
+    /// `weir_batch_window_p99_target_seconds`: the adaptive controller's p99 target (0: fixed).
+    pub window_p99_target: prometheus::Gauge,
+    /// `weir_batch_window_overloaded`: 1 while the adaptive controller finds that even the
+    /// largest batches cannot keep up (backpressure holds the sources).
+    pub window_overloaded: IntGauge,
     /// `weir_config_reloads_total{result}`: live reloads of the topology file, `applied` or
     /// `rejected` (invalid edit; the running window was kept).
     pub config_reloads: IntCounterVec,
@@ -120,8 +175,15 @@ pub struct Metrics {
     /// `weir_workers`: timely workers of the topology (one main-input source each: the
     /// denominator of the paused fraction).
     pub workers: IntGauge,
+    /// `weir_stage_latency_seconds{stage}`: per scored event, the time it spent in each
+    /// [`Stage`].
+    pub stage_latency: HistogramVec,
     latency_us: Mutex<hdrhistogram::Histogram<u64>>,
+    /// Read to acknowledgement since the last [`Metrics::take_recent_latency_quantile_us`], µs.
+    recent_latency_us: Mutex<hdrhistogram::Histogram<u64>>,
     feature_latency_us: Mutex<hdrhistogram::Histogram<u64>>,
+    /// Per [`Stage`], in [`Stage::ALL`]'s order, µs.
+    stage_us: Mutex<Vec<hdrhistogram::Histogram<u64>>>,
     /// Milliseconds (the resolution of Kafka timestamps).
     event_latency_ms: Mutex<hdrhistogram::Histogram<u64>>,
 }
@@ -288,6 +350,21 @@ impl Metrics {
                 seconds_buckets(),
             )),
         );
+        let stage_latency = register(
+            &registry,
+            HistogramVec::new(
+                histogram_opts(
+                    "weir_stage_latency_seconds",
+                    "Per scored event, the time spent in each stage: broker (message timestamp to read), features (read to the micro-batcher: watermark wait and feature operators), batch (the window), queue (to an inference thread), inference, sink (inference to acknowledgement).",
+                    "",
+                    seconds_buckets(),
+                ),
+                &["stage"],
+            ),
+        );
+        for s in Stage::ALL {
+            stage_latency.with_label_values(&[s.as_str()]);
+        }
         let consumer_lag = register(
             &registry,
             IntGaugeVec::new(
@@ -312,6 +389,30 @@ impl Metrics {
             prometheus::Gauge::with_opts(opts(
                 "weir_batch_window_max_wait_seconds",
                 "The micro-batch window's max_wait in use.",
+                "micro_batch",
+            )),
+        );
+        let window_adaptive = register(
+            &registry,
+            IntGauge::with_opts(opts(
+                "weir_batch_window_adaptive",
+                "1 when the adaptive controller sets the micro-batch window (max_wait = \"auto\").",
+                "micro_batch",
+            )),
+        );
+        let window_p99_target = register(
+            &registry,
+            prometheus::Gauge::with_opts(opts(
+                "weir_batch_window_p99_target_seconds",
+                "The adaptive controller's read-to-acknowledgement p99 target (0 with a fixed window).",
+                "micro_batch",
+            )),
+        );
+        let window_overloaded = register(
+            &registry,
+            IntGauge::with_opts(opts(
+                "weir_batch_window_overloaded",
+                "1 while the adaptive controller finds that even the largest batches cannot keep up.",
                 "micro_batch",
             )),
         );
@@ -472,12 +573,25 @@ impl Metrics {
             consumer_lag,
             window_max_rows,
             window_max_wait,
+            window_adaptive,
+            window_p99_target,
+            window_overloaded,
             config_reloads,
             inflight_batches,
             execution_provider,
             provider_fallbacks,
             model_info,
             paused_seconds,
+            stage_latency,
+            stage_us: Mutex::new(
+                Stage::ALL
+                    .iter()
+                    .map(|_| hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"))
+                    .collect(),
+            ),
+            recent_latency_us: Mutex::new(
+                hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
+            ),
             // 1 µs .. 1 h at 3 significant digits.
             latency_us: Mutex::new(
                 hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
@@ -502,11 +616,13 @@ impl Metrics {
     pub fn record_acked(&self, events: impl IntoIterator<Item = (u64, Option<i64>)>) {
         let now_ms = crate::clock::wall_ms();
         let mut h = self.latency_us.lock().unwrap();
+        let mut recent = self.recent_latency_us.lock().unwrap();
         let mut e = self.event_latency_ms.lock().unwrap();
         for (read_at, event_ms) in events {
             let us = crate::clock::micros_since(read_at);
             self.pipeline_latency.observe(us as f64 / 1e6);
             h.saturating_record(us.max(1));
+            recent.saturating_record(us.max(1));
             if let Some(t) = event_ms {
                 let ms = now_ms.saturating_sub(t).max(0) as u64;
                 self.e2e_latency.observe(ms as f64 / 1e3);
@@ -539,13 +655,62 @@ impl Metrics {
     /// As [`Metrics::record_featured`], at `now` ([`crate::clock::now_micros`], µs).
     fn record_featured_at(&self, now: u64, read_at_us: impl IntoIterator<Item = u64>) {
         let local = self.feature_latency.local();
+        let stage = self
+            .stage_latency
+            .with_label_values(&[Stage::Features.as_str()])
+            .local();
         let mut h = self.feature_latency_us.lock().unwrap();
+        let mut all = self.stage_us.lock().unwrap();
         for read_at in read_at_us {
             let us = now.saturating_sub(read_at);
+            local.observe(us as f64 / 1e6);
+            stage.observe(us as f64 / 1e6);
+            h.saturating_record(us.max(1));
+            all[Stage::Features as usize].saturating_record(us.max(1));
+        }
+        local.flush();
+        stage.flush();
+    }
+
+    /// Quantile `q` of read to acknowledgement over the events acknowledged since the last call,
+    /// µs (`None` if none), and starts a new interval: what the adaptive controller observes.
+    pub fn take_recent_latency_quantile_us(&self, q: f64) -> Option<u64> {
+        let mut h = self.recent_latency_us.lock().unwrap();
+        let v = (!h.is_empty()).then(|| h.value_at_quantile(q));
+        h.reset();
+        v
+    }
+
+    /// Records `micros` (µs each, one per event) spent in `stage`.
+    pub fn record_stage(&self, stage: Stage, micros: impl IntoIterator<Item = u64>) {
+        let local = self.stage_latency.with_label_values(&[stage.as_str()]).local();
+        let mut all = self.stage_us.lock().unwrap();
+        let h = &mut all[stage as usize];
+        for us in micros {
             local.observe(us as f64 / 1e6);
             h.saturating_record(us.max(1));
         }
         local.flush();
+    }
+
+    /// Records `n` events that spent `micros` µs each in `stage` (a batch's stages).
+    pub fn record_stage_n(&self, stage: Stage, micros: u64, n: usize) {
+        let hist = self.stage_latency.with_label_values(&[stage.as_str()]);
+        for _ in 0..n {
+            hist.observe(micros as f64 / 1e6);
+        }
+        self.stage_us.lock().unwrap()[stage as usize].saturating_record_n(micros.max(1), n as u64);
+    }
+
+    /// Quantile `q` (0..=1) of the time events spent in `stage`, µs; 0 if none.
+    pub fn stage_quantile_us(&self, stage: Stage, q: f64) -> u64 {
+        let all = self.stage_us.lock().unwrap();
+        let h = &all[stage as usize];
+        if h.is_empty() {
+            0
+        } else {
+            h.value_at_quantile(q)
+        }
     }
 
     /// Read-to-micro-batcher latency quantile `q` (0..=1) in µs (see
@@ -589,6 +754,21 @@ impl Metrics {
         self.latency_us.lock().unwrap().reset();
         self.feature_latency_us.lock().unwrap().reset();
         self.event_latency_ms.lock().unwrap().reset();
+        self.stage_us.lock().unwrap().iter_mut().for_each(|h| h.reset());
+    }
+
+    /// `(stage, p50 µs, p99 µs)` of every [`Stage`], in order (the run summary's breakdown).
+    pub fn stage_summary(&self) -> Vec<(&'static str, u64, u64)> {
+        Stage::ALL
+            .iter()
+            .map(|s| {
+                (
+                    s.as_str(),
+                    self.stage_quantile_us(*s, 0.5),
+                    self.stage_quantile_us(*s, 0.99),
+                )
+            })
+            .collect()
     }
 
     /// Publishes the total paused time (from [`crate::FlowControl::paused_micros`]).

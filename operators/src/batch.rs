@@ -14,6 +14,9 @@ pub struct Batch {
     pub features: Array2<f32>,
     /// Why the batch was flushed.
     pub cause: FlushCause,
+    /// When it was flushed ([`weir_core::clock::now_micros`], µs): the start of its `queue`
+    /// stage.
+    pub flushed_us: u64,
 }
 
 impl Batch {

@@ -15,6 +15,7 @@ use crossbeam_channel::Receiver;
 use ndarray::ArrayView2;
 use ort::session::Session;
 use ort::value::TensorRef;
+use weir_core::metrics::Stage;
 use weir_core::{DeadLetter, DeadLetterSink, Metrics, ScoreSink};
 
 use crate::batch::Batch;
@@ -534,8 +535,12 @@ impl InferencePool {
                     .spawn(move || {
                         for batch in queue.iter() {
                             let t0 = Instant::now();
+                            let n = batch.len();
+                            metrics.record_stage_n(Stage::Queue, weir_core::clock::micros_since(batch.flushed_us), n);
                             let result = scorer.score(batch.features.view());
-                            metrics.inference_seconds.observe(t0.elapsed().as_secs_f64());
+                            let took = t0.elapsed();
+                            metrics.inference_seconds.observe(took.as_secs_f64());
+                            metrics.record_stage_n(Stage::Inference, took.as_micros() as u64, n);
                             deliver(&batch, result, &*sink, &*dead_letters, &version);
                             metrics.inflight_batches.dec();
                         }
@@ -604,6 +609,7 @@ mod tests {
 
     fn batch(n: usize) -> Batch {
         Batch {
+            flushed_us: 0,
             rows: (0..n)
                 .map(|i| RowMeta {
                     lineage: Lineage {

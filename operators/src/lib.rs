@@ -9,6 +9,7 @@
 //!   run on their own threads, writing scores to a sink.
 #![deny(missing_docs)]
 
+pub mod adaptive;
 pub mod batch;
 pub mod decode;
 pub mod inference;

@@ -97,6 +97,8 @@ struct Buffer {
     n_features: usize,
     rows: Vec<RowMeta>,
     features: Vec<f32>,
+    /// When each row arrived ([`weir_core::clock::now_micros`], µs): its `batch` stage.
+    arrived_us: Vec<u64>,
     oldest: Option<Instant>,
 }
 
@@ -122,10 +124,16 @@ impl Buffer {
         metrics.batches.with_label_values(&[cause.as_str()]).inc();
         metrics.batch_rows.observe(n as f64);
         metrics.batch_fill_wait.observe(waited.as_secs_f64());
+        let flushed_us = weir_core::clock::now_micros();
+        metrics.record_stage(
+            weir_core::metrics::Stage::Batch,
+            self.arrived_us.drain(..n).map(|a| flushed_us.saturating_sub(a)),
+        );
         Batch {
             rows,
             features: Array2::from_shape_vec((n, self.n_features), features).expect("every row has n_features values"),
             cause,
+            flushed_us,
         }
     }
 }
@@ -152,6 +160,7 @@ pub fn micro_batch<'s, T: Timestamp>(
             n_features,
             rows: Vec::with_capacity(initial_rows),
             features: Vec::with_capacity(initial_rows * n_features),
+            arrived_us: Vec::with_capacity(initial_rows),
             oldest: None,
         };
         let mut pending: Option<Batch> = None;
@@ -161,7 +170,9 @@ pub fn micro_batch<'s, T: Timestamp>(
             let max_rows = window.max_batch_rows;
             let mut received = 0usize;
             input.for_each(|_cap, data| {
+                let now_us = weir_core::clock::now_micros();
                 metrics.record_featured(data.iter().map(|r| r.meta.read_at_us));
+                buf.arrived_us.extend(std::iter::repeat_n(now_us, data.len()));
                 for row in data.drain(..) {
                     assert_eq!(row.features.len(), n_features, "feature row width");
                     if buf.oldest.is_none() {

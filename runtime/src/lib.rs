@@ -4,6 +4,7 @@
 //! health), and reports what it did.
 #![deny(missing_docs)]
 
+pub mod adapt;
 pub mod cluster;
 pub mod http;
 pub mod recovery;

@@ -61,6 +61,8 @@ pub struct Reloader {
     last_table: Option<toml::Table>,
     workers: usize,
     inflight_batches: usize,
+    /// The running topology's window is the adaptive controller's (`max_wait = "auto"`).
+    adaptive: bool,
     window: Arc<SharedWindow>,
     flow: Arc<FlowControl>,
     metrics: Arc<Metrics>,
@@ -84,6 +86,7 @@ impl Reloader {
             last_table,
             workers: cfg.topology.workers,
             inflight_batches: cfg.batching.max_inflight_batches,
+            adaptive: cfg.batching.adaptive,
             window,
             flow,
             metrics,
@@ -133,7 +136,15 @@ impl Reloader {
                 }
                 let new = cfg.batching.window();
                 let old = self.window.get();
-                if new == old {
+                if self.adaptive || cfg.batching.adaptive {
+                    if self.adaptive != cfg.batching.adaptive {
+                        tracing::warn!(
+                            path = %self.path.display(),
+                            "reload: switching between max_wait = \"auto\" and a fixed window applies at the next restart"
+                        );
+                    }
+                    ReloadOutcome::Unchanged
+                } else if new == old {
                     ReloadOutcome::Unchanged
                 } else {
                     self.window.set(new);

@@ -447,6 +447,16 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
         .clone()
         .unwrap_or_else(|| Arc::new(flow_control(cfg, window.max_batch_rows)));
     let ledger = opts.ledger.clone().unwrap_or_default();
+    // `max_wait = "auto"` (a live window: not a backfill's own `window`).
+    let _adaptive = (cfg.batching.adaptive && opts.window.is_none()).then(|| {
+        crate::adapt::spawn(
+            cfg.batching.p99_target,
+            live_window.clone(),
+            workers,
+            flow.clone(),
+            metrics.clone(),
+        )
+    });
     let spec = cfg.feature_spec();
 
     // Model first: a missing or mismatched model fails before anything connects.

@@ -428,7 +428,8 @@ fn a_backfill_on_two_processes_writes_what_one_process_writes() {
 #[test]
 fn a_process_that_cannot_reach_its_peers_names_them_and_gives_up() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let broker = weir_tests::BrokerProcess::start(&["transactions:2", "fraud-labels:2", "scores:2", "transactions-dlq:1"]);
+    let broker =
+        weir_tests::BrokerProcess::start(&["transactions:2", "fraud-labels:2", "scores:2", "transactions-dlq:1"]);
     let dir = tempfile::tempdir().unwrap();
     let path = topology_file(dir.path(), &broker.brokers, "g-alone", "", "");
     let mut text = std::fs::read_to_string(&path).unwrap();
@@ -451,7 +452,9 @@ fn a_process_that_cannot_reach_its_peers_names_them_and_gives_up() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "process {process} gives up:\n{err}");
         assert!(
-            err.contains(&format!("127.0.0.1:{missing}")) && err.contains("cluster.connect_timeout") && err.contains(why),
+            err.contains(&format!("127.0.0.1:{missing}"))
+                && err.contains("cluster.connect_timeout")
+                && err.contains(why),
             "process {process} names the peer it could not reach:\n{err}"
         );
     }

@@ -278,7 +278,11 @@ fn tune_sweeps_windows_over_a_recording_and_recommends_one_within_the_target() {
 fn exported_metrics() -> std::collections::BTreeSet<String> {
     let src = std::fs::read_to_string(weir_tests::repo().join("core/src/metrics.rs")).unwrap();
     src.split('"')
-        .filter(|s| s.starts_with("weir_") && s.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+        .filter(|s| {
+            s.starts_with("weir_")
+                && s.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        })
         .map(str::to_string)
         .collect()
 }
@@ -606,7 +610,11 @@ fn the_kubernetes_cluster_example_names_one_peer_per_replica() {
     let kind = |k: &str| docs.iter().find(|d| d["kind"] == k).unwrap_or_else(|| panic!("a {k}"));
     let (set, service) = (kind("StatefulSet"), kind("Service"));
     assert_eq!(set["spec"]["serviceName"], service["metadata"]["name"]);
-    assert_eq!(service["spec"]["clusterIP"].as_str(), Some("None"), "a headless service");
+    assert_eq!(
+        service["spec"]["clusterIP"].as_str(),
+        Some("None"),
+        "a headless service"
+    );
     let replicas = set["spec"]["replicas"].as_u64().unwrap();
     let container = &set["spec"]["template"]["spec"]["containers"][0];
     let args = strings(&container["args"]).join(" ");
@@ -631,6 +639,9 @@ fn the_kubernetes_cluster_example_names_one_peer_per_replica() {
         assert_eq!(host, format!("{name}-{i}.{svc}"), "peer {i} is pod {i}");
         assert!(ports.contains(&port.parse().unwrap()), "the pods expose {port}");
     }
-    assert!(args.contains("--process \"${HOSTNAME##*-}\""), "the ordinal is the process: {args}");
+    assert!(
+        args.contains("--process \"${HOSTNAME##*-}\""),
+        "the ordinal is the process: {args}"
+    );
     assert_eq!(set["spec"]["podManagementPolicy"].as_str(), Some("Parallel"));
 }

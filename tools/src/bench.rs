@@ -224,7 +224,10 @@ fn raw_kafka(brokers: &str, topics: &[&str], out_topic: Option<&str>, threads: u
     let producer = match out_topic {
         Some(_) => Some(BulkProducer::new(
             brokers,
-            &BTreeMap::from([("linger.ms".to_string(), "5".to_string())]),
+            &BTreeMap::from([(
+                "linger.ms".to_string(),
+                weir_connectors::kafka::sink::DEFAULT_LINGER_MS.to_string(),
+            )]),
         )?),
         None => None,
     };
@@ -263,7 +266,7 @@ fn raw_kafka(brokers: &str, topics: &[&str], out_topic: Option<&str>, threads: u
 }
 
 /// A bare consumer of the benchmarks, assigned `tpl`, with weir's source settings that bear on
-/// speed (`fetch.wait.max.ms = 10`; `fetch.queue.backoff.ms = 5`, as librdkafka's default of 1 s
+/// speed (`fetch.wait.max.ms`; `fetch.queue.backoff.ms = 5`, as librdkafka's default of 1 s
 /// stalls a partition whose queue filled); no commits.
 ///
 /// # Errors
@@ -279,7 +282,7 @@ pub(crate) fn bare_consumer(brokers: &str, group: &str, tpl: &TopicPartitionList
         .set("bootstrap.servers", brokers)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "10")
+        .set("fetch.wait.max.ms", weir_connectors::kafka::source::FETCH_WAIT_MAX_MS)
         .set("fetch.queue.backoff.ms", "5")
         .create()
         .map_err(kafka_err("bench consumer"))?;

@@ -170,7 +170,10 @@ pub fn run_cluster_bench(opts: &ClusterBenchOptions) -> Result<ClusterBenchRepor
             },
         );
 
-        let peers = vec![format!("127.0.0.1:{}", free_port()?), format!("127.0.0.1:{}", free_port()?)];
+        let peers = vec![
+            format!("127.0.0.1:{}", free_port()?),
+            format!("127.0.0.1:{}", free_port()?),
+        ];
         let before = weir_runtime::cluster::bytes_sent();
         let runs: Vec<std::thread::JoinHandle<Result<RunReport, String>>> = (0..2)
             .map(|process| {

@@ -191,6 +191,9 @@ pub struct TuneOptions {
     pub max_batch_rows: Vec<usize>,
     /// `max_wait` values.
     pub max_wait: Vec<Duration>,
+    /// Also run the adaptive window (`max_wait = "auto"`, with `p99_target` as its target and
+    /// the largest `max_batch_rows` as its cap), as one more point of the same chart.
+    pub auto: bool,
     /// Offered load, events per second.
     pub rate: f64,
     /// Measured events per point.
@@ -208,8 +211,10 @@ pub struct TuneOptions {
 /// One point of the sweep.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TunePoint {
-    /// The window.
+    /// The window (the adaptive controller's at the end of the point, if `adaptive`).
     pub window: BatchWindow,
+    /// The point ran the adaptive window (`max_wait = "auto"`).
+    pub adaptive: bool,
     /// The rate the replay achieved, events/s (below the requested rate when the machine's CPU
     /// is saturated: the replay shares it with the topology).
     pub offered: f64,
@@ -312,7 +317,7 @@ pub fn run_tune(opts: &TuneOptions, recording: &Recording) -> Result<TuneReport,
             window.max_batch_rows,
             humantime::format_duration(window.max_wait)
         ));
-        let mut p = run_point(&cfg, *window, opts, recording, i)?;
+        let mut p = run_point(&cfg, *window, false, opts, recording, i)?;
         p.meets_target = p.p99_ms <= opts.p99_target.as_secs_f64() * 1e3;
         tracing::info!(
             max_batch_rows = window.max_batch_rows,
@@ -323,6 +328,18 @@ pub fn run_tune(opts: &TuneOptions, recording: &Recording) -> Result<TuneReport,
         );
         points.push(p);
         bar.inc(1);
+    }
+    if opts.auto {
+        let cap = opts.max_batch_rows.iter().copied().max().unwrap_or(256);
+        bar.set_message("max_wait auto");
+        let window = BatchWindow {
+            max_batch_rows: cap,
+            max_wait: opts.p99_target / 4,
+        };
+        let mut p = run_point(&cfg, window, true, opts, recording, grid.len())?;
+        p.meets_target = p.p99_ms <= opts.p99_target.as_secs_f64() * 1e3;
+        tracing::info!(throughput = p.throughput, p99_ms = p.p99_ms, "tune point: auto");
+        points.push(p);
     }
     bar.finish_and_clear();
     let recommended = recommend(&points);
@@ -410,6 +427,7 @@ fn wait_handled(m: &Metrics, target: u64, timeout: Duration) -> Result<Instant, 
 fn run_point(
     cfg: &TopologyConfig,
     window: BatchWindow,
+    adaptive: bool,
     opts: &TuneOptions,
     recording: &Recording,
     index: usize,
@@ -425,6 +443,12 @@ fn run_point(
     cfg.source.group_id = format!("weir-tune-{index}");
     cfg.metrics.listen.clear();
     cfg.sink.kind = "kafka".into();
+    if adaptive {
+        cfg.batching.adaptive = true;
+        cfg.batching.p99_target = opts.p99_target;
+        cfg.batching.max_batch_rows = window.max_batch_rows;
+        cfg.batching.max_wait = window.max_wait;
+    }
     let flow = Arc::new(flow_control(&cfg, window.max_batch_rows));
     let metrics = Arc::new(Metrics::new(&cfg.topology.name));
     let runner = {
@@ -437,7 +461,7 @@ fn run_point(
                     start: Some(StartPosition::Earliest),
                     flow: Some(flow),
                     metrics: Some(metrics),
-                    window: Some((window, cfg.batching.max_inflight_batches)),
+                    window: (!adaptive).then_some((window, cfg.batching.max_inflight_batches)),
                     ..RunOptions::default()
                 },
             )
@@ -471,8 +495,17 @@ fn run_point(
         wait_handled(&metrics, base + measured.len() as u64, timeout).map_err(stalled)?;
         let batches = metrics.batch_rows.get_sample_count() - b0;
         let rows = metrics.batch_rows.get_sample_sum() - r0;
+        let window = if adaptive {
+            BatchWindow {
+                max_batch_rows: metrics.window_max_rows.get().max(1) as usize,
+                max_wait: Duration::from_secs_f64(metrics.window_max_wait.get().max(0.0)),
+            }
+        } else {
+            window
+        };
         Ok(TunePoint {
             window,
+            adaptive,
             offered: measured.len() as f64 / sent_in.as_secs_f64().max(1e-9),
             throughput: during_replay as f64 / sent_in.as_secs_f64().max(1e-9),
             // Rounded to the 0.1 ms the table shows, so that the target is judged on the
@@ -507,6 +540,20 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+/// How a point's window is written: `256/5ms`, or `auto (256/4ms at the end)`.
+pub fn window_label(p: &TunePoint) -> String {
+    let fixed = format!(
+        "{}/{}",
+        p.window.max_batch_rows,
+        humantime::format_duration(Duration::from_micros(p.window.max_wait.as_micros() as u64 / 100 * 100))
+    );
+    if p.adaptive {
+        format!("auto ({fixed} at the end)")
+    } else {
+        fixed
+    }
+}
+
 /// Writes `tune.csv`, `tune.md` and `tune.svg` into `opts.out`.
 fn write_outputs(opts: &TuneOptions, points: &[TunePoint], rec: Option<usize>) -> Result<Vec<PathBuf>, TuneError> {
     let mut csv = String::from(
@@ -516,7 +563,11 @@ fn write_outputs(opts: &TuneOptions, points: &[TunePoint], rec: Option<usize>) -
         csv.push_str(&format!(
             "{},{},{},{:.0},{:.0},{:.1},{:.1},{:.1},{},{}\n",
             p.window.max_batch_rows,
-            ms(p.window.max_wait),
+            if p.adaptive {
+                "auto".to_string()
+            } else {
+                ms(p.window.max_wait).to_string()
+            },
             opts.rate,
             p.offered,
             p.throughput,
@@ -541,7 +592,11 @@ fn write_outputs(opts: &TuneOptions, points: &[TunePoint], rec: Option<usize>) -
         md.push_str(&format!(
             "| {} | {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {}{} |\n",
             p.window.max_batch_rows,
-            humantime::format_duration(p.window.max_wait),
+            if p.adaptive {
+                format!("auto (ends at {})", humantime::format_duration(p.window.max_wait))
+            } else {
+                humantime::format_duration(p.window.max_wait).to_string()
+            },
             p.offered,
             p.throughput,
             p.p50_ms,
@@ -633,11 +688,7 @@ fn plot_svg(points: &[TunePoint], rec: Option<usize>, target_ms: f64, rate: f64)
                 });
             for (i, p) in points.iter().enumerate() {
                 let color = if p.meets_target { GREEN.mix(0.9) } else { RED.mix(0.9) };
-                let label = format!(
-                    "{}/{}",
-                    p.window.max_batch_rows,
-                    humantime::format_duration(p.window.max_wait)
-                );
+                let label = window_label(p);
                 let at = (p.throughput, p.p99_ms.max(min_y));
                 let _ = chart.draw_series(std::iter::once(
                     EmptyElement::at(at)
@@ -666,6 +717,9 @@ fn plot_svg(points: &[TunePoint], rec: Option<usize>, target_ms: f64, rate: f64)
 }
 
 fn recommendation_short(p: &TunePoint) -> String {
+    if p.adaptive {
+        return format!("max_wait auto (p99_target), max_batch_rows {}", p.window.max_batch_rows);
+    }
     format!(
         "max_batch_rows {} max_wait {}",
         p.window.max_batch_rows,
@@ -679,6 +733,7 @@ mod tests {
 
     fn point(rows: usize, wait_ms: u64, throughput: f64, p99_ms: f64, target: f64) -> TunePoint {
         TunePoint {
+            adaptive: false,
             window: BatchWindow {
                 max_batch_rows: rows,
                 max_wait: Duration::from_millis(wait_ms),

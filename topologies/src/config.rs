@@ -224,13 +224,21 @@ pub struct ModelSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchingSection {
-    /// Flush at this many rows.
+    /// Flush at this many rows (with `max_wait = "auto"`: the most the controller uses).
     pub max_batch_rows: usize,
-    /// Flush when the oldest row waited this long.
+    /// Flush when the oldest row waited this long. `"auto"` (read as [`BatchingSection::adaptive`])
+    /// lets a controller set it and `max_batch_rows` for `p99_target`
+    /// (`weir_operators::adaptive`); this is then its starting value.
     #[serde(with = "humantime_serde")]
     pub max_wait: Duration,
     /// Batches queued for inference before sources pause.
     pub max_inflight_batches: usize,
+    /// With `max_wait = "auto"`: the read-to-acknowledgement p99 the controller keeps under.
+    #[serde(with = "humantime_serde")]
+    pub p99_target: Duration,
+    /// `max_wait = "auto"` was given.
+    #[serde(skip)]
+    pub adaptive: bool,
 }
 
 impl BatchingSection {
@@ -531,6 +539,22 @@ impl TopologyConfig {
         })?;
         let mut merged: toml::Value = toml::from_str(DEFAULTS_TOML).expect("defaults.toml is valid");
         merge(&mut merged, user);
+        // `[batching] max_wait = "auto"`: the adaptive window, starting at a quarter of its target.
+        let mut adaptive = false;
+        if let Some(b) = merged.get_mut("batching").and_then(toml::Value::as_table_mut) {
+            if b.get("max_wait").and_then(toml::Value::as_str) == Some("auto") {
+                adaptive = true;
+                let start = b
+                    .get("p99_target")
+                    .and_then(toml::Value::as_str)
+                    .and_then(|t| humantime::parse_duration(t).ok())
+                    .map_or(Duration::from_millis(5), |t| (t / 4).max(Duration::from_micros(200)));
+                b.insert(
+                    "max_wait".into(),
+                    toml::Value::String(format!("{}us", start.as_micros())),
+                );
+            }
+        }
         let mut cfg: TopologyConfig = serde_path_to_error::deserialize(merged).map_err(|e| {
             let field = e.path().to_string();
             let inner = e.into_inner().to_string();
@@ -553,6 +577,7 @@ impl TopologyConfig {
         })?;
         cfg.base_dir = base_dir.to_path_buf();
         cfg.file = file.to_path_buf();
+        cfg.batching.adaptive = adaptive;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -675,7 +700,13 @@ impl TopologyConfig {
         }
         parse_start(&self.source.start).map_err(|e| self.field_error("source.start", e))?;
         if self.batching.max_wait.is_zero() {
-            return Err(self.field_error("batching.max_wait", "must be greater than 0 (e.g. \"5ms\")"));
+            return Err(self.field_error(
+                "batching.max_wait",
+                "must be greater than 0 (e.g. \"5ms\"), or \"auto\"",
+            ));
+        }
+        if self.batching.p99_target < Duration::from_millis(1) {
+            return Err(self.field_error("batching.p99_target", "must be at least 1ms"));
         }
         if self.batching.max_batch_rows > 1_000_000 {
             return Err(self.field_error("batching.max_batch_rows", "must be at most 1000000"));
@@ -1129,6 +1160,25 @@ part = "hour"
             vec![ExecutionProvider::Cuda, ExecutionProvider::Cpu]
         );
         assert_eq!(cfg.start_position(), StartPosition::Committed);
+    }
+
+    #[test]
+    fn max_wait_auto_is_the_adaptive_window_starting_at_a_quarter_of_its_target() {
+        let cfg = parse(GOOD).unwrap();
+        assert!(!cfg.batching.adaptive);
+        let cfg = parse(&format!(
+            "{GOOD}\n[batching]\nmax_wait = \"auto\"\np99_target = \"40ms\"\n"
+        ))
+        .unwrap();
+        assert!(cfg.batching.adaptive);
+        assert_eq!(cfg.batching.p99_target, Duration::from_millis(40));
+        assert_eq!(cfg.batching.max_wait, Duration::from_millis(10));
+        let (field, detail) = field_of(&format!("{GOOD}\n[batching]\nmax_wait = \"automatic\"\n"));
+        assert_eq!(field, "batching.max_wait", "{detail}");
+        let (field, _) = field_of(&format!(
+            "{GOOD}\n[batching]\nmax_wait = \"auto\"\np99_target = \"0ms\"\n"
+        ));
+        assert_eq!(field, "batching.p99_target");
     }
 
     #[test]

@@ -225,7 +225,8 @@ enum Command {
         /// max_batch_rows values, comma-separated.
         #[arg(long, default_value = "64,256,1024")]
         max_batch_rows: String,
-        /// max_wait values, comma-separated durations.
+        /// max_wait values, comma-separated durations; `auto` adds the adaptive window (target
+        /// --p99, cap the largest max_batch_rows) to the same chart.
         #[arg(long, default_value = "1ms,5ms,20ms")]
         max_wait: String,
         /// Offered load, events per second.
@@ -280,6 +281,17 @@ enum Command {
         /// Measured traffic, seconds (after 2 s of priming traffic).
         #[arg(long, default_value_t = 20.0)]
         seconds: f64,
+        /// Step load instead: the topology alone through phases of these offered loads
+        /// (events/s, comma-separated, e.g. 2000,20000,2000), each measured after
+        /// --adapt-seconds; with `max_wait = "auto"` in the topology, the adaptive window.
+        #[arg(long, value_delimiter = ',')]
+        steps: Option<Vec<f64>>,
+        /// Length of each step, seconds.
+        #[arg(long, default_value_t = 15.0)]
+        step_seconds: f64,
+        /// Seconds of adaptation at the start of each step, not measured.
+        #[arg(long, default_value_t = 5.0)]
+        adapt_seconds: f64,
     },
     /// One topology as 1 process x 2 workers and as a cluster of 2 processes x 1 worker (two
     /// threads, loopback TCP) on the same events: throughput of each, and the bytes and core-µs
@@ -698,7 +710,15 @@ fn main() -> ExitCode {
                 let opts = TuneOptions {
                     topology: default_topology(topology)?,
                     max_batch_rows: parse_rows(&max_batch_rows).map_err(|e| e.to_string())?,
-                    max_wait: parse_durations(&max_wait).map_err(|e| e.to_string())?,
+                    max_wait: parse_durations(
+                        &max_wait
+                            .split(',')
+                            .filter(|w| w.trim() != "auto")
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    )
+                    .map_err(|e| e.to_string())?,
+                    auto: max_wait.split(',').any(|w| w.trim() == "auto"),
                     rate,
                     events,
                     prime,
@@ -715,9 +735,8 @@ fn main() -> ExitCode {
                 let report = run_tune(&opts, &recording).map_err(|e| e.to_string())?;
                 for p in &report.points {
                     println!(
-                        "max_batch_rows {:>5} max_wait {:>6}: offered {:>7.0}/s, scored {:>7.0} events/s, p50 {:>7.1} ms, p99 {:>7.1} ms, mean batch {:>6.1} rows{}",
-                        p.window.max_batch_rows,
-                        humantime::format_duration(p.window.max_wait).to_string(),
+                        "window {:>24}: offered {:>7.0}/s, scored {:>7.0} events/s, p50 {:>7.1} ms, p99 {:>7.1} ms, mean batch {:>6.1} rows{}",
+                        weir_tools::tune::window_label(p),
                         p.offered,
                         p.throughput,
                         p.p50_ms,
@@ -762,9 +781,24 @@ fn main() -> ExitCode {
             brokers,
             rate,
             seconds,
+            steps,
+            step_seconds,
+            adapt_seconds,
         } => {
             init_logging("warn");
             (|| {
+                if let Some(rates) = steps {
+                    let opts = weir_tools::latency::StepOptions {
+                        topology: default_topology(topology)?,
+                        brokers,
+                        rates,
+                        phase_seconds: step_seconds,
+                        adapt_seconds,
+                    };
+                    let report = weir_tools::latency::run_step_bench(&opts).map_err(|e| e.to_string())?;
+                    print!("{}", report.render());
+                    return Ok(());
+                }
                 let opts = weir_tools::latency::LatencyOptions {
                     topology: default_topology(topology)?,
                     brokers,
