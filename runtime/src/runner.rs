@@ -137,6 +137,8 @@ pub struct RunReport {
     pub execution_provider: String,
     /// The score sink, e.g. `kafka:scores`.
     pub sink: String,
+    /// Per stage of a scored event (`weir_core::metrics::Stage`): name, p50 and p99, µs.
+    pub stages_us: Vec<(&'static str, u64, u64)>,
 }
 
 impl RunReport {
@@ -858,5 +860,6 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
         paused: Duration::from_micros(flow.paused_micros()),
         execution_provider: provider_name,
         sink: sink.describe(),
+        stages_us: metrics.stage_summary(),
     })
 }

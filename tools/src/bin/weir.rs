@@ -548,6 +548,15 @@ fn main() -> ExitCode {
                     report.p99_latency_us as f64 / 1000.0,
                     report.sink,
                 );
+                println!(
+                    "stages p50/p99 ms: {}",
+                    report
+                        .stages_us
+                        .iter()
+                        .map(|(s, p50, p99)| format!("{s} {:.2}/{:.2}", *p50 as f64 / 1e3, *p99 as f64 / 1e3))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
                 Ok(())
             })()
         }
