@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod cluster_bench;
+pub mod cuda_check;
 pub mod demo;
 pub mod eval;
 pub mod export;

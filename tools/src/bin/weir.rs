@@ -317,6 +317,24 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         rounds: usize,
     },
+    /// Score models with the CUDA execution provider and with CPU through weir's inference code
+    /// at several batch sizes: rows/s, the provider registered, the largest score difference.
+    /// Exit status 4 when CUDA is unavailable (see the README's "CUDA").
+    CheckCuda {
+        /// Topology whose features, input and output the models take (default:
+        /// `topologies/fraud-scoring.toml`).
+        #[arg(long)]
+        topology: Option<PathBuf>,
+        /// Models (default: the topology's model and `models/mlp-check/model.onnx`).
+        #[arg(long, value_delimiter = ',')]
+        models: Option<Vec<PathBuf>>,
+        /// Batch sizes, rows.
+        #[arg(long, value_delimiter = ',', default_value = "256,4096,65536")]
+        batches: Vec<usize>,
+        /// Seconds of scoring per model, provider and batch size (at least 3 calls).
+        #[arg(long, default_value_t = 1.0)]
+        seconds: f64,
+    },
     /// Measure the feature store alone: events/s and resident memory over N simulated events.
     BenchFeatures {
         /// Topology file, for its feature definitions (default: `topologies/fraud-scoring.toml` in
@@ -859,6 +877,47 @@ fn main() -> ExitCode {
                 print!("{}", r.render());
                 Ok(())
             })()
+        }
+        Command::CheckCuda {
+            topology,
+            models,
+            batches,
+            seconds,
+        } => {
+            init_logging("warn");
+            let r = (|| {
+                let topology = default_topology(topology)?;
+                let cfg = TopologyConfig::load(&topology).map_err(|e| e.to_string())?;
+                let models = match models {
+                    Some(m) => m,
+                    None => {
+                        let mlp = topology
+                            .parent()
+                            .and_then(|t| t.parent())
+                            .map(|root| root.join("models/mlp-check/model.onnx"))
+                            .unwrap_or_else(|| PathBuf::from("models/mlp-check/model.onnx"));
+                        vec![cfg.model_path(), mlp]
+                    }
+                };
+                let opts = weir_tools::cuda_check::CudaCheckOptions {
+                    topology,
+                    models,
+                    batches,
+                    seconds,
+                    runtime: None,
+                };
+                weir_tools::cuda_check::run_cuda_check(&opts).map_err(|e| e.to_string())
+            })();
+            return match r {
+                Ok(report) => {
+                    print!("{}", report.render());
+                    ExitCode::from(report.exit_status())
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            };
         }
         Command::BenchFeatures {
             topology,
