@@ -142,6 +142,11 @@ pub struct Metrics {
     pub provider_fallbacks: IntCounter,
     /// `weir_model_info{version}`: 1 for the model version in use.
     pub model_info: IntGaugeVec,
+    /// `weir_model_scored_rows_total{version}`: rows each model version scored (hot swaps).
+    pub model_scored_rows: IntCounterVec,
+    /// `weir_model_swaps_total{result}`: model swaps `applied` or `rejected` (with the reason
+    /// in the log).
+    pub model_swaps: IntCounterVec,
     /// `weir_backpressure_paused_seconds_total` is derived from [`crate::FlowControl`]; this
     /// counter holds the last value published by [`Metrics::set_paused_seconds`].
     pub paused_seconds: prometheus::Counter,
@@ -446,6 +451,31 @@ impl Metrics {
                 &["provider"],
             ),
         );
+        let model_scored_rows = register(
+            &registry,
+            IntCounterVec::new(
+                opts(
+                    "weir_model_scored_rows_total",
+                    "Rows each model version scored.",
+                    "inference",
+                ),
+                &["version"],
+            ),
+        );
+        let model_swaps = register(
+            &registry,
+            IntCounterVec::new(
+                opts(
+                    "weir_model_swaps_total",
+                    "Model swaps by result: applied, rejected.",
+                    "inference",
+                ),
+                &["result"],
+            ),
+        );
+        for r in ["applied", "rejected"] {
+            model_swaps.with_label_values(&[r]);
+        }
         let model_info = register(
             &registry,
             IntGaugeVec::new(
@@ -581,6 +611,8 @@ impl Metrics {
             execution_provider,
             provider_fallbacks,
             model_info,
+            model_scored_rows,
+            model_swaps,
             paused_seconds,
             stage_latency,
             stage_us: Mutex::new(

@@ -521,19 +521,40 @@ impl InferencePool {
         metrics: Arc<Metrics>,
         model_version: String,
     ) -> Self {
+        Self::spawn_switchable(scorers, queue, sink, dead_letters, metrics, model_version, None)
+    }
+
+    /// As [`InferencePool::spawn`], the threads taking a new model from `switch` between
+    /// batches (hot swap, [`crate::model_switch`]). Scores are counted per model version in
+    /// `weir_model_scored_rows_total{version}`.
+    pub fn spawn_switchable(
+        scorers: Vec<Box<dyn Scorer>>,
+        queue: Receiver<Batch>,
+        sink: Arc<dyn ScoreSink>,
+        dead_letters: Arc<dyn DeadLetterSink>,
+        metrics: Arc<Metrics>,
+        model_version: String,
+        switch: Option<Arc<crate::model_switch::ModelSwitch>>,
+    ) -> Self {
         let handles = scorers
             .into_iter()
             .enumerate()
-            .map(|(i, mut scorer)| {
+            .map(|(i, scorer)| {
                 let queue = queue.clone();
                 let sink = sink.clone();
                 let dead_letters = dead_letters.clone();
                 let metrics = metrics.clone();
-                let version = model_version.clone();
+                let switch = switch.clone();
+                let mut current: crate::model_switch::Versioned = (scorer, model_version.clone());
                 std::thread::Builder::new()
                     .name(format!("weir-inference-{i}"))
                     .spawn(move || {
+                        let mut seen = 0u64;
                         for batch in queue.iter() {
+                            if let Some(s) = &switch {
+                                s.refresh(i, &mut seen, &mut current);
+                            }
+                            let (scorer, version) = (&mut current.0, current.1.as_str());
                             let t0 = Instant::now();
                             let n = batch.len();
                             metrics.record_stage_n(Stage::Queue, weir_core::clock::micros_since(batch.flushed_us), n);
@@ -541,7 +562,8 @@ impl InferencePool {
                             let took = t0.elapsed();
                             metrics.inference_seconds.observe(took.as_secs_f64());
                             metrics.record_stage_n(Stage::Inference, took.as_micros() as u64, n);
-                            deliver(&batch, result, &*sink, &*dead_letters, &version);
+                            metrics.model_scored_rows.with_label_values(&[version]).inc_by(n as u64);
+                            deliver(&batch, result, &*sink, &*dead_letters, version);
                             metrics.inflight_batches.dec();
                         }
                     })

@@ -14,6 +14,7 @@ pub mod batch;
 pub mod decode;
 pub mod inference;
 pub mod micro_batch;
+pub mod model_switch;
 pub mod schema;
 
 pub use batch::Batch;

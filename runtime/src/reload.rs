@@ -19,14 +19,27 @@
 //! No event is dropped or repeated by a reload: the micro-batcher only changes where it cuts its
 //! buffer.
 //!
+//! **Models** ([`Reloader::with_model_switch`]): a change of `[model]` (path, version, features,
+//! input, output, execution providers) loads the new model beside the running one, one session
+//! per inference thread, and validates it: it opens, its input width and `features` metadata
+//! match `model.features`, and it scores a probe batch (zeros, ones) to finite values. Valid:
+//! it is installed into the [`ModelSwitch`] and the threads take it between batches
+//! (`weir_model_swaps_total{result="applied"}`, `weir_model_info` follows); invalid (missing,
+//! corrupt, another width or feature order, NaN on the probe): rejected with the path and the
+//! reason, the running model keeps scoring (`{result="rejected"}`). Going back to the previous
+//! version takes its sessions back, which the threads kept: immediate, nothing loaded.
+//!
 //! A polling thread instead of a file-notification library: the check is one small read every
 //! 250 ms, works the same on every file system (network mounts and editors that replace the file
 //! included), and SIGHUP forces it at once.
 
 use std::path::PathBuf;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use weir_operators::inference::Scorer;
+use weir_operators::model_switch::ModelSwitch;
 
 use weir_core::periodic::Periodic;
 use weir_core::{FlowControl, Metrics};
@@ -66,6 +79,62 @@ pub struct Reloader {
     window: Arc<SharedWindow>,
     flow: Arc<FlowControl>,
     metrics: Arc<Metrics>,
+    model: Option<ModelReload>,
+}
+
+/// What identifies the model a topology scores with.
+#[derive(Debug, Clone, PartialEq)]
+struct ModelKey {
+    path: PathBuf,
+    version: String,
+    features: Vec<String>,
+    input: Option<String>,
+    output: Option<String>,
+    providers: Vec<&'static str>,
+}
+
+impl ModelKey {
+    fn of(cfg: &TopologyConfig) -> Self {
+        Self {
+            path: cfg.model_path(),
+            version: cfg.model.version.clone(),
+            features: cfg.model.features.clone(),
+            input: cfg.model.input.clone(),
+            output: cfg.model.output.clone(),
+            providers: cfg.execution_providers().iter().map(|p| p.name()).collect(),
+        }
+    }
+}
+
+struct ModelReload {
+    switch: Arc<ModelSwitch>,
+    runtime: Option<PathBuf>,
+    running: ModelKey,
+}
+
+/// Opens the model of `cfg` for every thread of `switch` and checks it scores a probe batch to
+/// finite values (see the module doc).
+///
+/// # Errors
+/// The reason, naming the path.
+pub fn load_checked(cfg: &TopologyConfig, runtime: Option<PathBuf>) -> Result<Vec<Box<dyn Scorer>>, String> {
+    let (mut scorers, _) = crate::runner::open_scorers(cfg, runtime).map_err(|e| e.to_string())?;
+    let n = cfg.model.features.len();
+    for s in &mut scorers {
+        for fill in [0.0f32, 1.0] {
+            let probe = ndarray::Array2::from_elem((8, n), fill);
+            let scores = s
+                .score(probe.view())
+                .map_err(|e| format!("model `{}` fails on the probe batch: {e}", cfg.model_path().display()))?;
+            if let Some(bad) = scores.iter().find(|v| !v.is_finite()) {
+                return Err(format!(
+                    "model `{}` scores the probe batch (all features {fill}) to {bad}, not a finite score",
+                    cfg.model_path().display()
+                ));
+            }
+        }
+    }
+    Ok(scorers)
 }
 
 impl Reloader {
@@ -78,7 +147,7 @@ impl Reloader {
         metrics: Arc<Metrics>,
     ) -> Self {
         let last_text = std::fs::read(&path).ok();
-        let last_table = last_text.as_deref().and_then(table_without_batching);
+        let last_table = last_text.as_deref().and_then(|t| table_without(t, false));
         publish_window(&metrics, window.get());
         Self {
             path,
@@ -90,6 +159,73 @@ impl Reloader {
             window,
             flow,
             metrics,
+            model: None,
+        }
+    }
+
+    /// Also hot-swaps the model (see the module doc): a valid `[model]` change is installed into
+    /// `switch` (the inference threads' of the running topology), with ONNX Runtime at `runtime`
+    /// (default: as at start-up).
+    pub fn with_model_switch(
+        mut self,
+        cfg: &TopologyConfig,
+        switch: Arc<ModelSwitch>,
+        runtime: Option<PathBuf>,
+    ) -> Self {
+        self.model = Some(ModelReload {
+            switch,
+            runtime,
+            running: ModelKey::of(cfg),
+        });
+        self.last_table = self.last_text.as_deref().and_then(|t| table_without(t, true));
+        self
+    }
+
+    /// Applies a changed `[model]` of `cfg`, if hot swap is on.
+    fn swap_model(&mut self, cfg: &TopologyConfig) {
+        let Some(m) = self.model.as_mut() else { return };
+        let key = ModelKey::of(cfg);
+        if key == m.running {
+            return;
+        }
+        let old = m.running.version.clone();
+        let result = if m.switch.retired_version().as_deref() == Some(key.version.as_str())
+            && m.switch.reinstate(&key.version)
+        {
+            Ok("the previous model's sessions, kept since the last swap")
+        } else {
+            load_checked(cfg, m.runtime.clone()).map(|scorers| {
+                m.switch.install(scorers, &key.version);
+                "loaded and checked on a probe batch"
+            })
+        };
+        match result {
+            Ok(how) => {
+                self.metrics.model_swaps.with_label_values(&["applied"]).inc();
+                self.metrics.model_info.with_label_values(&[old.as_str()]).set(0);
+                self.metrics
+                    .model_info
+                    .with_label_values(&[key.version.as_str()])
+                    .set(1);
+                tracing::info!(
+                    model = %key.path.display(),
+                    version = %key.version,
+                    previous = %old,
+                    how,
+                    "model swapped: the inference threads score with it from their next batch"
+                );
+                m.running = key;
+            }
+            Err(reason) => {
+                self.metrics.model_swaps.with_label_values(&["rejected"]).inc();
+                tracing::error!(
+                    model = %key.path.display(),
+                    version = %key.version,
+                    running = %old,
+                    reason = %reason,
+                    "model swap rejected: the running model keeps scoring"
+                );
+            }
         }
     }
 
@@ -122,7 +258,8 @@ impl Reloader {
                 ReloadOutcome::Rejected(e.to_string())
             }
             Ok(cfg) => {
-                let table = table_without_batching(&text);
+                self.swap_model(&cfg);
+                let table = table_without(&text, self.model.is_some());
                 if table != self.last_table {
                     tracing::warn!(path = %self.path.display(), "reload: only [batching] max_batch_rows and max_wait change live; other edits apply at the next restart");
                     self.last_table = table;
@@ -188,9 +325,13 @@ impl Reloader {
 
 /// The file's TOML without `[batching]` (to tell whether anything else changed); `None` if it
 /// does not parse.
-fn table_without_batching(text: &[u8]) -> Option<toml::Table> {
+/// The file's table without what reloads live (`[batching]`, and `[model]` with hot swap).
+fn table_without(text: &[u8], model: bool) -> Option<toml::Table> {
     let mut t: toml::Table = toml::from_str(std::str::from_utf8(text).ok()?).ok()?;
     t.remove("batching");
+    if model {
+        t.remove("model");
+    }
     Some(t)
 }
 

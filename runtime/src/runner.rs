@@ -101,6 +101,9 @@ pub struct RunOptions {
     pub parquet_prefix: Option<String>,
     /// Delivery ledger to share with the caller (a backfill records acknowledged ranges from it).
     pub ledger: Option<Arc<DeliveryLedger>>,
+    /// The model switch the inference threads take new models from (hot swap: the caller's
+    /// [`crate::reload::Reloader`] installs into it); `None`: the model of the file, fixed.
+    pub model_switch: Option<Arc<weir_operators::model_switch::ModelSwitch>>,
 }
 
 /// What a run did.
@@ -568,13 +571,14 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
     let ready = server.as_ref().map(|s| s.ready_flag());
 
     let (tx, rx) = crossbeam_channel::bounded(max_inflight_batches);
-    let pool = InferencePool::spawn(
+    let pool = InferencePool::spawn_switchable(
         scorers,
         rx,
         sink.clone(),
         dlq.clone(),
         metrics.clone(),
         cfg.model.version.clone(),
+        opts.model_switch.clone(),
     );
 
     let mut source_config = source_config(cfg, &brokers, bounded, opts.start);

@@ -534,8 +534,14 @@ fn main() -> ExitCode {
                 ));
                 let sighup = Arc::new(AtomicBool::new(false));
                 let _ = signal_hook::flag::register(signal_hook::consts::SIGHUP, sighup.clone());
-                let _reloader =
-                    Reloader::new(topology.clone(), &cfg, window.clone(), flow.clone(), metrics.clone()).spawn(sighup);
+                // Hot swap of [model]: the reloader installs a valid new model here.
+                let switch = Arc::new(weir_operators::model_switch::ModelSwitch::new(
+                    cfg.model.inference_threads,
+                    &cfg.model.version,
+                ));
+                let _reloader = Reloader::new(topology.clone(), &cfg, window.clone(), flow.clone(), metrics.clone())
+                    .with_model_switch(&cfg, switch.clone(), None)
+                    .spawn(sighup);
                 let report = run_topology(
                     &cfg,
                     RunOptions {
@@ -549,6 +555,7 @@ fn main() -> ExitCode {
                         flow: Some(flow),
                         metrics: Some(metrics),
                         live_window: Some(window),
+                        model_switch: Some(switch),
                         ..RunOptions::default()
                     },
                 )
