@@ -144,6 +144,11 @@ pub struct Metrics {
     pub model_info: IntGaugeVec,
     /// `weir_model_scored_rows_total{version}`: rows each model version scored (hot swaps).
     pub model_scored_rows: IntCounterVec,
+    /// `weir_shadow_scored_rows_total{version}`: rows each shadow (challenger) model scored.
+    pub shadow_scored_rows: IntCounterVec,
+    /// `weir_score_distribution{version}`: the scores of each model (primary and shadows), in
+    /// buckets of 0.05 from 0 to 1: their distributions side by side.
+    pub score_distribution: HistogramVec,
     /// `weir_model_swaps_total{result}`: model swaps `applied` or `rejected` (with the reason
     /// in the log).
     pub model_swaps: IntCounterVec,
@@ -476,6 +481,29 @@ impl Metrics {
         for r in ["applied", "rejected"] {
             model_swaps.with_label_values(&[r]);
         }
+        let shadow_scored_rows = register(
+            &registry,
+            IntCounterVec::new(
+                opts(
+                    "weir_shadow_scored_rows_total",
+                    "Rows each shadow (challenger) model scored.",
+                    "inference",
+                ),
+                &["version"],
+            ),
+        );
+        let score_distribution = register(
+            &registry,
+            HistogramVec::new(
+                histogram_opts(
+                    "weir_score_distribution",
+                    "Scores of each model version (primary and shadows), 0 to 1.",
+                    "inference",
+                    (1..=20).map(|i| i as f64 * 0.05).collect(),
+                ),
+                &["version"],
+            ),
+        );
         let model_info = register(
             &registry,
             IntGaugeVec::new(
@@ -613,6 +641,8 @@ impl Metrics {
             model_info,
             model_scored_rows,
             model_swaps,
+            shadow_scored_rows,
+            score_distribution,
             paused_seconds,
             stage_latency,
             stage_us: Mutex::new(

@@ -504,6 +504,75 @@ pub fn deliver(
     }
 }
 
+/// A challenger model (`[[shadow]]`): scores the same rows as the primary model, a `fraction`
+/// of them chosen by a hash of the event id ([`sampled`]), into its own sink; its scores never
+/// replace the primary's, and its failures never touch the primary's delivery.
+pub struct Shadow {
+    /// Version written next to its scores.
+    pub version: String,
+    /// Fraction of events it scores, `(0, 1]`.
+    pub fraction: f64,
+    /// Where its scores go (a sink whose acknowledgements do not commit anything).
+    pub sink: Arc<dyn ScoreSink>,
+    /// One session per inference thread.
+    pub scorers: Vec<Box<dyn Scorer>>,
+}
+
+/// Whether the event `id` is among a `fraction` of events: xxh3 of its text below `fraction` of
+/// the hash range. The same events in every run (live, replay, backfill).
+pub fn sampled(id: &weir_core::EventId, fraction: f64) -> bool {
+    if fraction >= 1.0 {
+        return true;
+    }
+    let h = xxhash_rust::xxh3::xxh3_64(id.to_string().as_bytes());
+    (h as f64) < fraction * u64::MAX as f64
+}
+
+/// One inference thread's share of a shadow: version, fraction, sink, its session.
+type ThreadShadow = (String, f64, Arc<dyn ScoreSink>, Box<dyn Scorer>);
+
+/// Scores the sampled rows of `batch` with one thread's session of a shadow model.
+fn score_shadow(
+    batch: &Batch,
+    version: &str,
+    fraction: f64,
+    scorer: &mut dyn Scorer,
+    sink: &dyn ScoreSink,
+    metrics: &Metrics,
+) {
+    let idx: Vec<usize> = (0..batch.len())
+        .filter(|&i| sampled(&batch.rows[i].id, fraction))
+        .collect();
+    if idx.is_empty() {
+        return;
+    }
+    let x = batch.features.select(ndarray::Axis(0), &idx);
+    match scorer.score(x.view()) {
+        Ok(scores) => {
+            let (rows, scores): (Vec<weir_core::RowMeta>, Vec<f32>) = idx
+                .iter()
+                .zip(scores)
+                .filter(|(_, s)| s.is_finite())
+                .map(|(&i, s)| (batch.rows[i].clone(), s))
+                .unzip();
+            for s in &scores {
+                metrics
+                    .score_distribution
+                    .with_label_values(&[version])
+                    .observe(*s as f64);
+            }
+            metrics
+                .shadow_scored_rows
+                .with_label_values(&[version])
+                .inc_by(rows.len() as u64);
+            if let Err(e) = sink.write(&rows, &scores, version) {
+                tracing::warn!(version, error = %e, rows = rows.len(), "shadow sink rejected a batch");
+            }
+        }
+        Err(e) => tracing::warn!(version, error = %e, "shadow model failed on a batch"),
+    }
+}
+
 /// Threads that take batches from the micro-batchers' queue, score them and write the scores
 /// (see [`deliver`]).
 pub struct InferencePool {
@@ -536,6 +605,41 @@ impl InferencePool {
         model_version: String,
         switch: Option<Arc<crate::model_switch::ModelSwitch>>,
     ) -> Self {
+        Self::spawn_with_shadows(
+            scorers,
+            queue,
+            sink,
+            dead_letters,
+            metrics,
+            model_version,
+            switch,
+            Vec::new(),
+        )
+    }
+
+    /// As [`InferencePool::spawn_switchable`], each thread also scoring with its session of
+    /// every [`Shadow`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn spawn_with_shadows(
+        scorers: Vec<Box<dyn Scorer>>,
+        queue: Receiver<Batch>,
+        sink: Arc<dyn ScoreSink>,
+        dead_letters: Arc<dyn DeadLetterSink>,
+        metrics: Arc<Metrics>,
+        model_version: String,
+        switch: Option<Arc<crate::model_switch::ModelSwitch>>,
+        shadows: Vec<Shadow>,
+    ) -> Self {
+        // Per thread: (version, fraction, sink, session) of each shadow.
+        let mut per_thread: Vec<Vec<ThreadShadow>> = (0..scorers.len()).map(|_| Vec::new()).collect();
+        for sh in shadows {
+            for (t, s) in sh.scorers.into_iter().enumerate() {
+                if let Some(v) = per_thread.get_mut(t) {
+                    v.push((sh.version.clone(), sh.fraction, sh.sink.clone(), s));
+                }
+            }
+        }
+        let mut per_thread = per_thread.into_iter();
         let handles = scorers
             .into_iter()
             .enumerate()
@@ -545,6 +649,7 @@ impl InferencePool {
                 let dead_letters = dead_letters.clone();
                 let metrics = metrics.clone();
                 let switch = switch.clone();
+                let mut shadows = per_thread.next().unwrap_or_default();
                 let mut current: crate::model_switch::Versioned = (scorer, model_version.clone());
                 std::thread::Builder::new()
                     .name(format!("weir-inference-{i}"))
@@ -563,7 +668,16 @@ impl InferencePool {
                             metrics.inference_seconds.observe(took.as_secs_f64());
                             metrics.record_stage_n(Stage::Inference, took.as_micros() as u64, n);
                             metrics.model_scored_rows.with_label_values(&[version]).inc_by(n as u64);
+                            if let Ok(scores) = &result {
+                                let h = metrics.score_distribution.with_label_values(&[version]);
+                                for s in scores.iter().filter(|s| s.is_finite()) {
+                                    h.observe(*s as f64);
+                                }
+                            }
                             deliver(&batch, result, &*sink, &*dead_letters, version);
+                            for (v, fraction, shadow_sink, s) in &mut shadows {
+                                score_shadow(&batch, v, *fraction, s.as_mut(), &**shadow_sink, &metrics);
+                            }
                             metrics.inflight_batches.dec();
                         }
                     })
@@ -584,6 +698,22 @@ impl InferencePool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sampling_by_event_id_is_about_the_fraction_and_the_same_every_time() {
+        let ids: Vec<weir_core::EventId> = (0..20_000i64).map(weir_core::EventId::Int).collect();
+        let picked: Vec<bool> = ids.iter().map(|id| sampled(id, 0.1)).collect();
+        let n = picked.iter().filter(|p| **p).count();
+        assert!((1_700..2_300).contains(&n), "{n} of 20,000 at 0.1");
+        assert_eq!(
+            picked,
+            ids.iter().map(|id| sampled(id, 0.1)).collect::<Vec<_>>(),
+            "deterministic"
+        );
+        assert!(ids.iter().all(|id| sampled(id, 1.0)));
+        let s = weir_core::EventId::Str(Box::new("7f3a".into()));
+        assert_eq!(sampled(&s, 0.5), sampled(&s, 0.5));
+    }
     use std::sync::Mutex;
     use std::time::Duration;
     use weir_core::{Lineage, RowMeta, SinkError};

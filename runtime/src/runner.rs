@@ -570,8 +570,70 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
     };
     let ready = server.as_ref().map(|s| s.ready_flag());
 
+    // Challenger models: their own sessions and sinks, acknowledging into a ledger of their
+    // own (their deliveries commit nothing), counted in metrics of their own.
+    let mut shadows = Vec::new();
+    let mut shadow_sinks: Vec<Arc<dyn ScoreSink>> = Vec::new();
+    for (i, sh) in cfg.shadows.iter().enumerate() {
+        let env = init_runtime(&opts.runtime.clone().unwrap_or_else(default_runtime_path))?;
+        let spec = ModelSpec {
+            path: cfg.shadow_path(i),
+            version: sh.version.clone(),
+            features: cfg.model.features.clone(),
+            input: cfg.model.input.clone(),
+            output: cfg.model.output.clone(),
+            execution_providers: cfg.execution_providers(),
+            intra_threads: cfg.model.intra_threads,
+        };
+        let scorers = (0..cfg.model.inference_threads)
+            .map(|_| OnnxScorer::open(env, &spec).map(|s| Box::new(s) as Box<dyn Scorer>))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (own_ledger, own_metrics) = (
+            Arc::new(DeliveryLedger::new()),
+            Arc::new(Metrics::new(&cfg.topology.name)),
+        );
+        let shadow_sink: Arc<dyn ScoreSink> = match (&opts.sink, cfg.sink.kind.as_str()) {
+            (Some(SinkSpec::Parquet(dir)), _) => Arc::new(ParquetScoreSink::new(
+                &dir.join(format!("shadow-{}", sh.version)),
+                &id_column,
+                cfg.sink.max_rows_per_file,
+                cfg.sink.row_group_rows,
+                own_ledger,
+                own_metrics,
+            )?),
+            (None, "parquet") => Arc::new(ParquetScoreSink::new(
+                &cfg.sink
+                    .path
+                    .as_ref()
+                    .expect("validated")
+                    .join(format!("shadow-{}", sh.version)),
+                &id_column,
+                cfg.sink.max_rows_per_file,
+                cfg.sink.row_group_rows,
+                own_ledger,
+                own_metrics,
+            )?),
+            _ => Arc::new(KafkaScoreSink::new(
+                &brokers,
+                &cfg.shadow_topic(i),
+                &id_column,
+                &cfg.sink.properties,
+                own_ledger,
+                own_metrics,
+            )?),
+        };
+        tracing::info!(version = %sh.version, model = %spec.path.display(), fraction = sh.fraction, sink = %shadow_sink.describe(), "shadow model loaded");
+        shadow_sinks.push(shadow_sink.clone());
+        shadows.push(weir_operators::inference::Shadow {
+            version: sh.version.clone(),
+            fraction: sh.fraction,
+            sink: shadow_sink,
+            scorers,
+        });
+    }
+
     let (tx, rx) = crossbeam_channel::bounded(max_inflight_batches);
-    let pool = InferencePool::spawn_switchable(
+    let pool = InferencePool::spawn_with_shadows(
         scorers,
         rx,
         sink.clone(),
@@ -579,6 +641,7 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
         metrics.clone(),
         cfg.model.version.clone(),
         opts.model_switch.clone(),
+        shadows,
     );
 
     let mut source_config = source_config(cfg, &brokers, bounded, opts.start);
@@ -824,6 +887,11 @@ pub fn run_topology(cfg: &TopologyConfig, opts: RunOptions) -> Result<RunReport,
     // Every micro-batcher (and so every queue sender) is gone: inference drains and stops.
     pool.join();
     let flush_result = sink.close().and(dlq.flush(Duration::from_secs(60)));
+    for s in &shadow_sinks {
+        if let Err(e) = s.close() {
+            tracing::warn!(sink = %s.describe(), error = %e, "shadow sink did not close cleanly");
+        }
+    }
     drop(server);
     drop(lag_monitor);
     drop(flusher);

@@ -761,3 +761,53 @@ fn fraud_scoring_scores_equal_those_before_declared_schemas() {
     assert!(got.len() > 5_000, "a meaningful sample: {} transactions", got.len());
     drop(env.kafka);
 }
+
+#[test]
+fn a_shadow_models_records_equal_that_model_scored_alone_on_the_same_rows() {
+    let env = setup(8, 0);
+    env.kafka.create_topic("scores-shadow", 4).unwrap();
+    env.kafka.create_topic("scores-alone", 4).unwrap();
+    // The primary (the fraud model) with the MLP as a challenger on every row, then half of
+    // them by event id.
+    let mut cfg = config(
+        "[[shadow]]\npath = \"../models/mlp-check/model.onnx\"\nversion = \"mlp-shadow\"\ntopic = \"scores-shadow\"\n",
+    );
+    cfg.source.brokers = env.brokers.clone();
+    let report = run_topology(&cfg, bounded()).unwrap();
+    assert_eq!(report.scored as usize, env.tx_ids.len());
+    let primary = score_map(&env.brokers, "scores");
+    let shadow = score_map(&env.brokers, "scores-shadow");
+    assert_eq!(primary.len(), env.tx_ids.len(), "the primary scores every event");
+    assert_eq!(
+        shadow.len(),
+        env.tx_ids.len(),
+        "the shadow scores every event (fraction 1)"
+    );
+    // The shadow's records are its own: versions differ and the primary's scores are untouched.
+    for r in read_topic(&env.brokers, "scores-shadow", Duration::from_secs(60)).unwrap() {
+        let v: serde_json::Value = serde_json::from_slice(r.payload.as_deref().unwrap()).unwrap();
+        assert_eq!(v["model_version"], "mlp-shadow");
+    }
+    // The MLP alone, as the primary model, over the same events.
+    let mut alone = cfg.clone();
+    alone.shadows.clear();
+    alone.model.path = repo().join("models/mlp-check/model.onnx");
+    alone.model.version = "mlp-shadow".into();
+    alone.sink.topic = "scores-alone".into();
+    alone.source.group_id = "alone".into();
+    run_topology(&alone, bounded()).unwrap();
+    let by_itself = score_map(&env.brokers, "scores-alone");
+    assert_eq!(by_itself.len(), shadow.len());
+    let differing = shadow
+        .iter()
+        .filter(|(id, s)| by_itself.get(id).map(|a| a.to_bits()) != Some(s.to_bits()))
+        .count();
+    assert_eq!(
+        differing, 0,
+        "the shadow's scores equal the model scored alone, bit for bit"
+    );
+    assert!(
+        shadow.iter().any(|(id, s)| primary[id] != *s),
+        "and they are another model's scores than the primary's"
+    );
+}

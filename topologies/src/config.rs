@@ -309,6 +309,30 @@ pub struct SinkSection {
     pub properties: BTreeMap<String, String>,
 }
 
+/// `[[shadow]]`: a challenger model scoring the same rows as `[model]` beside it: its scores go
+/// to their own topic (or Parquet directory) and never replace the primary score.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowSection {
+    /// Path of the ONNX model, relative to the topology file's directory (same features, input
+    /// and output as `[model]`).
+    pub path: PathBuf,
+    /// Version written next to its scores.
+    pub version: String,
+    /// Fraction of events it scores, `(0, 1]`, chosen by a hash of the event id (a replay
+    /// samples the same events).
+    #[serde(default = "one")]
+    pub fraction: f64,
+    /// Kafka topic of its scores (default `<sink.topic>-<version>`); with a Parquet sink its
+    /// files go to `<sink dir>/shadow-<version>/`.
+    #[serde(default)]
+    pub topic: Option<String>,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
 /// `[cluster]`: one topology run by several processes as one timely cluster (timely's
 /// `CommunicationConfig::Cluster`: every process runs `topology.workers` workers, and the
 /// partitions, the feature state and the commits are spread over all of them). Empty `peers`
@@ -400,6 +424,9 @@ pub struct TopologyConfig {
     pub snapshot: SnapshotSection,
     /// `[cluster]`.
     pub cluster: ClusterSection,
+    /// `[[shadow]]`: challenger models.
+    #[serde(default, rename = "shadow")]
+    pub shadows: Vec<ShadowSection>,
     /// `[[feature]]`: feature definitions (per-event and windowed).
     #[serde(default, rename = "feature")]
     pub features: Vec<FeatureDef>,
@@ -622,6 +649,17 @@ impl TopologyConfig {
             return Err(self.field_error("topology.workers", "must be at most 64"));
         }
         self.validate_cluster()?;
+        for (i, s) in self.shadows.iter().enumerate() {
+            if !(s.fraction > 0.0 && s.fraction <= 1.0) {
+                return Err(self.field_error(&format!("shadow[{i}].fraction"), "must be in (0, 1]"));
+            }
+            if s.version.is_empty() || s.version == self.model.version {
+                return Err(self.field_error(
+                    &format!("shadow[{i}].version"),
+                    "must be set and differ from model.version",
+                ));
+            }
+        }
         for (field, v) in [
             ("topology.name", &self.topology.name),
             ("source.brokers", &self.source.brokers),
@@ -1047,6 +1085,24 @@ impl TopologyConfig {
         let schema = self.schema();
         self.build_label_schema(&schema, &self.feature_spec())
             .expect("validated")
+    }
+
+    /// The path of shadow model `i`, resolved against the file's directory.
+    pub fn shadow_path(&self, i: usize) -> PathBuf {
+        let p = &self.shadows[i].path;
+        if p.is_absolute() {
+            p.clone()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    /// The Kafka topic of shadow model `i`'s scores.
+    pub fn shadow_topic(&self, i: usize) -> String {
+        self.shadows[i]
+            .topic
+            .clone()
+            .unwrap_or_else(|| format!("{}-{}", self.sink.topic, self.shadows[i].version))
     }
 
     /// The model path, resolved against the topology file's directory.
