@@ -811,3 +811,57 @@ fn a_shadow_models_records_equal_that_model_scored_alone_on_the_same_rows() {
         "and they are another model's scores than the primary's"
     );
 }
+
+#[test]
+fn a_backfill_with_a_shadow_model_writes_both_scores() {
+    let env = setup(6, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(
+        "[[shadow]]\npath = \"../models/mlp-check/model.onnx\"\nversion = \"mlp-shadow\"\nfraction = 0.5\n",
+    );
+    cfg.source.brokers = env.brokers.clone();
+    // The embedded broker cannot look offsets up by time: offsets, no warm-up.
+    cfg.backfill.warmup = "0s".into();
+    let from = weir_connectors::kafka::admin::watermarks(&env.brokers, "transactions", Duration::from_secs(10))
+        .unwrap()
+        .into_iter()
+        .map(|(p, lo, _)| (p, lo))
+        .collect();
+    logs();
+    let out = dir.path().join("scores");
+    let report = weir_jobs::backfill::run_backfill(&weir_jobs::backfill::BackfillOptions {
+        topology: Some(repo().join("topologies/fraud-scoring.toml")),
+        brokers: Some(env.brokers.clone()),
+        range: Some(weir_jobs::backfill::RangeSpec::Offsets { from, to: BTreeMap::new() }),
+        sink: Some(weir_jobs::backfill::SinkSpec::Parquet(out.clone())),
+        state_dir: dir.path().join("state"),
+        config: Some(cfg),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(report.job.status, "done");
+    let rows = |d: &Path| -> usize {
+        std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+            .map(|p| {
+                parquet::file::reader::SerializedFileReader::new(std::fs::File::open(p).unwrap())
+                    .map(|r| {
+                        use parquet::file::reader::FileReader;
+                        r.metadata().file_metadata().num_rows() as usize
+                    })
+                    .unwrap()
+            })
+            .sum()
+    };
+    let primary = rows(&out);
+    let shadow = rows(&out.join("shadow-mlp-shadow"));
+    assert_eq!(primary, env.tx_ids.len(), "the primary scores every event");
+    let expected = env
+        .tx_ids
+        .iter()
+        .filter(|id| weir_operators::inference::sampled(&weir_core::EventId::Int(**id as i64), 0.5))
+        .count();
+    assert_eq!(shadow, expected, "the shadow scores the events its fraction picks, in the backfill too");
+}
